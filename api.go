@@ -1,0 +1,310 @@
+package main
+
+import (
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// API limits.
+const (
+	defaultPageSize = 50
+	maxPageSize     = 1000
+	// maxRequestTarget bounds the request target (path and query).
+	maxRequestTarget = 8 << 10
+)
+
+// newHandler builds the server's HTTP handler from its dependencies.
+func newHandler(journal *Journal, status *CollectorStatus, log *slog.Logger) http.Handler {
+	mux := http.NewServeMux()
+	addRoutes(mux, journal, status, log)
+	return checkRequest(mux)
+}
+
+// addRoutes registers every route of the server; this is the one place to
+// look for what the server answers.
+func addRoutes(mux *http.ServeMux, journal *Journal, status *CollectorStatus, log *slog.Logger) {
+	mux.Handle("GET /api/v1/range", handleRange(journal))
+	mux.Handle("GET /api/v1/events", handleEvents(journal, log))
+	mux.Handle("GET /api/v1/events/{id}", handleEvent(journal))
+	mux.Handle("GET /livez", handleLivez())
+	mux.Handle("GET /readyz", handleReadyz(journal, status))
+	mux.Handle("/", handleNotFound())
+}
+
+// checkRequest answers what no route should see: methods other than GET
+// and HEAD (every route is read-only) and overlong request targets.
+func checkRequest(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+			w.Header().Set("Allow", "GET, HEAD")
+			writeProblem(w, newProblem(http.StatusMethodNotAllowed, "method %s is not allowed: this API is read-only (GET, HEAD)", r.Method))
+			return
+		}
+		if len(r.RequestURI) > maxRequestTarget {
+			writeProblem(w, newProblem(http.StatusRequestURITooLong, "request target is %d bytes, more than %d", len(r.RequestURI), maxRequestTarget))
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func handleNotFound() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, newProblem(http.StatusNotFound, "no such resource: %s (see /api/v1/events, /api/v1/range)", r.URL.Path))
+	})
+}
+
+// rangeResponse is the body of /api/v1/range.
+type rangeResponse struct {
+	Earliest int64 `json:"earliest"`
+	Latest   int64 `json:"latest"`
+}
+
+func handleRange(j *Journal) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, p := parseQuery(r); p != nil {
+			writeProblem(w, p)
+			return
+		}
+		earliest, latest, ok := j.Range()
+		if !ok {
+			w.WriteHeader(http.StatusNoContent)
+			return
+		}
+		writeJSON(w, http.StatusOK, rangeResponse{Earliest: earliest, Latest: latest})
+	})
+}
+
+func handleEvent(j *Journal) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, p := parseQuery(r); p != nil {
+			writeProblem(w, p)
+			return
+		}
+		id, p := parseOffset("id", r.PathValue("id"))
+		if p != nil {
+			writeProblem(w, p.withRange(j))
+			return
+		}
+		rec, err := j.Read(id)
+		if err != nil {
+			writeProblem(w, offsetProblem(j, id, err))
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Content-Length", strconv.Itoa(len(rec.Data)))
+		_, _ = w.Write(rec.Data)
+	})
+}
+
+// eventsQuery is the validated query of /api/v1/events.
+type eventsQuery struct {
+	offset    int64
+	hasOffset bool
+	limit     int
+	watch     bool
+	timeout   time.Duration // watch only; 0 is none
+}
+
+// Parameters of /api/v1/events.
+const (
+	paramOffset  = "offset"
+	paramLimit   = "limit"
+	paramWatch   = "watch"
+	paramTimeout = "timeoutSeconds"
+)
+
+func parseEventsQuery(r *http.Request) (eventsQuery, *problem) {
+	q := eventsQuery{limit: defaultPageSize}
+	values, p := parseQuery(r, paramOffset, paramLimit, paramWatch, paramTimeout)
+	if p != nil {
+		return q, p
+	}
+	if v, ok := values[paramWatch]; ok {
+		b, err := strconv.ParseBool(v[0])
+		if err != nil {
+			return q, newProblem(http.StatusBadRequest, "parameter watch: %q is not a boolean (true or false)", v[0])
+		}
+		q.watch = b
+	}
+	if v, ok := values[paramOffset]; ok {
+		if q.offset, p = parseOffset(paramOffset, v[0]); p != nil {
+			return q, p
+		}
+		q.hasOffset = true
+	}
+	if v, ok := values[paramLimit]; ok {
+		if q.watch {
+			return q, newProblem(http.StatusBadRequest, "parameter limit does not apply to a watch")
+		}
+		n, err := strconv.Atoi(v[0])
+		if err != nil || n < 1 || n > maxPageSize || !isDigits(v[0]) {
+			return q, newProblem(http.StatusBadRequest, "parameter limit: %q is not an integer from 1 to %d", v[0], maxPageSize)
+		}
+		q.limit = n
+	}
+	if v, ok := values[paramTimeout]; ok {
+		if !q.watch {
+			return q, newProblem(http.StatusBadRequest, "parameter timeoutSeconds applies only to a watch (watch=true)")
+		}
+		n, err := strconv.ParseInt(v[0], 10, 32)
+		if err != nil || n < 1 || !isDigits(v[0]) {
+			return q, newProblem(http.StatusBadRequest, "parameter timeoutSeconds: %q is not a positive integer", v[0])
+		}
+		q.timeout = time.Duration(n) * time.Second
+	}
+	return q, nil
+}
+
+func handleEvents(j *Journal, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		q, p := parseEventsQuery(r)
+		if p != nil {
+			writeProblem(w, p)
+			return
+		}
+		if q.watch {
+			serveWatch(w, r, j, q, log)
+			return
+		}
+		servePage(w, r, j, q)
+	})
+}
+
+// servePage answers a list: the newest page, or the page from an offset
+// with a Link to the next one while more events exist.
+func servePage(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuery) {
+	if _, _, ok := j.Range(); !ok {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	records := make([]Record, 0, q.limit)
+	if q.hasOffset {
+		var err error
+		if records, err = j.ReadFrom(q.offset, q.limit, records); err != nil {
+			writeProblem(w, offsetProblem(j, q.offset, err))
+			return
+		}
+	} else {
+		records = j.ReadLast(q.limit, records)
+	}
+	if n := len(records); n > 0 {
+		last := records[n-1].Offset
+		if _, latest, _ := j.Range(); latest > last {
+			w.Header().Set("Link", "<"+nextPageURL(r, last+1)+`>; rel="next"`)
+		}
+	}
+	size := 2 + len(records)
+	for _, rec := range records {
+		size += len(rec.Data)
+	}
+	body := make([]byte, 0, size)
+	body = append(body, '[')
+	for i, rec := range records {
+		if i > 0 {
+			body = append(body, ',')
+		}
+		body = append(body, rec.Data...)
+	}
+	body = append(body, ']')
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	_, _ = w.Write(body)
+}
+
+// nextPageURL is the request's URL with the offset moved to next.
+func nextPageURL(r *http.Request, next int64) string {
+	values := r.URL.Query()
+	values.Set(paramOffset, strconv.FormatInt(next, 10))
+	u := url.URL{Path: r.URL.Path, RawQuery: values.Encode()}
+	return u.String()
+}
+
+func handleLivez() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+	})
+}
+
+// readyResponse is the body of /readyz.
+type readyResponse struct {
+	Ready            bool           `json:"ready"`
+	VCenterConnected bool           `json:"vcenterConnected"`
+	Range            *rangeResponse `json:"range"`
+	LastEventTime    *time.Time     `json:"lastEventTime"`
+}
+
+// handleReadyz is ready once the collector has read from vCenter, and stays
+// ready through later vCenter outages: the cached events are still served.
+func handleReadyz(j *Journal, status *CollectorStatus) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body := readyResponse{Ready: status.Ready(), VCenterConnected: status.Connected()}
+		if earliest, latest, ok := j.Range(); ok {
+			body.Range = &rangeResponse{Earliest: earliest, Latest: latest}
+		}
+		if t := status.LastEventTime(); !t.IsZero() {
+			body.LastEventTime = &t
+		}
+		code := http.StatusOK
+		if !body.Ready {
+			code = http.StatusServiceUnavailable
+		}
+		writeJSON(w, code, body)
+	})
+}
+
+// parseQuery parses the request's query, allowing only the given
+// parameters, each once and with a value.
+func parseQuery(r *http.Request, allowed ...string) (url.Values, *problem) {
+	values, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, newProblem(http.StatusBadRequest, "malformed query: %v", err)
+	}
+	for name, v := range values {
+		if !slices.Contains(allowed, name) {
+			if len(allowed) == 0 {
+				return nil, newProblem(http.StatusBadRequest, "unknown parameter %q: this resource takes no parameters", name)
+			}
+			return nil, newProblem(http.StatusBadRequest, "unknown parameter %q (allowed: %s)", name, strings.Join(allowed, ", "))
+		}
+		if len(v) > 1 {
+			return nil, newProblem(http.StatusBadRequest, "parameter %s is given %d times; give it once", name, len(v))
+		}
+		if v[0] == "" {
+			return nil, newProblem(http.StatusBadRequest, "parameter %s has an empty value", name)
+		}
+	}
+	return values, nil
+}
+
+// parseOffset parses an offset: a non-negative decimal integer.
+func parseOffset(name, s string) (int64, *problem) {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < 0 || !isDigits(s) {
+		return 0, newProblem(http.StatusBadRequest, "invalid offset: %s %q is malformed (not a non-negative integer)", name, s)
+	}
+	return n, nil
+}
+
+// isDigits reports whether s is all ASCII digits; strconv accepts a sign.
+func isDigits(s string) bool {
+	for i := range len(s) {
+		if s[i] < '0' || s[i] > '9' {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

@@ -1,0 +1,247 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"sync"
+)
+
+// Errors returned by the Journal. Callers test them with errors.Is.
+var (
+	// ErrPurged is returned for an offset below the earliest record held:
+	// the record was purged with an old segment, or came before the stream began.
+	ErrPurged = errors.New("invalid offset: purged")
+	// ErrNotFound is returned for an offset that is held by no record: a gap
+	// in vCenter's keys, an offset not yet reached, or an empty journal.
+	ErrNotFound = errors.New("invalid offset: not found")
+	// ErrOutOfOrder is returned by Append for an offset that is not above
+	// the latest one: offsets only grow and are never reused.
+	ErrOutOfOrder = errors.New("offset not above the latest")
+)
+
+// Record is one journal entry: a vCenter event key and its encoded
+// CloudEvent. Records are immutable once appended, so Data is shared by all
+// readers and must never be modified.
+type Record struct {
+	Offset int64
+	Data   []byte
+}
+
+// Journal is a bounded, in-memory log of records keyed by offset, in two
+// segments: appends go to the active segment; when it is full it is sealed
+// as the history segment and the previous history is purged. Offsets grow
+// but may have gaps (vCenter keys do). One writer and any number of readers
+// may use it concurrently.
+type Journal struct {
+	maxSegment int
+
+	mu      sync.RWMutex
+	history []Record // sealed; empty until the first roll-over
+	active  []Record // takes appends; cap maxSegment
+	bytes   int      // len(Data) summed over both segments
+	// purgedThrough is the highest offset ever purged, -1 before the first
+	// purge. A reader has missed records only if its next offset is at or
+	// below it: vCenter's key gaps alone never count as missed.
+	purgedThrough int64
+	// appended is closed by the next Append, waking every waiting reader. It
+	// is made only when a reader waits, so appends with no waiter cost nothing.
+	appended chan struct{}
+}
+
+// NewJournal returns an empty journal holding at most 2 x maxSegment records.
+func NewJournal(maxSegment int) *Journal {
+	if maxSegment < 1 {
+		maxSegment = 1
+	}
+	return &Journal{
+		maxSegment:    maxSegment,
+		purgedThrough: -1,
+		// Segments grow on demand up to maxSegment: a large setting costs
+		// memory only once that many events have arrived.
+		active: make([]Record, 0, min(maxSegment, 1024)),
+	}
+}
+
+// Append adds data under offset, which must be above every offset held. The
+// journal keeps data as it is: the caller must not modify it afterwards.
+func (j *Journal) Append(offset int64, data []byte) error {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if latest, ok := j.latestLocked(); ok && offset <= latest {
+		return ErrOutOfOrder
+	}
+	if len(j.active) == j.maxSegment {
+		// Seal the active segment and reuse the purged history's array for
+		// the new one: readers copy records out under the lock and never
+		// keep a reference into a segment, so the array is free.
+		for _, r := range j.history {
+			j.bytes -= len(r.Data)
+		}
+		if len(j.history) > 0 {
+			j.purgedThrough = j.history[len(j.history)-1].Offset
+		}
+		purged := j.history
+		clear(purged[:cap(purged)])
+		j.history, j.active = j.active, purged[:0]
+	}
+	j.active = append(j.active, Record{Offset: offset, Data: data})
+	j.bytes += len(data)
+	if j.appended != nil {
+		close(j.appended)
+		j.appended = nil
+	}
+	return nil
+}
+
+// Range returns the earliest and latest offsets held; ok is false while the
+// journal is empty.
+func (j *Journal) Range() (earliest, latest int64, ok bool) {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	return j.rangeLocked()
+}
+
+// Stats returns the number of records and the bytes of data held.
+func (j *Journal) Stats() (records, bytes int) {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	return len(j.history) + len(j.active), j.bytes
+}
+
+// Read returns the record stored under offset. It fails with ErrPurged for
+// an offset below the earliest held, and with ErrNotFound where no record
+// has that offset.
+func (j *Journal) Read(offset int64) (Record, error) {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	earliest, _, ok := j.rangeLocked()
+	if !ok {
+		return Record{}, ErrNotFound
+	}
+	if offset < earliest {
+		return Record{}, ErrPurged
+	}
+	for _, seg := range j.segmentsLocked() {
+		if i, found := searchOffset(seg, offset); found {
+			return seg[i], nil
+		}
+	}
+	return Record{}, ErrNotFound
+}
+
+// ReadFrom appends to dst up to limit records with offsets >= offset, oldest
+// first, and returns the extended slice. It fails with ErrPurged if offset is
+// below the earliest record held (the reader would miss records); an offset
+// above the latest gives no records and no error. Passing a reused dst keeps
+// reads free of allocation.
+func (j *Journal) ReadFrom(offset int64, limit int, dst []Record) ([]Record, error) {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	if earliest, _, ok := j.rangeLocked(); ok && offset < earliest {
+		return dst, ErrPurged
+	}
+	return j.readLocked(offset, limit, dst), nil
+}
+
+// ReadNext is ReadFrom for a reader that has already read every record
+// below next: it fails with ErrPurged only if a record at or above next was
+// purged before the reader got to it. Unlike ReadFrom, a next offset below
+// the earliest record is no error when only a gap in the keys lies between.
+func (j *Journal) ReadNext(next int64, limit int, dst []Record) ([]Record, error) {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	if next <= j.purgedThrough {
+		return dst, ErrPurged
+	}
+	return j.readLocked(next, limit, dst), nil
+}
+
+func (j *Journal) readLocked(offset int64, limit int, dst []Record) []Record {
+	for _, seg := range j.segmentsLocked() {
+		if limit <= 0 {
+			break
+		}
+		i, _ := searchOffset(seg, offset)
+		n := min(len(seg)-i, limit)
+		dst = append(dst, seg[i:i+n]...)
+		limit -= n
+	}
+	return dst
+}
+
+// ReadLast appends to dst the newest limit records, oldest first.
+func (j *Journal) ReadLast(limit int, dst []Record) []Record {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	skip := len(j.history) + len(j.active) - limit
+	for _, seg := range j.segmentsLocked() {
+		if skip >= len(seg) {
+			skip -= len(seg)
+			continue
+		}
+		dst = append(dst, seg[max(skip, 0):]...)
+		skip = 0
+	}
+	return dst
+}
+
+// Wait blocks until the journal holds a record with an offset >= offset, or
+// ctx is done, in which case it returns ctx's error. Readers wait on a
+// channel closed by Append: no polling, and an idle reader costs nothing.
+func (j *Journal) Wait(ctx context.Context, offset int64) error {
+	for {
+		j.mu.Lock()
+		if _, latest, ok := j.rangeLocked(); ok && latest >= offset {
+			j.mu.Unlock()
+			return nil
+		}
+		if j.appended == nil {
+			j.appended = make(chan struct{})
+		}
+		appended := j.appended
+		j.mu.Unlock()
+
+		select {
+		case <-appended:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (j *Journal) segmentsLocked() [2][]Record {
+	return [2][]Record{j.history, j.active}
+}
+
+func (j *Journal) rangeLocked() (earliest, latest int64, ok bool) {
+	if len(j.active) == 0 {
+		// The active segment is empty only before the first append: a
+		// roll-over happens on append, never leaving it empty.
+		return 0, 0, false
+	}
+	latest = j.active[len(j.active)-1].Offset
+	if len(j.history) > 0 {
+		return j.history[0].Offset, latest, true
+	}
+	return j.active[0].Offset, latest, true
+}
+
+func (j *Journal) latestLocked() (int64, bool) {
+	_, latest, ok := j.rangeLocked()
+	return latest, ok
+}
+
+// searchOffset returns the index of the first record with an offset >=
+// offset in seg, and whether that record has exactly this offset.
+func searchOffset(seg []Record, offset int64) (int, bool) {
+	return slices.BinarySearchFunc(seg, offset, func(r Record, o int64) int {
+		switch {
+		case r.Offset < o:
+			return -1
+		case r.Offset > o:
+			return 1
+		}
+		return 0
+	})
+}

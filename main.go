@@ -1,0 +1,164 @@
+// Command vsphere-event-streaming serves vCenter's events as CloudEvents
+// over a plain HTTP API: read by offset (the vCenter event key), read pages,
+// and watch a live stream from any offset.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// HTTP server settings.
+const (
+	readHeaderTimeout = 10 * time.Second
+	idleTimeout       = 2 * time.Minute
+	maxHeaderBytes    = 64 << 10
+	// shutdownTimeout bounds the graceful part of shutdown, leaving room
+	// within the 5 s a pod gets for the vCenter logout.
+	shutdownTimeout = 2 * time.Second
+)
+
+func main() {
+	if err := run(context.Background(), os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
+		fmt.Fprintln(os.Stderr, "vsphere-event-streaming:", err)
+		os.Exit(1)
+	}
+}
+
+// options are the command-line flags.
+type options struct {
+	simulate     bool
+	simulateRate float64
+	pollInterval time.Duration
+}
+
+func parseFlags(args []string, stderr io.Writer) (options, error) {
+	var o options
+	name := "vsphere-event-streaming"
+	if len(args) > 0 {
+		name, args = args[0], args[1:]
+	}
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.BoolVar(&o.simulate, "simulate", false, "start an in-process vCenter simulator that keeps producing events, and stream from it (no vCenter needed)")
+	fs.Float64Var(&o.simulateRate, "simulate-rate", 2, "with --simulate: simulated operations per second (each yields one or two events)")
+	fs.DurationVar(&o.pollInterval, "poll-interval", time.Second, "pause between reads of vCenter once it has no new events")
+	if err := fs.Parse(args); err != nil {
+		return o, err
+	}
+	if fs.NArg() > 0 {
+		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if o.simulateRate <= 0 {
+		return o, fmt.Errorf("--simulate-rate must be positive, not %v", o.simulateRate)
+	}
+	if o.pollInterval <= 0 {
+		return o, fmt.Errorf("--poll-interval must be positive, not %v", o.pollInterval)
+	}
+	return o, nil
+}
+
+// run is the whole program: it serves until ctx is done or SIGINT/SIGTERM
+// arrives, then shuts down and returns nil; it returns an error for a bad
+// configuration or a failure to reach vCenter.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	opts, err := parseFlags(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	cfg, err := parseConfig(getenv, !opts.simulate)
+	if err != nil {
+		return err
+	}
+	level := slog.LevelInfo
+	if cfg.Debug {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	ctx, cancel := context.WithCancelCause(ctx)
+	var sim *simulation
+	if opts.simulate {
+		if sim, err = startSimulation(); err != nil {
+			cancel(nil)
+			return err
+		}
+		defer sim.Close()
+		cfg.VCenterURL, cfg.Username, cfg.Password, cfg.Insecure = sim.URL, sim.Username, sim.Password, true
+		log.Info("started vCenter simulator", "url", sim.URL.String())
+	}
+	// On the way out: cancel, wait for every goroutine (the collector logs
+	// out), and only then stop the simulator.
+	var workers sync.WaitGroup
+	defer workers.Wait()
+	defer cancel(nil)
+	if sim != nil {
+		workers.Go(func() {
+			if err := sim.generate(ctx, opts.simulateRate, log); err != nil {
+				log.Error("simulated event generator stopped", "error", err)
+			}
+		})
+	}
+
+	journal := NewJournal(cfg.MaxSegmentSize)
+	status := &CollectorStatus{}
+	collector := newCollector(cfg, opts.pollInterval, journal, status, log)
+
+	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
+	if err != nil {
+		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
+	}
+	// Requests live in a context of their own, ended at shutdown: it is
+	// what ends open watches, which http.Server.Shutdown would wait for.
+	requests, endRequests := context.WithCancel(context.WithoutCancel(ctx))
+	defer endRequests()
+	srv := &http.Server{
+		Handler:           newHandler(journal, status, log),
+		ReadHeaderTimeout: readHeaderTimeout,
+		IdleTimeout:       idleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		BaseContext:       func(net.Listener) context.Context { return requests },
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	log.Info("serving HTTP", "addr", ln.Addr().String())
+	workers.Go(func() {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			cancel(fmt.Errorf("serve HTTP: %w", err))
+		}
+	})
+	workers.Go(func() {
+		if err := collector.Run(ctx); err != nil {
+			cancel(err)
+		}
+	})
+
+	<-ctx.Done()
+	log.Info("shutting down")
+	endRequests()
+	shutdownCtx, cancelShutdown := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)
+	defer cancelShutdown()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		_ = srv.Close()
+	}
+	if err := context.Cause(ctx); !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net/url"
+	"time"
+
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/event"
+	"github.com/vmware/govmomi/find"
+	"github.com/vmware/govmomi/object"
+	"github.com/vmware/govmomi/simulator"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// simulation is an in-process vCenter (govmomi's simulator, VPX model)
+// served over HTTPS on loopback, for --simulate and for tests.
+type simulation struct {
+	model  *simulator.Model
+	server *simulator.Server
+	// URL is the SDK endpoint, without credentials.
+	URL      *url.URL
+	Username string
+	Password string
+}
+
+// startSimulation creates the simulated inventory and starts its server.
+func startSimulation() (*simulation, error) {
+	model := simulator.VPX()
+	if err := model.Create(); err != nil {
+		return nil, fmt.Errorf("create simulator inventory: %w", err)
+	}
+	// Serve HTTPS like a real vCenter; its certificate is self-signed.
+	model.Service.TLS = new(tls.Config)
+	server := model.Service.NewServer()
+	u := *server.URL
+	password, _ := u.User.Password()
+	sim := &simulation{model: model, server: server, Username: u.User.Username(), Password: password}
+	u.User = nil
+	sim.URL = &u
+	return sim, nil
+}
+
+// Close stops the server and removes the inventory's files.
+func (s *simulation) Close() {
+	s.server.Close()
+	s.model.Remove()
+}
+
+// Client logs in to the simulator with a new session.
+func (s *simulation) Client(ctx context.Context) (*govmomi.Client, error) {
+	u := *s.URL
+	u.User = url.UserPassword(s.Username, s.Password)
+	c, err := govmomi.NewClient(ctx, &u, true)
+	if err != nil {
+		return nil, fmt.Errorf("log in to simulator: %w", err)
+	}
+	return c, nil
+}
+
+// generate keeps producing realistic events at about rate operations per
+// second (VM power cycles, reconfigurations, logins and logouts, EventEx
+// and ExtendedEvent) until ctx is done. Each operation yields one or two
+// events.
+func (s *simulation) generate(ctx context.Context, rate float64, log *slog.Logger) error {
+	c, err := s.Client(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+		defer cancel()
+		_ = c.Logout(ctx)
+	}()
+	finder := find.NewFinder(c.Client, true)
+	dc, err := finder.DefaultDatacenter(ctx)
+	if err != nil {
+		return fmt.Errorf("find datacenter: %w", err)
+	}
+	finder.SetDatacenter(dc)
+	vms, err := finder.VirtualMachineList(ctx, "*")
+	if err != nil {
+		return fmt.Errorf("find virtual machines: %w", err)
+	}
+
+	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
+	ops := []func(context.Context, *rand.Rand) error{
+		func(ctx context.Context, rnd *rand.Rand) error { return powerCycle(ctx, vms[rnd.IntN(len(vms))]) },
+		func(ctx context.Context, rnd *rand.Rand) error { return powerCycle(ctx, vms[rnd.IntN(len(vms))]) },
+		func(ctx context.Context, rnd *rand.Rand) error {
+			vm := vms[rnd.IntN(len(vms))]
+			return waitTask(ctx, "reconfigure", func() (*object.Task, error) {
+				return vm.Reconfigure(ctx, types.VirtualMachineConfigSpec{Annotation: fmt.Sprintf("simulated change %d", rnd.IntN(1000))})
+			})
+		},
+		func(ctx context.Context, _ *rand.Rand) error {
+			sc, err := s.Client(ctx)
+			if err != nil {
+				return err
+			}
+			return sc.Logout(ctx)
+		},
+		func(ctx context.Context, rnd *rand.Rand) error {
+			vm := vms[rnd.IntN(len(vms))]
+			return postEvent(ctx, c, &types.EventEx{
+				EventTypeId: "com.vmware.vc.simulated.HealthChangedEvent",
+				Severity:    "info",
+				Message:     "simulated health check",
+				ObjectId:    vm.Reference().Value,
+				ObjectType:  vm.Reference().Type,
+			})
+		},
+		func(ctx context.Context, rnd *rand.Rand) error {
+			vm := vms[rnd.IntN(len(vms))]
+			return postEvent(ctx, c, &types.ExtendedEvent{
+				GeneralEvent:  types.GeneralEvent{Message: "simulated backup completed"},
+				EventTypeId:   "com.example.backup.completed",
+				ManagedObject: vm.Reference(),
+				Data:          []types.ExtendedEventPair{{Key: "result", Value: "success"}},
+			})
+		},
+	}
+
+	interval := time.Duration(float64(time.Second) / rate)
+	ticker := time.NewTicker(interval)
+	defer ticker.Stop()
+	log.Info("generating simulated events", "rate", rate, "vms", len(vms))
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ticker.C:
+		}
+		if err := ops[rnd.IntN(len(ops))](ctx, rnd); err != nil && ctx.Err() == nil {
+			log.Warn("simulated operation failed", "error", err)
+		}
+	}
+}
+
+// powerCycle powers vm off if it is on and on if it is off.
+func powerCycle(ctx context.Context, vm *object.VirtualMachine) error {
+	state, err := vm.PowerState(ctx)
+	if err != nil {
+		return fmt.Errorf("read power state of %s: %w", vm.Name(), err)
+	}
+	if state == types.VirtualMachinePowerStatePoweredOn {
+		return waitTask(ctx, "power off", func() (*object.Task, error) { return vm.PowerOff(ctx) })
+	}
+	return waitTask(ctx, "power on", func() (*object.Task, error) { return vm.PowerOn(ctx) })
+}
+
+func waitTask(ctx context.Context, what string, start func() (*object.Task, error)) error {
+	task, err := start()
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	if err := task.Wait(ctx); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
+}
+
+func postEvent(ctx context.Context, c *govmomi.Client, ev types.BaseEvent) error {
+	if err := event.NewManager(c.Client).PostEvent(ctx, ev); err != nil {
+		return fmt.Errorf("post event: %w", err)
+	}
+	return nil
+}
