@@ -135,7 +135,10 @@ func (c *Collector) Run(ctx context.Context) error {
 			}
 			return err
 		}
-		c.status.ready.Store(true)
+		if !c.status.ready.Swap(true) {
+			earliest, latest, _ := c.journal.Range()
+			c.log.Info("caught up with vCenter", "earliest", earliest, "latest", latest)
+		}
 		timer.Reset(c.pollInterval)
 	}
 }

@@ -76,15 +76,9 @@ func (s *simulation) generate(ctx context.Context, rate float64, log *slog.Logge
 		defer cancel()
 		_ = c.Logout(ctx)
 	}()
-	finder := find.NewFinder(c.Client, true)
-	dc, err := finder.DefaultDatacenter(ctx)
+	vms, err := listVMs(ctx, c)
 	if err != nil {
-		return fmt.Errorf("find datacenter: %w", err)
-	}
-	finder.SetDatacenter(dc)
-	vms, err := finder.VirtualMachineList(ctx, "*")
-	if err != nil {
-		return fmt.Errorf("find virtual machines: %w", err)
+		return err
 	}
 
 	rnd := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 0))
@@ -139,6 +133,21 @@ func (s *simulation) generate(ctx context.Context, rate float64, log *slog.Logge
 			log.Warn("simulated operation failed", "error", err)
 		}
 	}
+}
+
+// listVMs returns the virtual machines of the default datacenter.
+func listVMs(ctx context.Context, c *govmomi.Client) ([]*object.VirtualMachine, error) {
+	finder := find.NewFinder(c.Client, true)
+	dc, err := finder.DefaultDatacenter(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("find datacenter: %w", err)
+	}
+	finder.SetDatacenter(dc)
+	vms, err := finder.VirtualMachineList(ctx, "*")
+	if err != nil {
+		return nil, fmt.Errorf("find virtual machines: %w", err)
+	}
+	return vms, nil
 }
 
 // powerCycle powers vm off if it is on and on if it is off.

@@ -1,0 +1,388 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi"
+	"github.com/vmware/govmomi/event"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// waitTimeout bounds every wait for a condition in the end-to-end tests.
+const waitTimeout = 20 * time.Second
+
+// logRecorder is the stderr of a server under test: it keeps the JSON log
+// lines and lets a test wait for one.
+type logRecorder struct {
+	mu      sync.Mutex
+	lines   []map[string]any
+	raw     bytes.Buffer
+	changed chan struct{} // closed and replaced on every line
+}
+
+func newLogRecorder() *logRecorder {
+	return &logRecorder{changed: make(chan struct{})}
+}
+
+// Write takes whole lines, as slog's JSON handler writes them.
+func (l *logRecorder) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.raw.Write(p)
+	for _, line := range bytes.Split(bytes.TrimSpace(p), []byte{'\n'}) {
+		var rec map[string]any
+		if json.Unmarshal(line, &rec) == nil {
+			l.lines = append(l.lines, rec)
+		}
+	}
+	close(l.changed)
+	l.changed = make(chan struct{})
+	return len(p), nil
+}
+
+func (l *logRecorder) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.raw.String()
+}
+
+// wait returns the first log line with message msg, waiting for it.
+func (l *logRecorder) wait(t *testing.T, msg string, stopped <-chan struct{}) map[string]any {
+	t.Helper()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	for {
+		l.mu.Lock()
+		for _, rec := range l.lines {
+			if rec["msg"] == msg {
+				l.mu.Unlock()
+				return rec
+			}
+		}
+		changed := l.changed
+		l.mu.Unlock()
+		select {
+		case <-changed:
+		case <-stopped:
+			t.Fatalf("server stopped before logging %q; log:\n%s", msg, l)
+		case <-deadline.C:
+			t.Fatalf("no log line %q within %v; log:\n%s", msg, waitTimeout, l)
+		}
+	}
+}
+
+// testServer is the whole program, started through run.
+type testServer struct {
+	URL     string // http://127.0.0.1:port
+	logs    *logRecorder
+	stop    context.CancelFunc
+	stopped chan struct{}
+	err     error // run's result, set before stopped is closed
+}
+
+// simulatorCreation serializes the creation of simulators: govmomi's
+// simulator keeps package-level state (its evaluation license) that each
+// new inventory writes. Once created, simulators are independent.
+var simulatorCreation sync.Mutex
+
+// startTestSimulation starts an in-process vCenter simulator for one test.
+func startTestSimulation(t *testing.T) *simulation {
+	t.Helper()
+	simulatorCreation.Lock()
+	sim, err := startSimulation()
+	simulatorCreation.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(sim.Close)
+	return sim
+}
+
+// startServer runs the program against sim with env added to a working
+// configuration, and waits until it has caught up with vCenter.
+func startServer(t *testing.T, sim *simulation, env map[string]string) *testServer {
+	t.Helper()
+	secrets := t.TempDir()
+	// Trailing newlines, as `echo user > username` leaves them.
+	writeFile(t, filepath.Join(secrets, "username"), sim.Username+"\n")
+	writeFile(t, filepath.Join(secrets, "password"), sim.Password+"\n")
+	vars := map[string]string{
+		envVCenterURL:      sim.URL.String(),
+		envVCenterInsecure: "true",
+		envSecretPath:      secrets,
+		envPort:            "0",
+		envDebug:           "true",
+	}
+	for k, v := range env {
+		vars[k] = v
+	}
+	getenv := func(k string) string { return vars[k] }
+
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &testServer{logs: newLogRecorder(), stop: cancel, stopped: make(chan struct{})}
+	go func() {
+		defer close(s.stopped)
+		s.err = run(ctx, []string{"vsphere-event-streaming", "--poll-interval=10ms"}, getenv, io.Discard, s.logs)
+	}()
+	t.Cleanup(func() {
+		s.shutdown(t)
+		if t.Failed() {
+			t.Logf("server log:\n%s", s.logs)
+		}
+	})
+
+	listening := s.logs.wait(t, "serving HTTP", s.stopped)
+	_, port, err := net.SplitHostPort(listening["addr"].(string))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.URL = "http://127.0.0.1:" + port
+	s.logs.wait(t, "caught up with vCenter", s.stopped)
+	return s
+}
+
+// shutdown stops the server as SIGTERM would and checks that it exits
+// cleanly within the 5 s of API.md.
+func (s *testServer) shutdown(t *testing.T) {
+	t.Helper()
+	s.stop()
+	select {
+	case <-s.stopped:
+		if s.err != nil {
+			t.Errorf("run returned %v after shutdown", s.err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Errorf("server did not shut down within 5s")
+	}
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// get fetches url and returns its status and body.
+func get(t *testing.T, url string) (int, []byte) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp.StatusCode, body
+}
+
+// serverRange returns the server's /api/v1/range.
+func serverRange(t *testing.T, s *testServer) (earliest, latest int64) {
+	t.Helper()
+	code, body := get(t, s.URL+"/api/v1/range")
+	if code != http.StatusOK {
+		t.Fatalf("range: %d %s", code, body)
+	}
+	var r rangeResponse
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatal(err)
+	}
+	return r.Earliest, r.Latest
+}
+
+// watchStream is an open NDJSON watch whose lines a test takes one by one.
+type watchStream struct {
+	resp  *http.Response
+	lines chan []byte
+}
+
+// openWatch opens a watch on the server; it is closed when the test ends.
+func openWatch(t *testing.T, s *testServer, query string) *watchStream {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/api/v1/events?watch=true"+query, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	if resp.StatusCode != http.StatusOK {
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		cancel()
+		t.Fatalf("watch%s: %d %s", query, resp.StatusCode, body)
+	}
+	w := &watchStream{resp: resp, lines: make(chan []byte, 1024)}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer close(w.lines)
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
+		for sc.Scan() {
+			w.lines <- bytes.Clone(sc.Bytes())
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		resp.Body.Close()
+		<-done
+	})
+	return w
+}
+
+// next returns the next line of the watch.
+func (w *watchStream) next(t *testing.T) []byte {
+	t.Helper()
+	select {
+	case line, ok := <-w.lines:
+		if !ok {
+			t.Fatal("watch ended")
+		}
+		return line
+	case <-time.After(waitTimeout):
+		t.Fatalf("no watch line within %v", waitTimeout)
+		return nil
+	}
+}
+
+// watchedEvent is the part of a CloudEvent the tests look at.
+type watchedEvent struct {
+	ID   string `json:"id"`
+	Type string `json:"type"`
+	Data struct {
+		Key                  int64
+		FullFormattedMessage string
+	} `json:"data"`
+}
+
+func decodeEvent(t *testing.T, line []byte) watchedEvent {
+	t.Helper()
+	var e watchedEvent
+	if err := json.Unmarshal(line, &e); err != nil {
+		t.Fatalf("decode %s: %v", line, err)
+	}
+	if e.ID != strconv.FormatInt(e.Data.Key, 10) {
+		t.Fatalf("id %q is not the event key %d", e.ID, e.Data.Key)
+	}
+	return e
+}
+
+// vcenter is a test's own session with the simulator, acting as a user.
+type vcenter struct {
+	client *govmomi.Client
+}
+
+func connectVCenter(t *testing.T, sim *simulation) *vcenter {
+	t.Helper()
+	ctx := context.Background()
+	c, err := sim.Client(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Logout(context.Background()) })
+	return &vcenter{client: c}
+}
+
+// powerCycleVMs changes the power state of every VM n times.
+func (v *vcenter) powerCycleVMs(t *testing.T, n int) {
+	t.Helper()
+	ctx := context.Background()
+	vms, err := listVMs(ctx, v.client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range n {
+		for _, vm := range vms {
+			if err := powerCycle(ctx, vm); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// events returns vCenter's own history of events with keys above after,
+// oldest first: what the server must have served.
+func (v *vcenter) events(t *testing.T, after int64) []types.BaseEvent {
+	t.Helper()
+	page, err := event.NewManager(v.client.Client).QueryEvents(context.Background(), types.EventFilterSpec{MaxCount: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []types.BaseEvent
+	for i := len(page) - 1; i >= 0; i-- { // the page is newest first
+		if int64(page[i].GetEvent().Key) > after {
+			out = append(out, page[i])
+		}
+	}
+	if len(page) == 1000 && len(out) == len(page) {
+		t.Fatal("vCenter's page is full: the expected history may be cut")
+	}
+	return out
+}
+
+// latestKey is vCenter's newest event key.
+func (v *vcenter) latestKey(t *testing.T) int64 {
+	t.Helper()
+	all := v.events(t, 0)
+	if len(all) == 0 {
+		t.Fatal("vCenter has no events")
+	}
+	return int64(all[len(all)-1].GetEvent().Key)
+}
+
+// waitForKey waits until the server holds key: a watch from that offset
+// delivers it as its first line.
+func waitForKey(t *testing.T, s *testServer, key int64) {
+	t.Helper()
+	w := openWatch(t, s, fmt.Sprintf("&offset=%d", key))
+	if got := decodeEvent(t, w.next(t)); got.Data.Key != key {
+		t.Fatalf("watch from %d began with %d", key, got.Data.Key)
+	}
+}
+
+// expectEvents takes len(want) lines from w and checks they are exactly
+// want: same keys, in order, same types and messages.
+func expectEvents(t *testing.T, w *watchStream, want []types.BaseEvent) [][]byte {
+	t.Helper()
+	lines := make([][]byte, 0, len(want))
+	for i, ev := range want {
+		line := w.next(t)
+		got := decodeEvent(t, line)
+		name, _ := eventTypeAndClass(ev)
+		base := ev.GetEvent()
+		if got.Data.Key != int64(base.Key) || got.Type != cloudEventType(name) || got.Data.FullFormattedMessage != base.FullFormattedMessage {
+			t.Fatalf("line %d: got key %d %s %q, want key %d %s %q", i, got.Data.Key, got.Type,
+				got.Data.FullFormattedMessage, base.Key, cloudEventType(name), base.FullFormattedMessage)
+		}
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+func keysOf(events []types.BaseEvent) string {
+	var b strings.Builder
+	for _, ev := range events {
+		fmt.Fprintf(&b, "%d ", ev.GetEvent().Key)
+	}
+	return b.String()
+}
