@@ -147,7 +147,15 @@ func encodeFloat(b []byte, v reflect.Value) []byte {
 	if abs := math.Abs(f); abs != 0 && (abs < 1e-6 || abs >= 1e21) {
 		format = 'e'
 	}
-	return strconv.AppendFloat(b, f, format, -1, bits)
+	b = strconv.AppendFloat(b, f, format, -1, bits)
+	if format == 'e' {
+		// Shorten e-09 to e-9, as encoding/json does.
+		if n := len(b); n >= 4 && b[n-4] == 'e' && b[n-3] == '-' && b[n-2] == '0' {
+			b[n-2] = b[n-1]
+			b = b[:n-1]
+		}
+	}
+	return b
 }
 
 func encodeBytes(b []byte, v reflect.Value) []byte {
