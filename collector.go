@@ -22,6 +22,9 @@ import (
 // few round trips as possible.
 const readPageSize = 1000
 
+// userAgent identifies the server's sessions in vCenter.
+const userAgent = "vsphere-event-streaming"
+
 // cleanupTimeout bounds the calls made to vCenter after the collector was
 // asked to stop (destroying the history collector, logging out).
 const cleanupTimeout = 2 * time.Second
@@ -192,6 +195,8 @@ func (c *Collector) ingest(ev types.BaseEvent) {
 // put in the URL, so no error message or log line can carry them.
 func (c *Collector) login(ctx context.Context) (*vim25.Client, error) {
 	sc := soap.NewClient(c.url, c.insecure)
+	// vCenter lists sessions by user agent: say who we are.
+	sc.UserAgent = userAgent
 	client, err := vim25.NewClient(ctx, sc)
 	if err != nil {
 		return nil, fmt.Errorf("connect to vCenter %s: %w", c.url.Host, err)

@@ -6,6 +6,8 @@ import (
 	"net/http"
 	"strconv"
 	"testing"
+
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 // TestE2EWatchFromNow: a watch opened without an offset receives exactly
@@ -157,6 +159,35 @@ func TestE2EPurge(t *testing.T) {
 			t.Fatalf("earliest offset: %d", code)
 		}
 	}
+}
+
+// TestE2EShutdown: on shutdown the server ends open watches cleanly, logs
+// out of vCenter and destroys its event collector, within 5 s.
+func TestE2EShutdown(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	// With room for one collector, a second server can only start if the
+	// first destroyed its own.
+	sim.model.Service.Context.Map.EventManager().MaxCollector = 1
+	vc := connectVCenter(t, sim)
+
+	first := startServer(t, sim, nil)
+	w := openWatch(t, first, "")
+	first.shutdown(t) // fails the test unless run returns nil within 5 s
+	if err := w.end(t); err != nil {
+		t.Errorf("watch did not end cleanly: %v", err)
+	}
+
+	loggedOut := false
+	for _, ev := range vc.events(t, 0) {
+		if e, ok := ev.(*types.UserLogoutSessionEvent); ok && e.UserAgent == userAgent {
+			loggedOut = true
+		}
+	}
+	if !loggedOut {
+		t.Error("the server did not log out of vCenter")
+	}
+	startServer(t, sim, nil) // fails if the first collector still exists
 }
 
 func mustGet(t *testing.T, url string) []byte {

@@ -210,6 +210,7 @@ func serverRange(t *testing.T, s *testServer) (earliest, latest int64) {
 type watchStream struct {
 	resp  *http.Response
 	lines chan []byte
+	err   error // how the body ended; read it once lines is closed
 }
 
 // openWatch opens a watch on the server; it is closed when the test ends.
@@ -241,6 +242,7 @@ func openWatch(t *testing.T, s *testServer, query string) *watchStream {
 		for sc.Scan() {
 			w.lines <- bytes.Clone(sc.Bytes())
 		}
+		w.err = sc.Err()
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -262,6 +264,23 @@ func (w *watchStream) next(t *testing.T) []byte {
 	case <-time.After(waitTimeout):
 		t.Fatalf("no watch line within %v", waitTimeout)
 		return nil
+	}
+}
+
+// end waits for the watch to end and returns how its body ended: nil for
+// a clean end of the stream. Lines not yet taken are dropped.
+func (w *watchStream) end(t *testing.T) error {
+	t.Helper()
+	deadline := time.After(waitTimeout)
+	for {
+		select {
+		case _, ok := <-w.lines:
+			if !ok {
+				return w.err
+			}
+		case <-deadline:
+			t.Fatalf("watch did not end within %v", waitTimeout)
+		}
 	}
 }
 
