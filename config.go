@@ -174,11 +174,17 @@ func readSecret(dir, name string) (string, error) {
 	path := filepath.Join(dir, name)
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", &configError{envSecretPath, fmt.Sprintf("cannot read %s: %v", path, errors.Unwrap(err))}
+		// The path is quoted (and the PathError's own copy of it dropped) so
+		// that the message stays on one line whatever the variable holds.
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return "", &configError{envSecretPath, fmt.Sprintf("cannot read %q: %v", path, err)}
 	}
 	v := strings.TrimSpace(string(b))
 	if v == "" {
-		return "", &configError{envSecretPath, fmt.Sprintf("%s is empty", path)}
+		return "", &configError{envSecretPath, fmt.Sprintf("%q is empty", path)}
 	}
 	return v, nil
 }

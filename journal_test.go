@@ -1,0 +1,903 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// journalTestTimeout bounds every wait in these tests, so a bug shows up as
+// a failure rather than a hung test binary. It is generous for -race.
+const journalTestTimeout = 60 * time.Second
+
+// recordData is the payload the tests store under key: it lets a reader check
+// that a record's data belongs to its offset (and was not overwritten when a
+// purged segment's array was reused).
+func recordData(key int64) []byte {
+	return []byte("event-" + strconv.FormatInt(key, 10))
+}
+
+// newTestJournal returns a journal with maxSegment holding keys, each with
+// recordData as its data.
+func newTestJournal(t *testing.T, maxSegment int, keys ...int64) *Journal {
+	t.Helper()
+	j := NewJournal(maxSegment)
+	for _, k := range keys {
+		if err := j.Append(k, recordData(k)); err != nil {
+			t.Fatalf("Append(%d): %v", k, err)
+		}
+	}
+	return j
+}
+
+func offsetsOf(recs []Record) []int64 {
+	out := make([]int64, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, r.Offset)
+	}
+	return out
+}
+
+// checkRecords fails unless recs hold exactly the keys want, in order, each
+// with its own data.
+func checkRecords(t *testing.T, what string, recs []Record, want []int64) {
+	t.Helper()
+	if got := offsetsOf(recs); !slices.Equal(got, want) {
+		t.Errorf("%s: offsets %v, want %v", what, got, want)
+		return
+	}
+	for _, r := range recs {
+		if string(r.Data) != string(recordData(r.Offset)) {
+			t.Errorf("%s: record %d has data %q", what, r.Offset, r.Data)
+		}
+	}
+}
+
+// journalGapKeys returns n increasing keys starting at 1 with irregular gaps,
+// like vCenter's event keys.
+func journalGapKeys(n int) []int64 {
+	keys := make([]int64, n)
+	k := int64(1)
+	for i := range keys {
+		keys[i] = k
+		k++
+		switch {
+		case i%7 == 3:
+			k += 4
+		case i%13 == 5:
+			k += 1
+		case i%97 == 50:
+			k += 1000
+		}
+	}
+	return keys
+}
+
+// eventually waits until cond holds, failing the test after a deadline. cond
+// is polled, yielding the processor between polls: it is for conditions that
+// no channel announces (such as a goroutine having blocked).
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(journalTestTimeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		runtime.Gosched()
+	}
+}
+
+// hasWaiter reports whether a reader is blocked (or about to block) in Wait:
+// Wait makes the appended channel just before it blocks, and Append clears it.
+func hasWaiter(j *Journal) bool {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	return j.appended != nil
+}
+
+func TestJournalRollOverAndPurge(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{1, 2, 3, 5, 8} {
+		t.Run(fmt.Sprintf("maxSegment=%d", n), func(t *testing.T) {
+			t.Parallel()
+			keys := journalGapKeys(4*n + 1)
+			j := NewJournal(n)
+			for count := 1; count <= len(keys); count++ {
+				k := keys[count-1]
+				if err := j.Append(k, recordData(k)); err != nil {
+					t.Fatalf("Append(%d): %v", k, err)
+				}
+				// Model: appends fill segments of n records in turn; the
+				// active segment holds the records from index sealed*n
+				// on, the history the n before it, everything older is
+				// purged.
+				sealed := (count - 1) / n
+				first := max(0, (sealed-1)*n)
+				held := keys[first:count]
+				step := fmt.Sprintf("after %d appends", count)
+
+				earliest, latest, ok := j.Range()
+				if !ok || earliest != held[0] || latest != k {
+					t.Fatalf("%s: Range() = %d, %d, %v; want %d, %d, true", step, earliest, latest, ok, held[0], k)
+				}
+				wantBytes := 0
+				for _, h := range held {
+					wantBytes += len(recordData(h))
+				}
+				if records, bytes := j.Stats(); records != len(held) || bytes != wantBytes {
+					t.Fatalf("%s: Stats() = %d records, %d bytes; want %d, %d", step, records, bytes, len(held), wantBytes)
+				}
+				got, err := j.ReadFrom(held[0], len(keys), nil)
+				if err != nil {
+					t.Fatalf("%s: ReadFrom(earliest): %v", step, err)
+				}
+				checkRecords(t, step, got, held)
+				for _, p := range keys[:first] {
+					if _, err := j.Read(p); !errors.Is(err, ErrPurged) {
+						t.Fatalf("%s: Read(%d) of a purged key: %v, want ErrPurged", step, p, err)
+					}
+				}
+				for _, h := range held {
+					if r, err := j.Read(h); err != nil || r.Offset != h {
+						t.Fatalf("%s: Read(%d) = %d, %v", step, h, r.Offset, err)
+					}
+				}
+				// The segments themselves: at most n records each, the
+				// active one never empty.
+				j.mu.RLock()
+				nh, na := len(j.history), len(j.active)
+				j.mu.RUnlock()
+				if wantActive := count - sealed*n; na != wantActive || nh != len(held)-wantActive {
+					t.Fatalf("%s: segments hold %d (history) + %d (active), want %d + %d", step, nh, na, len(held)-wantActive, wantActive)
+				}
+			}
+		})
+	}
+}
+
+// TestJournalSegmentBoundaries spells out the three boundaries of the
+// roll-over test above for one segment size.
+func TestJournalSegmentBoundaries(t *testing.T) {
+	t.Parallel()
+	const n = 4
+	keys := []int64{10, 11, 12, 13, 20, 21, 22, 23, 30}
+	j := newTestJournal(t, n, keys[:n]...)
+	if e, l, _ := j.Range(); e != 10 || l != 13 {
+		t.Fatalf("N records: Range = %d, %d", e, l)
+	}
+	if recs, bytes := j.Stats(); recs != n || bytes != n*len("event-10") {
+		t.Fatalf("N records: Stats = %d, %d", recs, bytes)
+	}
+
+	// N+1: the full active segment is sealed as the history, nothing is lost.
+	if err := j.Append(20, recordData(20)); err != nil {
+		t.Fatal(err)
+	}
+	if len(j.history) != n || j.history[0].Offset != 10 || len(j.active) != 1 {
+		t.Fatalf("N+1: history %v, active %v", offsetsOf(j.history), offsetsOf(j.active))
+	}
+	if recs, _ := j.Stats(); recs != n+1 {
+		t.Fatalf("N+1: Stats records %d", recs)
+	}
+
+	for _, k := range keys[n+1 : 2*n] {
+		if err := j.Append(k, recordData(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if e, l, _ := j.Range(); e != 10 || l != 23 {
+		t.Fatalf("2N records: Range = %d, %d", e, l)
+	}
+
+	// 2N+1: exactly the first segment is purged; earliest becomes the first
+	// key of the old active segment.
+	if err := j.Append(30, recordData(30)); err != nil {
+		t.Fatal(err)
+	}
+	if e, l, _ := j.Range(); e != 20 || l != 30 {
+		t.Fatalf("2N+1: Range = %d, %d, want 20, 30", e, l)
+	}
+	if recs, bytes := j.Stats(); recs != n+1 || bytes != (n+1)*len("event-10") {
+		t.Fatalf("2N+1: Stats = %d, %d", recs, bytes)
+	}
+	for _, k := range keys[:n] {
+		if _, err := j.Read(k); !errors.Is(err, ErrPurged) {
+			t.Errorf("2N+1: Read(%d) = %v, want ErrPurged", k, err)
+		}
+	}
+	if r, err := j.Read(20); err != nil || string(r.Data) != "event-20" {
+		t.Errorf("2N+1: Read(20) = %q, %v", r.Data, err)
+	}
+}
+
+func TestJournalEmpty(t *testing.T) {
+	t.Parallel()
+	j := NewJournal(3)
+	if e, l, ok := j.Range(); ok {
+		t.Errorf("Range() = %d, %d, true on an empty journal", e, l)
+	}
+	if recs, bytes := j.Stats(); recs != 0 || bytes != 0 {
+		t.Errorf("Stats() = %d, %d", recs, bytes)
+	}
+	for _, off := range []int64{0, 1, 1000} {
+		if _, err := j.Read(off); !errors.Is(err, ErrNotFound) {
+			t.Errorf("Read(%d) = %v, want ErrNotFound", off, err)
+		}
+		if got, err := j.ReadFrom(off, 10, nil); err != nil || len(got) != 0 {
+			t.Errorf("ReadFrom(%d) = %v, %v; want nothing", off, offsetsOf(got), err)
+		}
+		if got, err := j.ReadNext(off, 10, nil); err != nil || len(got) != 0 {
+			t.Errorf("ReadNext(%d) = %v, %v; want nothing", off, offsetsOf(got), err)
+		}
+	}
+	if got := j.ReadLast(10, nil); len(got) != 0 {
+		t.Errorf("ReadLast = %v", offsetsOf(got))
+	}
+}
+
+func TestJournalMinimumSegment(t *testing.T) {
+	t.Parallel()
+	for _, n := range []int{0, -5} {
+		j := newTestJournal(t, n, 1, 2, 3)
+		// Treated as 1: two records held.
+		if e, l, _ := j.Range(); e != 2 || l != 3 {
+			t.Errorf("NewJournal(%d): Range = %d, %d; want 2, 3", n, e, l)
+		}
+	}
+}
+
+func TestJournalReadGaps(t *testing.T) {
+	t.Parallel()
+	// maxSegment 2: history [10 11], active [15 20].
+	j := newTestJournal(t, 2, 10, 11, 15, 20)
+	if len(j.history) != 2 || len(j.active) != 2 {
+		t.Fatalf("setup: history %v, active %v", offsetsOf(j.history), offsetsOf(j.active))
+	}
+
+	for _, tc := range []struct {
+		offset int64
+		err    error
+	}{
+		{0, ErrPurged},
+		{9, ErrPurged},
+		{10, nil},
+		{11, nil},
+		{12, ErrNotFound},
+		{14, ErrNotFound},
+		{15, nil},
+		{17, ErrNotFound},
+		{20, nil},
+		{21, ErrNotFound},
+		{1 << 40, ErrNotFound},
+	} {
+		r, err := j.Read(tc.offset)
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) {
+				t.Errorf("Read(%d) = %v, want %v", tc.offset, err, tc.err)
+			}
+			continue
+		}
+		if err != nil || r.Offset != tc.offset || string(r.Data) != string(recordData(tc.offset)) {
+			t.Errorf("Read(%d) = {%d %q}, %v", tc.offset, r.Offset, r.Data, err)
+		}
+	}
+
+	for _, tc := range []struct {
+		offset int64
+		limit  int
+		want   []int64
+		err    error
+	}{
+		{offset: 0, limit: 10, err: ErrPurged},
+		{offset: 9, limit: 10, err: ErrPurged},
+		{offset: 10, limit: 10, want: []int64{10, 11, 15, 20}},
+		{offset: 12, limit: 10, want: []int64{15, 20}},
+		{offset: 12, limit: 1, want: []int64{15}},
+		{offset: 11, limit: 2, want: []int64{11, 15}},
+		{offset: 10, limit: 3, want: []int64{10, 11, 15}},
+		{offset: 10, limit: 2, want: []int64{10, 11}},
+		{offset: 10, limit: 1, want: []int64{10}},
+		{offset: 10, limit: 0, want: []int64{}},
+		{offset: 20, limit: 10, want: []int64{20}},
+		{offset: 16, limit: 10, want: []int64{20}},
+		{offset: 21, limit: 10, want: []int64{}},
+		{offset: 1 << 40, limit: 10, want: []int64{}},
+	} {
+		name := fmt.Sprintf("ReadFrom(%d, %d)", tc.offset, tc.limit)
+		got, err := j.ReadFrom(tc.offset, tc.limit, nil)
+		if tc.err != nil {
+			if !errors.Is(err, tc.err) || len(got) != 0 {
+				t.Errorf("%s = %v, %v; want %v", name, offsetsOf(got), err, tc.err)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		checkRecords(t, name, got, tc.want)
+	}
+
+	// dst is extended, not overwritten.
+	prefix := []Record{{Offset: -1}}
+	got, err := j.ReadFrom(15, 10, prefix)
+	if err != nil || !slices.Equal(offsetsOf(got), []int64{-1, 15, 20}) {
+		t.Errorf("ReadFrom into a non-empty dst = %v, %v", offsetsOf(got), err)
+	}
+
+	for _, tc := range []struct {
+		limit int
+		want  []int64
+	}{
+		{-1, []int64{}},
+		{0, []int64{}},
+		{1, []int64{20}},
+		{2, []int64{15, 20}},
+		{3, []int64{11, 15, 20}},
+		{4, []int64{10, 11, 15, 20}},
+		{100, []int64{10, 11, 15, 20}},
+	} {
+		checkRecords(t, fmt.Sprintf("ReadLast(%d)", tc.limit), j.ReadLast(tc.limit, nil), tc.want)
+	}
+	checkRecords(t, "ReadLast with only an active segment", newTestJournal(t, 5, 3, 7, 9).ReadLast(2, nil), []int64{7, 9})
+
+	// After a purge, everything below the new earliest is purged, gaps
+	// included: history [15 20], active [30].
+	if err := j.Append(30, recordData(30)); err != nil {
+		t.Fatal(err)
+	}
+	for _, off := range []int64{10, 11, 12, 14} {
+		if _, err := j.Read(off); !errors.Is(err, ErrPurged) {
+			t.Errorf("after purge: Read(%d) = %v, want ErrPurged", off, err)
+		}
+		if _, err := j.ReadFrom(off, 10, nil); !errors.Is(err, ErrPurged) {
+			t.Errorf("after purge: ReadFrom(%d) = %v, want ErrPurged", off, err)
+		}
+	}
+	checkRecords(t, "after purge: ReadLast(10)", j.ReadLast(10, nil), []int64{15, 20, 30})
+}
+
+func TestJournalReadNextAfterPurge(t *testing.T) {
+	t.Parallel()
+	type readerCase struct {
+		next int64
+		want []int64 // nil: ErrPurged
+	}
+	// The stages run in order on one journal with maxSegment 2.
+	j := NewJournal(2)
+	for _, stage := range []struct {
+		name   string
+		append []int64
+		cases  []readerCase
+	}{{
+		name:   "before any purge", // history [10 11], active [20 21]
+		append: []int64{10, 11, 20, 21},
+		cases: []readerCase{
+			// Nothing was ever purged: a reader from 0 starts at the
+			// first record (where ReadFrom says ErrPurged).
+			{0, []int64{10, 11, 20, 21}},
+			{11, []int64{11, 20, 21}},
+			{12, []int64{20, 21}},
+			{22, []int64{}},
+		},
+	}, {
+		name:   "first purge", // 10 11 purged; history [20 21], active [30]
+		append: []int64{30},
+		cases: []readerCase{
+			{0, nil},
+			{10, nil},
+			{11, nil}, // has not seen 11
+			// Has seen 11: only a gap lies between it and the earliest.
+			{12, []int64{20, 21, 30}},
+			{19, []int64{20, 21, 30}},
+			{20, []int64{20, 21, 30}},
+			{25, []int64{30}},
+			{31, []int64{}},
+		},
+	}, {
+		name:   "second purge", // 20 21 purged; history [30 31], active [40]
+		append: []int64{31, 40},
+		cases: []readerCase{
+			{12, nil},
+			{21, nil},
+			{22, []int64{30, 31, 40}},
+			{30, []int64{30, 31, 40}},
+			{32, []int64{40}},
+			{41, []int64{}},
+		},
+	}} {
+		for _, k := range stage.append {
+			if err := j.Append(k, recordData(k)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, c := range stage.cases {
+			name := fmt.Sprintf("%s: ReadNext(%d)", stage.name, c.next)
+			got, err := j.ReadNext(c.next, 10, nil)
+			if c.want == nil {
+				if !errors.Is(err, ErrPurged) || len(got) != 0 {
+					t.Errorf("%s = %v, %v; want ErrPurged", name, offsetsOf(got), err)
+				}
+				continue
+			}
+			if err != nil {
+				t.Errorf("%s: %v, want no error", name, err)
+				continue
+			}
+			checkRecords(t, name, got, c.want)
+		}
+		// A limit still applies across the segments.
+		if got, err := j.ReadNext(0, 0, nil); len(got) != 0 && err == nil {
+			t.Errorf("%s: ReadNext with limit 0 = %v", stage.name, offsetsOf(got))
+		}
+	}
+	if got, err := j.ReadNext(22, 2, nil); err != nil || !slices.Equal(offsetsOf(got), []int64{30, 31}) {
+		t.Errorf("ReadNext(22, 2) = %v, %v; want [30 31]", offsetsOf(got), err)
+	}
+}
+
+func TestJournalAppendOutOfOrder(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name string
+		keys []int64 // appended first; maxSegment 2
+	}{
+		{"one record", []int64{10}},
+		{"active segment full", []int64{10, 20}},
+		{"both segments full", []int64{10, 20, 30, 40}},
+		{"after a purge", []int64{10, 20, 30, 40, 50}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			j := newTestJournal(t, 2, tc.keys...)
+			e0, l0, _ := j.Range()
+			r0, b0 := j.Stats()
+			all0, _ := j.ReadFrom(e0, 100, nil)
+			latest := tc.keys[len(tc.keys)-1]
+			for _, bad := range []int64{latest, latest - 1, tc.keys[0], tc.keys[0] - 1, 0, -1} {
+				if err := j.Append(bad, []byte("bad")); !errors.Is(err, ErrOutOfOrder) {
+					t.Errorf("Append(%d) after %v = %v, want ErrOutOfOrder", bad, tc.keys, err)
+				}
+			}
+			if e, l, _ := j.Range(); e != e0 || l != l0 {
+				t.Errorf("Range changed from %d, %d to %d, %d", e0, l0, e, l)
+			}
+			if r, b := j.Stats(); r != r0 || b != b0 {
+				t.Errorf("Stats changed from %d, %d to %d, %d", r0, b0, r, b)
+			}
+			all, _ := j.ReadFrom(e0, 100, nil)
+			checkRecords(t, "records after rejected appends", all, offsetsOf(all0))
+			// The journal still takes the next key.
+			if err := j.Append(latest+1, recordData(latest+1)); err != nil {
+				t.Errorf("Append(%d) after the rejected ones: %v", latest+1, err)
+			}
+		})
+	}
+}
+
+func TestJournalSharesRecords(t *testing.T) {
+	t.Parallel()
+	j := NewJournal(2)
+	data := make([]byte, 3, 64)
+	copy(data, "abc")
+	if err := j.Append(7, data); err != nil {
+		t.Fatal(err)
+	}
+	same := func(what string, r Record) {
+		t.Helper()
+		if r.Offset != 7 {
+			t.Errorf("%s: got record %d, want 7", what, r.Offset)
+			return
+		}
+		if len(r.Data) != len(data) || cap(r.Data) != cap(data) || &r.Data[0] != &data[0] {
+			t.Errorf("%s: Data is a copy, want the appended slice", what)
+		}
+	}
+	r, err := j.Read(7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	same("Read", r)
+	first := func(recs []Record, err error) Record {
+		if err != nil || len(recs) == 0 {
+			return Record{}
+		}
+		return recs[0]
+	}
+	same("ReadFrom", first(j.ReadFrom(7, 1, nil)))
+	same("ReadNext", first(j.ReadNext(0, 1, nil)))
+	same("ReadLast", first(j.ReadLast(1, nil), nil))
+
+	// Records read out stay intact when their segment is purged and its
+	// array reused for new appends.
+	batch, _ := j.ReadFrom(7, 10, nil)
+	for k := int64(8); k < 20; k++ {
+		if err := j.Append(k, recordData(k)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(batch) != 1 || batch[0].Offset != 7 || string(batch[0].Data) != "abc" {
+		t.Fatalf("record read before the purge changed to %v", batch)
+	}
+	same("record read before the purge", batch[0])
+}
+
+// startWait runs j.Wait(ctx, offset) in a goroutine and delivers its result.
+func startWait(ctx context.Context, j *Journal, offset int64) <-chan error {
+	done := make(chan error, 1)
+	go func() { done <- j.Wait(ctx, offset) }()
+	return done
+}
+
+// waitResult returns the result of a Wait started by startWait, failing the
+// test if it does not come before the deadline.
+func waitResult(t *testing.T, what string, done <-chan error) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(journalTestTimeout):
+		t.Fatalf("%s: Wait did not return", what)
+		return nil
+	}
+}
+
+func TestJournalWaitReturnsAtOnce(t *testing.T) {
+	t.Parallel()
+	j := newTestJournal(t, 2, 10, 11, 20, 21, 30) // holds 20 21 30
+	// A cancelled context: Wait must not block at all when a record >=
+	// offset is held, so it never looks at the context.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, off := range []int64{0, 10, 12, 20, 25, 30} {
+		if err := j.Wait(ctx, off); err != nil {
+			t.Errorf("Wait(%d) with latest 30 = %v, want nil at once", off, err)
+		}
+	}
+	if err := j.Wait(ctx, 31); !errors.Is(err, context.Canceled) {
+		t.Errorf("Wait(31) with a cancelled context = %v, want context.Canceled", err)
+	}
+	if err := NewJournal(2).Wait(ctx, 0); !errors.Is(err, context.Canceled) {
+		t.Errorf("Wait(0) on an empty journal with a cancelled context = %v, want context.Canceled", err)
+	}
+}
+
+func TestJournalWaitWokenByAppend(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		initial []int64
+		wait    int64
+		smaller []int64 // appended first: must not release the waiter
+		release int64   // must release it
+	}{
+		{"empty journal", nil, 0, nil, 0},
+		{"empty journal, future offset", nil, 100, []int64{5, 50, 99}, 150},
+		{"next offset", []int64{10}, 11, nil, 11},
+		{"past a gap", []int64{10}, 100, []int64{20, 99}, 100},
+		{"key above the offset", []int64{10}, 100, []int64{50}, 120},
+		{"across a roll-over", []int64{1, 2, 3, 4}, 10, []int64{5, 6, 7}, 12},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), journalTestTimeout)
+			defer cancel()
+			j := newTestJournal(t, 2, tc.initial...)
+			done := startWait(ctx, j, tc.wait)
+			for _, k := range tc.smaller {
+				eventually(t, "the reader to wait", func() bool {
+					select {
+					case err := <-done:
+						t.Fatalf("Wait(%d) returned %v before key %d", tc.wait, err, k)
+					default:
+					}
+					return hasWaiter(j)
+				})
+				if err := j.Append(k, recordData(k)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// The reader waits again after the smaller keys woke it.
+			eventually(t, "the reader to wait", func() bool {
+				select {
+				case err := <-done:
+					t.Fatalf("Wait(%d) returned %v after keys %v only", tc.wait, err, tc.smaller)
+				default:
+				}
+				return hasWaiter(j)
+			})
+			if err := j.Append(tc.release, recordData(tc.release)); err != nil {
+				t.Fatal(err)
+			}
+			if err := waitResult(t, "after the append", done); err != nil {
+				t.Errorf("Wait(%d) = %v after Append(%d), want nil", tc.wait, err, tc.release)
+			}
+		})
+	}
+}
+
+func TestJournalWaitCancelled(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name    string
+		initial []int64
+		wait    int64
+	}{
+		{"empty journal", nil, 0},
+		{"future offset", []int64{1, 2, 3}, 4},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			j := newTestJournal(t, 2, tc.initial...)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			done := startWait(ctx, j, tc.wait)
+			eventually(t, "the reader to wait", func() bool { return hasWaiter(j) })
+			cancel()
+			if err := waitResult(t, "after cancel", done); !errors.Is(err, context.Canceled) {
+				t.Errorf("Wait = %v, want context.Canceled", err)
+			}
+			// A deadline that passes gives the context's DeadlineExceeded.
+			dctx, dcancel := context.WithTimeout(context.Background(), time.Millisecond)
+			defer dcancel()
+			if err := waitResult(t, "after the deadline", startWait(dctx, j, tc.wait)); !errors.Is(err, context.DeadlineExceeded) {
+				t.Errorf("Wait past its deadline = %v, want context.DeadlineExceeded", err)
+			}
+			// The journal still works for others.
+			if err := j.Append(tc.wait, recordData(tc.wait)); err != nil {
+				t.Fatal(err)
+			}
+			if err := j.Wait(context.Background(), tc.wait); err != nil {
+				t.Errorf("Wait after the append = %v", err)
+			}
+		})
+	}
+}
+
+// manyWaitersWait is the body of each goroutine of TestJournalWaitManyWaiters;
+// its name lets the test find these goroutines in a stack dump.
+func manyWaitersWait(ctx context.Context, j *Journal, offset int64, done chan<- error) {
+	done <- j.Wait(ctx, offset)
+}
+
+// blockedWaiters counts the goroutines blocked in Journal.Wait that were
+// started as manyWaitersWait. (Frames are named after the package's import
+// path in a test binary, "main" otherwise: match the suffix.)
+func blockedWaiters() int {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			buf = buf[:n]
+			break
+		}
+		buf = make([]byte, 2*len(buf))
+	}
+	count := 0
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		header, _, _ := strings.Cut(g, "\n")
+		if strings.Contains(header, "[select") &&
+			strings.Contains(g, ".(*Journal).Wait(") &&
+			strings.Contains(g, ".manyWaitersWait(") {
+			count++
+		}
+	}
+	return count
+}
+
+func TestJournalWaitManyWaiters(t *testing.T) {
+	t.Parallel()
+	const waiters = 50
+	ctx, cancel := context.WithTimeout(context.Background(), journalTestTimeout)
+	defer cancel()
+	j := newTestJournal(t, 4, 1, 2, 3)
+	done := make(chan error, waiters)
+	for i := range waiters {
+		// Various offsets, all released by the one append of key 100.
+		go manyWaitersWait(ctx, j, int64(4+i), done)
+	}
+	eventually(t, "every reader to block in Wait", func() bool { return blockedWaiters() == waiters })
+	if err := j.Append(100, recordData(100)); err != nil {
+		t.Fatal(err)
+	}
+	for i := range waiters {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("waiter returned %v", err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("only %d of %d waiters woken by one append", i, waiters)
+		}
+	}
+}
+
+// followJournal reads j from offset 0 with ReadNext and Wait as a watch does,
+// checking each record against keys, the writer's sequence: every record
+// must be the key following the previous one seen. It returns how many keys
+// it saw and the error that ended it (nil once it saw them all). onSeen, if
+// not nil, is told the count after each batch.
+func followJournal(ctx context.Context, j *Journal, keys []int64, limit int, yield bool, onSeen func(int)) (int, error) {
+	seen := 0
+	next := int64(0)
+	batch := make([]Record, 0, limit)
+	for seen < len(keys) {
+		var err error
+		batch, err = j.ReadNext(next, limit, batch[:0])
+		if err != nil {
+			return seen, err
+		}
+		if len(batch) > limit {
+			return seen, fmt.Errorf("ReadNext(%d, %d) gave %d records", next, limit, len(batch))
+		}
+		if len(batch) == 0 {
+			if err := j.Wait(ctx, next); err != nil {
+				return seen, fmt.Errorf("Wait(%d) after %d keys: %w", next, seen, err)
+			}
+			continue
+		}
+		for _, r := range batch {
+			if seen == len(keys) || r.Offset != keys[seen] {
+				prev := "nothing"
+				if seen > 0 {
+					prev = strconv.FormatInt(keys[seen-1], 10)
+				}
+				return seen, fmt.Errorf("after %s got key %d, want %d (a skip or duplicate)", prev, r.Offset, keys[min(seen, len(keys)-1)])
+			}
+			if string(r.Data) != string(recordData(r.Offset)) {
+				return seen, fmt.Errorf("record %d has data %q", r.Offset, r.Data)
+			}
+			seen++
+			next = r.Offset + 1
+		}
+		if onSeen != nil {
+			onSeen(seen)
+		}
+		if yield {
+			runtime.Gosched()
+		}
+	}
+	return seen, nil
+}
+
+// pacer holds the writer back so that one reader is never more than a
+// segment behind.
+type pacer struct {
+	mu   sync.Mutex
+	cond *sync.Cond
+	seen int
+}
+
+func newPacer() *pacer {
+	p := &pacer{}
+	p.cond = sync.NewCond(&p.mu)
+	return p
+}
+
+func (p *pacer) set(seen int) {
+	p.mu.Lock()
+	p.seen = max(p.seen, seen)
+	p.mu.Unlock()
+	p.cond.Broadcast()
+}
+
+func (p *pacer) waitFor(seen int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for p.seen < seen {
+		p.cond.Wait()
+	}
+}
+
+func TestJournalConcurrentReaders(t *testing.T) {
+	t.Parallel()
+	const readers = 50
+	keys := journalGapKeys(3000)
+	for _, tc := range []struct {
+		name       string
+		maxSegment int
+		// small: the journal holds fewer than all keys, so readers may fall
+		// behind and get ErrPurged, except reader 0, which the writer waits
+		// for so that it is never more than a segment behind: it must see
+		// every key through all the roll-overs and purges.
+		small bool
+	}{
+		{"journal holds all", len(keys), false},
+		{"journal holds all in two segments", len(keys)/2 + 1, false},
+		{"tiny segments", 3, true},
+		{"one-record segments", 1, true},
+		{"segments of 64", 64, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			ctx, cancel := context.WithTimeout(context.Background(), journalTestTimeout)
+			defer cancel()
+			j := NewJournal(tc.maxSegment)
+			pace := newPacer()
+			start := make(chan struct{})
+			var wg sync.WaitGroup
+			var mu sync.Mutex
+			finished, purged, purgedSeen := 0, 0, 0
+			for r := range readers {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					var onSeen func(int)
+					if tc.small && r == 0 {
+						onSeen = pace.set
+						// Release the writer even if this reader fails.
+						defer pace.set(len(keys))
+					}
+					<-start
+					limit := 1 + r%17
+					seen, err := followJournal(ctx, j, keys, limit, r%2 == 1, onSeen)
+					switch {
+					case err == nil:
+						mu.Lock()
+						finished++
+						mu.Unlock()
+					case tc.small && r != 0 && errors.Is(err, ErrPurged):
+						// Legitimate only if the key the reader had not
+						// yet seen is gone; earliest only grows, so it is
+						// still gone now.
+						if earliest, _, _ := j.Range(); earliest <= keys[seen] {
+							t.Errorf("reader %d: ErrPurged after %d keys, but key %d is held (earliest %d)", r, seen, keys[seen], earliest)
+						}
+						mu.Lock()
+						purged++
+						purgedSeen += seen
+						mu.Unlock()
+					default:
+						t.Errorf("reader %d (limit %d): after %d keys: %v", r, limit, seen, err)
+					}
+				}()
+			}
+			writerErr := make(chan error, 1)
+			go func() {
+				<-start
+				for i, k := range keys {
+					if tc.small {
+						pace.waitFor(i - tc.maxSegment + 1)
+					}
+					if err := j.Append(k, recordData(k)); err != nil {
+						writerErr <- fmt.Errorf("Append(%d): %w", k, err)
+						cancel() // release the readers
+						return
+					}
+					if i%5 == 0 {
+						runtime.Gosched()
+					}
+				}
+				writerErr <- nil
+			}()
+			close(start)
+			wg.Wait()
+			if err := <-writerErr; err != nil {
+				t.Fatal(err)
+			}
+			if !tc.small && finished != readers {
+				t.Errorf("%d of %d readers saw every key", finished, readers)
+			}
+			t.Logf("%d readers saw every key, %d fell behind (ErrPurged) after %d keys on average", finished, purged, purgedSeen/max(purged, 1))
+			if finished+purged != readers && !t.Failed() {
+				t.Errorf("%d readers finished, %d purged, of %d", finished, purged, readers)
+			}
+			// The active segment holds the last 1..maxSegment keys, the
+			// history the maxSegment before them.
+			want := len(keys)
+			if want > tc.maxSegment {
+				want = tc.maxSegment + (len(keys)-1)%tc.maxSegment + 1
+			}
+			if records, _ := j.Stats(); records != want {
+				t.Errorf("Stats records %d after %d appends with maxSegment %d, want %d", records, len(keys), tc.maxSegment, want)
+			}
+		})
+	}
+}
