@@ -4,7 +4,6 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
-	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -441,39 +440,6 @@ func TestConfigVariables(t *testing.T) {
 	sorted := slices.Sorted(slices.Values(want))
 	if !slices.Equal(got, sorted) {
 		t.Errorf("parseConfig read %v, want %v", got, sorted)
-	}
-}
-
-// TestConfigDeployVariables checks that the deployment manifests use the
-// variable names parseConfig reads (a misspelt name would be ignored
-// silently, leaving the default in force).
-func TestConfigDeployVariables(t *testing.T) {
-	t.Parallel()
-	if _, err := os.Stat("deploy"); err != nil {
-		t.Skip("no deploy directory")
-	}
-	known := map[string]bool{}
-	for _, v := range configVariables() {
-		known[v] = true
-	}
-	name := regexp.MustCompile(`\b(?:VCENTER|LOG_MAX)_[A-Z0-9_]*\b`)
-	err := filepath.WalkDir("deploy", func(path string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() {
-			return err
-		}
-		b, err := os.ReadFile(path)
-		if err != nil {
-			return err
-		}
-		for _, v := range name.FindAllString(string(b), -1) {
-			if !known[v] {
-				t.Errorf("%s uses %s, which the server does not read", path, v)
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		t.Fatal(err)
 	}
 }
 
