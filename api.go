@@ -50,6 +50,11 @@ func checkRequest(next http.Handler) http.Handler {
 			writeProblem(w, newProblem(http.StatusRequestURITooLong, "request target is %d bytes, more than %d", len(r.RequestURI), maxRequestTarget))
 			return
 		}
+		if !strings.HasPrefix(r.URL.Path, "/") {
+			// "GET *": ServeMux would answer a bare 400, not a problem.
+			writeProblem(w, newProblem(http.StatusBadRequest, "request target %q is not a path", r.RequestURI))
+			return
+		}
 		next.ServeHTTP(w, r)
 	})
 }
@@ -120,7 +125,9 @@ const (
 	paramTimeout = "timeoutSeconds"
 )
 
-func parseEventsQuery(r *http.Request) (eventsQuery, *problem) {
+// parseEventsQuery validates the query of /api/v1/events; an offset error
+// carries j's range, as every offset error does.
+func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 	q := eventsQuery{limit: defaultPageSize}
 	values, p := parseQuery(r, paramOffset, paramLimit, paramWatch, paramTimeout)
 	if p != nil {
@@ -135,7 +142,7 @@ func parseEventsQuery(r *http.Request) (eventsQuery, *problem) {
 	}
 	if v, ok := values[paramOffset]; ok {
 		if q.offset, p = parseOffset(paramOffset, v[0]); p != nil {
-			return q, p
+			return q, p.withRange(j)
 		}
 		q.hasOffset = true
 	}
@@ -164,7 +171,7 @@ func parseEventsQuery(r *http.Request) (eventsQuery, *problem) {
 
 func handleEvents(j *Journal, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		q, p := parseEventsQuery(r)
+		q, p := parseEventsQuery(r, j)
 		if p != nil {
 			writeProblem(w, p)
 			return

@@ -65,6 +65,11 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 	batch := make([]Record, 0, watchBatch)
 	newline := []byte{'\n'}
 	for {
+		// A watch that always has a backlog never waits: end it here when
+		// the timeout passes, the client leaves or the server shuts down.
+		if ctx.Err() != nil {
+			return
+		}
 		var err error
 		batch, err = j.ReadNext(next, watchBatch, batch[:0])
 		if errors.Is(err, ErrPurged) {
