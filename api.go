@@ -17,6 +17,9 @@ const (
 	maxPageSize     = 1000
 	// maxRequestTarget bounds the request target (path and query).
 	maxRequestTarget = 8 << 10
+	// maxTimeoutSeconds bounds timeoutSeconds (that of Kubernetes is an
+	// int64, but a Duration cannot hold more than about 292 years).
+	maxTimeoutSeconds = 1<<31 - 1
 )
 
 // newHandler builds the server's HTTP handler from its dependencies.
@@ -32,7 +35,7 @@ func addRoutes(mux *http.ServeMux, journal *Journal, status *CollectorStatus, lo
 	mux.Handle("GET /api/v1/range", handleRange(journal))
 	mux.Handle("GET /api/v1/events", handleEvents(journal, log))
 	mux.Handle("GET /api/v1/events/{id}", handleEvent(journal))
-	mux.Handle("GET /livez", handleLivez())
+	mux.Handle("GET /livez", handleLivez(status))
 	mux.Handle("GET /readyz", handleReadyz(journal, status))
 	mux.Handle("/", handleNotFound())
 }
@@ -160,9 +163,9 @@ func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 		if !q.watch {
 			return q, newProblem(http.StatusBadRequest, "parameter timeoutSeconds applies only to a watch (watch=true)")
 		}
-		n, err := strconv.ParseInt(v[0], 10, 32)
-		if err != nil || n < 1 || !isDigits(v[0]) {
-			return q, newProblem(http.StatusBadRequest, "parameter timeoutSeconds: %q is not a positive integer", v[0])
+		n, err := strconv.ParseInt(v[0], 10, 64)
+		if err != nil || n < 1 || n > maxTimeoutSeconds || !isDigits(v[0]) {
+			return q, newProblem(http.StatusBadRequest, "parameter timeoutSeconds: %q is not an integer from 1 to %d", v[0], maxTimeoutSeconds)
 		}
 		q.timeout = time.Duration(n) * time.Second
 	}
@@ -233,8 +236,19 @@ func nextPageURL(r *http.Request, next int64) string {
 	return u.String()
 }
 
-func handleLivez() http.Handler {
+// handleLivez fails only when the process is wedged (the collector's loop
+// stopped turning), so that Kubernetes restarts it; vCenter outages are
+// not the process's fault and a restart would not cure them.
+func handleLivez(status *CollectorStatus) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, p := parseQuery(r); p != nil {
+			writeProblem(w, p)
+			return
+		}
+		if !status.Alive() {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "collector loop stuck"})
+			return
+		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
 }
@@ -251,6 +265,10 @@ type readyResponse struct {
 // ready through later vCenter outages: the cached events are still served.
 func handleReadyz(j *Journal, status *CollectorStatus) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, p := parseQuery(r); p != nil {
+			writeProblem(w, p)
+			return
+		}
 		body := readyResponse{Ready: status.Ready(), VCenterConnected: status.Connected()}
 		if earliest, latest, ok := j.Range(); ok {
 			body.Range = &rangeResponse{Earliest: earliest, Latest: latest}

@@ -941,6 +941,28 @@ func TestAPIWatch(t *testing.T) {
 		e.append(5, 6, 7, 9)
 		checkKeys(t, "watch on an empty journal", w.keys(2), []int64{7, 9})
 	})
+	t.Run("offset before the stream began, on an empty journal", func(t *testing.T) {
+		t.Parallel()
+		// The watch is established before the journal knows where the
+		// stream begins; the first event shows that the offset lies
+		// before it: a 410 line, not a silent start at the first event.
+		s := newAPIServer(t, 100)
+		w := s.watch("&offset=1")
+		s.append(38, 39)
+		line := w.line()
+		var e struct {
+			Error struct {
+				Status   int    `json:"status"`
+				Detail   string `json:"detail"`
+				Earliest int64  `json:"earliest"`
+			} `json:"error"`
+		}
+		if err := json.Unmarshal(line, &e); err != nil || e.Error.Status != http.StatusGone ||
+			e.Error.Earliest != 38 || !strings.HasPrefix(e.Error.Detail, "invalid offset 1") {
+			t.Fatalf("first line %s, want a 410 error line with earliest 38", line)
+		}
+		w.end()
+	})
 	t.Run("timeoutSeconds", func(t *testing.T) {
 		t.Parallel()
 		s := newAPIServer(t, 100, 1, 2, 3)

@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/url"
-	"sync/atomic"
 	"time"
 
 	"github.com/vmware/govmomi/event"
+	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/session"
 	"github.com/vmware/govmomi/vim25"
 	"github.com/vmware/govmomi/vim25/methods"
@@ -25,125 +26,274 @@ const readPageSize = 1000
 // userAgent identifies the server's sessions in vCenter.
 const userAgent = "vsphere-event-streaming"
 
-// cleanupTimeout bounds the calls made to vCenter after the collector was
-// asked to stop (destroying the history collector, logging out).
+// cleanupTimeout bounds the calls made to vCenter at the end of a session
+// (destroying the history collector, logging out), all together.
 const cleanupTimeout = 2 * time.Second
 
-// CollectorStatus is what the collector reports about itself to the HTTP
-// API. All fields are safe for concurrent use.
-type CollectorStatus struct {
-	// ready is set after the first successful read from vCenter.
-	ready atomic.Bool
-	// connected is true while the collector holds a working session.
-	connected atomic.Bool
-	// lastEvent is the CreatedTime (Unix nanoseconds) of the newest event appended.
-	lastEvent atomic.Int64
-	// ingested counts events appended to the journal.
-	ingested atomic.Int64
-	// skipped counts events not appended because their key was not above
-	// the latest (already seen).
-	skipped atomic.Int64
+// resumeMargin is how far before the last event appended a new session
+// begins reading.
+const resumeMargin = time.Minute
+
+// updateWaitFailures is how many failed waits for an update in a row make a
+// session fall back to polling.
+const updateWaitFailures = 3
+
+// errStalled ends a session whose vCenter calls stopped succeeding.
+var errStalled = errors.New("vCenter stalled: no call succeeded within the watchdog bound")
+
+// collectorOptions are the collector's timings, fixed at start.
+type collectorOptions struct {
+	// push makes the collector wait for vCenter to announce new events
+	// (WaitForUpdatesEx on the history collector's latestPage). Without
+	// it, or when those waits keep failing, the collector polls.
+	push bool
+	// pollInterval is the pause between reads when polling.
+	pollInterval time.Duration
+	// safetyInterval is the longest wait for an announcement before the
+	// collector reads anyway, in case one was missed.
+	safetyInterval time.Duration
+	// keepAlive is the interval of a cheap call (CurrentTime) that keeps
+	// the session from idling out.
+	keepAlive time.Duration
+	// watchdog ends a session in which no vCenter call has succeeded for
+	// this long (a silent stall), so that it is rebuilt.
+	watchdog time.Duration
+	// backoffMin and backoffMax bound the pause before a new session.
+	backoffMin, backoffMax time.Duration
 }
 
-// Ready reports whether the collector has read from vCenter at least once.
-func (s *CollectorStatus) Ready() bool { return s.ready.Load() }
-
-// Connected reports whether the collector has a working vCenter session now.
-func (s *CollectorStatus) Connected() bool { return s.connected.Load() }
-
-// LastEventTime returns the creation time of the newest event appended, or
-// the zero time if there is none.
-func (s *CollectorStatus) LastEventTime() time.Time {
-	if n := s.lastEvent.Load(); n != 0 {
-		return time.Unix(0, n).UTC()
+// defaultCollectorOptions are the production timings.
+func defaultCollectorOptions() collectorOptions {
+	return collectorOptions{
+		push:           true,
+		pollInterval:   time.Second,
+		safetyInterval: 10 * time.Second,
+		keepAlive:      30 * time.Second,
+		watchdog:       2 * time.Minute,
+		backoffMin:     500 * time.Millisecond,
+		backoffMax:     30 * time.Second,
 	}
-	return time.Time{}
 }
 
-// Collector reads events from vCenter and appends them to the journal.
+// stuckAfter is how long the collector's loop may go without turning
+// before the process counts as wedged: longer than anything the loop
+// waits for (a stalled call until the watchdog ends it, then the cleanup
+// and the longest backoff).
+func (o collectorOptions) stuckAfter() time.Duration {
+	return 2*(o.watchdog+o.safetyInterval) + cleanupTimeout + o.backoffMax
+}
+
+// Collector reads events from vCenter and appends them to the journal,
+// exactly once each, across every vCenter fault: it reconnects with
+// backoff and resumes where it left off.
 type Collector struct {
 	url         *url.URL // SDK endpoint, without credentials
 	insecure    bool
 	credentials *url.Userinfo
 	streamBegin time.Duration
-	// pollInterval is the pause after a read found no new events.
-	pollInterval time.Duration
+	opts        collectorOptions
 
 	journal   *Journal
 	converter *eventConverter
 	status    *CollectorStatus
 	log       *slog.Logger
+
+	// Owned by Run's goroutine.
+	begin       time.Time // where the first session began, on vCenter's clock
+	lastCreated time.Time // CreatedTime of the newest event appended
 }
 
 // newCollector returns a collector for cfg's vCenter that appends to journal.
-func newCollector(cfg Config, pollInterval time.Duration, journal *Journal, status *CollectorStatus, log *slog.Logger) *Collector {
+func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *CollectorStatus, log *slog.Logger) *Collector {
 	return &Collector{
-		url:          cfg.VCenterURL,
-		insecure:     cfg.Insecure,
-		credentials:  url.UserPassword(cfg.Username, cfg.Password),
-		streamBegin:  cfg.StreamBegin,
-		pollInterval: pollInterval,
-		journal:      journal,
-		converter:    &eventConverter{source: cfg.VCenterURL.String(), maxRecordSize: cfg.MaxRecordSize},
-		status:       status,
-		log:          log,
+		url:         cfg.VCenterURL,
+		insecure:    cfg.Insecure,
+		credentials: url.UserPassword(cfg.Username, cfg.Password),
+		streamBegin: cfg.StreamBegin,
+		opts:        opts,
+		journal:     journal,
+		converter:   &eventConverter{source: cfg.VCenterURL.String(), maxRecordSize: cfg.MaxRecordSize},
+		status:      status,
+		log:         log,
 	}
 }
 
-// Run logs in, replays the events of the last streamBegin, then follows
-// vCenter's event stream until ctx is done, when it destroys its history
-// collector, logs out and returns nil. A failure to talk to vCenter is
-// returned.
-func (c *Collector) Run(ctx context.Context) error {
+// Run follows vCenter's event stream until ctx is done. A session that
+// fails (vCenter unreachable, the connection dropped, the session
+// terminated, a stall) is opened again after a capped, jittered backoff and
+// resumes after the last event appended, so nothing is lost or repeated.
+func (c *Collector) Run(ctx context.Context) {
+	attempt := 0
+	for {
+		progressed, err := c.session(ctx)
+		c.status.connected.Store(false)
+		if ctx.Err() != nil {
+			return
+		}
+		if progressed {
+			attempt = 0
+		}
+		attempt++
+		c.status.reconnects.Add(1)
+		delay := backoff(attempt, c.opts.backoffMin, c.opts.backoffMax)
+		c.log.Warn("vCenter session failed; reconnecting", "error", err, "attempt", attempt, "backoff", delay.String())
+		c.status.beat()
+		if !sleep(ctx, delay) {
+			return
+		}
+	}
+}
+
+// session runs one vCenter session: log in, create a history collector
+// from where the stream left off, and read from it until ctx is done (nil)
+// or a call fails (the error). progressed tells whether any read succeeded.
+func (c *Collector) session(parent context.Context) (progressed bool, err error) {
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	// The watchdog ends the session if no call succeeds for its bound,
+	// whatever the call is blocked on; each success puts it off.
+	watchdog := time.AfterFunc(c.opts.watchdog, func() { cancel(errStalled) })
+	defer watchdog.Stop()
+	succeeded := func() { watchdog.Reset(c.opts.watchdog) }
+	// A call cut short by the watchdog reports a cancelled context; say why.
+	fail := func(what string, err error) (bool, error) {
+		if cause := context.Cause(ctx); parent.Err() == nil && cause != nil {
+			err = cause
+		}
+		return progressed, fmt.Errorf("%s: %w", what, err)
+	}
+
 	client, err := c.login(ctx)
 	if err != nil {
-		return err
+		return fail("log in", err)
 	}
-	c.status.connected.Store(true)
-	defer func() {
-		c.status.connected.Store(false)
-		c.cleanup(ctx, "log out", func(ctx context.Context) error {
-			return session.NewManager(client).Logout(ctx)
-		})
-	}()
+	succeeded()
+	var (
+		hc      *event.HistoryCollector
+		updates *pageUpdates
+	)
+	defer func() { c.endSession(ctx, client, hc, updates) }()
 
-	// Begin at vCenter's clock, not ours: the two may differ by minutes.
-	now, err := methods.GetCurrentTime(ctx, client)
+	begin, err := c.beginTime(ctx, client)
 	if err != nil {
-		return fmt.Errorf("read vCenter time: %w", err)
+		return fail("read vCenter time", err)
 	}
-	begin := now.Add(-c.streamBegin)
-	root := client.ServiceContent.RootFolder
-	hc, err := event.NewManager(client).CreateCollectorForEvents(ctx, types.EventFilterSpec{
-		Entity: &types.EventFilterSpecByEntity{Entity: root, Recursion: types.EventFilterSpecRecursionOptionAll},
+	hc, err = event.NewManager(client).CreateCollectorForEvents(ctx, types.EventFilterSpec{
+		Entity: &types.EventFilterSpecByEntity{Entity: client.ServiceContent.RootFolder, Recursion: types.EventFilterSpecRecursionOptionAll},
 		Time:   &types.EventFilterSpecByTime{BeginTime: &begin},
 	})
 	if err != nil {
-		return fmt.Errorf("create event collector: %w", err)
+		return fail("create event collector", err)
 	}
-	defer c.cleanup(ctx, "destroy event collector", hc.Destroy)
-	c.log.Info("collecting vCenter events", "begin", begin, "streamBegin", c.streamBegin.String(), "pollInterval", c.pollInterval.String())
+	succeeded()
+	c.status.connected.Store(true)
 
-	timer := time.NewTimer(0)
-	defer timer.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-timer.C:
+	if c.opts.push {
+		if updates, err = watchLatestPage(ctx, client, hc, c.opts.safetyInterval); err != nil {
+			return fail("watch the event collector", err)
 		}
-		if err := c.drain(ctx, hc); err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			return err
-		}
-		if !c.status.ready.Swap(true) {
-			earliest, latest, _ := c.journal.Range()
-			c.log.Info("caught up with vCenter", "earliest", earliest, "latest", latest)
-		}
-		timer.Reset(c.pollInterval)
+		succeeded()
 	}
+	c.log.Info("collecting vCenter events", "begin", begin, "push", updates != nil)
+
+	lastKeepAlive := time.Now()
+	waitFailures := 0
+	polling := updates == nil
+	for {
+		c.status.beat()
+		if err := c.drain(ctx, hc); err != nil {
+			return fail("read events", err)
+		}
+		succeeded()
+		progressed = true
+		if !c.status.ready.Swap(true) {
+			records, _ := c.journal.Stats()
+			c.log.Info("caught up with vCenter", "events", records)
+		}
+
+		if time.Since(lastKeepAlive) >= c.opts.keepAlive {
+			if _, err := methods.GetCurrentTime(ctx, client); err != nil {
+				return fail("keep-alive", err)
+			}
+			succeeded()
+			lastKeepAlive = time.Now()
+		}
+
+		if polling {
+			if !sleep(ctx, c.opts.pollInterval) {
+				return progressed, nil
+			}
+			continue
+		}
+		if err := updates.wait(ctx); err != nil {
+			if ctx.Err() != nil {
+				if parent.Err() != nil {
+					return progressed, nil
+				}
+				return fail("wait for events", err)
+			}
+			// The next read tells a dead connection from a failing update
+			// wait; only the latter leads to polling.
+			waitFailures++
+			c.log.Warn("waiting for new events failed", "error", err, "failures", waitFailures)
+			if waitFailures >= updateWaitFailures {
+				c.log.Warn("falling back to polling vCenter", "interval", c.opts.pollInterval.String())
+				polling = true
+			}
+			continue
+		}
+		waitFailures = 0
+		succeeded()
+	}
+}
+
+// beginTime returns where a new history collector begins: for the first
+// session vCenter's current time minus streamBegin (vCenter's clock, not
+// ours: they may differ by minutes); later resumeMargin before the creation
+// time of the last event appended, so that an event logged late, with an
+// older time but a higher key, is not lost. The keys already appended are
+// skipped.
+func (c *Collector) beginTime(ctx context.Context, client *vim25.Client) (time.Time, error) {
+	if !c.lastCreated.IsZero() {
+		resume := c.lastCreated.Add(-resumeMargin)
+		if resume.Before(c.begin) {
+			resume = c.begin
+		}
+		return resume, nil
+	}
+	if c.begin.IsZero() {
+		now, err := methods.GetCurrentTime(ctx, client)
+		if err != nil {
+			return time.Time{}, err
+		}
+		c.begin = now.Add(-c.streamBegin)
+	}
+	return c.begin, nil
+}
+
+// endSession destroys the session's collectors and logs out, within one
+// bound, also when vCenter is gone or ctx is cancelled.
+func (c *Collector) endSession(ctx context.Context, client *vim25.Client, hc *event.HistoryCollector, updates *pageUpdates) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if updates != nil {
+		// Destroying the property collector also ends a wait for updates
+		// still pending in vCenter, which would otherwise hold on to its
+		// connection until the wait times out.
+		if _, err := methods.DestroyPropertyCollector(ctx, client, &types.DestroyPropertyCollector{This: updates.req.This}); err != nil {
+			c.log.Debug("cannot destroy property collector", "error", err)
+		}
+	}
+	if hc != nil {
+		if err := hc.Destroy(ctx); err != nil {
+			c.log.Debug("cannot destroy event collector", "error", err)
+		}
+	}
+	if err := session.NewManager(client).Logout(ctx); err != nil {
+		c.log.Debug("cannot log out", "error", err)
+		return
+	}
+	c.log.Info("logged out of vCenter")
 }
 
 // drain reads pages until vCenter has no more events for the collector.
@@ -153,7 +303,7 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector) error
 	for {
 		events, err := hc.ReadNextEvents(ctx, readPageSize)
 		if err != nil {
-			return fmt.Errorf("read events: %w", err)
+			return err
 		}
 		if len(events) == 0 {
 			return nil
@@ -161,11 +311,19 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector) error
 		for _, ev := range events {
 			c.ingest(ev)
 		}
+		c.status.beat()
 	}
 }
 
 // ingest appends one event, skipping keys already appended.
 func (c *Collector) ingest(ev types.BaseEvent) {
+	// A new session re-reads some events; skip them before encoding.
+	key := int64(ev.GetEvent().Key)
+	if _, latest, ok := c.journal.Range(); ok && key <= latest {
+		c.status.skipped.Add(1)
+		c.log.Debug("skipped event already seen", "offset", key)
+		return
+	}
 	rec, err := c.converter.Convert(ev)
 	if err != nil {
 		// The encoder covers every vSphere type; this would be a bug. Log it
@@ -174,11 +332,7 @@ func (c *Collector) ingest(ev types.BaseEvent) {
 		return
 	}
 	if err := c.journal.Append(rec.Offset, rec.Data); err != nil {
-		if errors.Is(err, ErrOutOfOrder) {
-			c.status.skipped.Add(1)
-			c.log.Debug("skipped event already seen", "offset", rec.Offset, "type", rec.Type)
-			return
-		}
+		// Only the collector appends, and it checked the key above.
 		c.log.Error("cannot append event", "offset", rec.Offset, "error", err)
 		return
 	}
@@ -186,8 +340,10 @@ func (c *Collector) ingest(ev types.BaseEvent) {
 		c.log.Warn("event larger than the record size limit: recorded without data",
 			"offset", rec.Offset, "type", rec.Type, "limit", c.converter.maxRecordSize)
 	}
+	created := ev.GetEvent().CreatedTime
+	c.lastCreated = created
 	c.status.ingested.Add(1)
-	c.status.lastEvent.Store(ev.GetEvent().CreatedTime.UnixNano())
+	c.status.lastEvent.Store(created.UnixNano())
 	c.log.Debug("appended event", "offset", rec.Offset, "type", rec.Type, "bytes", len(rec.Data))
 }
 
@@ -208,12 +364,69 @@ func (c *Collector) login(ctx context.Context) (*vim25.Client, error) {
 	return client, nil
 }
 
-// cleanup runs a call to vCenter on the way out, when ctx may already be
-// cancelled.
-func (c *Collector) cleanup(ctx context.Context, what string, call func(context.Context) error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	if err := call(ctx); err != nil {
-		c.log.Warn("cleanup failed", "step", what, "error", err)
+// pageUpdates waits for vCenter to announce a change of a history
+// collector's latestPage, which it does for every new event.
+type pageUpdates struct {
+	client *vim25.Client
+	req    types.WaitForUpdatesEx
+}
+
+// watchLatestPage creates a property collector of the session's own with a
+// filter on hc's latestPage. Each wait returns at the latest after
+// safetyInterval, so that a missed announcement costs at most that long.
+func watchLatestPage(ctx context.Context, client *vim25.Client, hc *event.HistoryCollector, safetyInterval time.Duration) (*pageUpdates, error) {
+	pc, err := property.DefaultCollector(client).Create(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("create property collector: %w", err)
+	}
+	_, err = pc.CreateFilter(ctx, types.CreateFilter{Spec: types.PropertyFilterSpec{
+		ObjectSet: []types.ObjectSpec{{Obj: hc.Reference()}},
+		PropSet:   []types.PropertySpec{{Type: hc.Reference().Type, PathSet: []string{"latestPage"}}},
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("create property filter: %w", err)
+	}
+	maxWait := int32(max(1, safetyInterval/time.Second))
+	return &pageUpdates{client: client, req: types.WaitForUpdatesEx{
+		This:    pc.Reference(),
+		Options: &types.WaitOptions{MaxWaitSeconds: &maxWait},
+	}}, nil
+}
+
+// wait returns when latestPage changed or the safety interval passed.
+func (u *pageUpdates) wait(ctx context.Context) error {
+	res, err := methods.WaitForUpdatesEx(ctx, u.client, &u.req)
+	if err != nil {
+		return err
+	}
+	if set := res.Returnval; set != nil {
+		u.req.Version = set.Version
+	}
+	return nil
+}
+
+// backoff returns the pause before attempt (from 1): exponential from
+// lowest, capped at highest, with jitter so that many replicas do not
+// reconnect in step.
+func backoff(attempt int, lowest, highest time.Duration) time.Duration {
+	d := highest
+	if attempt < 32 {
+		d = lowest << (attempt - 1)
+	}
+	if d <= 0 || d > highest {
+		d = highest
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits for d or until ctx is done; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }

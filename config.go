@@ -132,7 +132,7 @@ func parseConfig(getenv func(string) string, needVCenter bool) (Config, error) {
 		return cfg, err
 	}
 
-	dir := getenv(envSecretPath)
+	dir := strings.TrimSpace(getenv(envSecretPath))
 	if dir == "" {
 		dir = defaultSecretPath
 	}

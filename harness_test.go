@@ -63,14 +63,23 @@ func (l *logRecorder) String() string {
 // wait returns the first log line with message msg, waiting for it.
 func (l *logRecorder) wait(t *testing.T, msg string, stopped <-chan struct{}) map[string]any {
 	t.Helper()
+	return l.waitN(t, msg, 1, stopped)
+}
+
+// waitN returns the nth log line with message msg, waiting for it.
+func (l *logRecorder) waitN(t *testing.T, msg string, n int, stopped <-chan struct{}) map[string]any {
+	t.Helper()
 	deadline := time.NewTimer(waitTimeout)
 	defer deadline.Stop()
 	for {
 		l.mu.Lock()
+		seen := 0
 		for _, rec := range l.lines {
 			if rec["msg"] == msg {
-				l.mu.Unlock()
-				return rec
+				if seen++; seen == n {
+					l.mu.Unlock()
+					return rec
+				}
 			}
 		}
 		changed := l.changed
@@ -78,9 +87,9 @@ func (l *logRecorder) wait(t *testing.T, msg string, stopped <-chan struct{}) ma
 		select {
 		case <-changed:
 		case <-stopped:
-			t.Fatalf("server stopped before logging %q; log:\n%s", msg, l)
+			t.Fatalf("server stopped before logging %q (#%d); log:\n%s", msg, n, l)
 		case <-deadline.C:
-			t.Fatalf("no log line %q within %v; log:\n%s", msg, waitTimeout, l)
+			t.Fatalf("no log line %q (#%d) within %v; log:\n%s", msg, n, waitTimeout, l)
 		}
 	}
 }
@@ -113,8 +122,17 @@ func startTestSimulation(t *testing.T) *simulation {
 }
 
 // startServer runs the program against sim with env added to a working
-// configuration, and waits until it has caught up with vCenter.
-func startServer(t *testing.T, sim *simulation, env map[string]string) *testServer {
+// configuration and args added to its flags, and waits until it has caught
+// up with vCenter.
+func startServer(t *testing.T, sim *simulation, env map[string]string, args ...string) *testServer {
+	t.Helper()
+	s := launchServer(t, sim, env, args...)
+	s.logs.wait(t, "caught up with vCenter", s.stopped)
+	return s
+}
+
+// launchServer runs the program and waits only until it serves HTTP.
+func launchServer(t *testing.T, sim *simulation, env map[string]string, args ...string) *testServer {
 	t.Helper()
 	secrets := t.TempDir()
 	// Trailing newlines, as `echo user > username` leaves them.
@@ -136,11 +154,12 @@ func startServer(t *testing.T, sim *simulation, env map[string]string) *testServ
 	s := &testServer{logs: newLogRecorder(), stop: cancel, stopped: make(chan struct{})}
 	go func() {
 		defer close(s.stopped)
-		s.err = run(ctx, []string{"vsphere-event-streaming", "--poll-interval=10ms"}, getenv, io.Discard, s.logs)
+		s.err = run(ctx, append([]string{"vsphere-event-streaming", "--poll-interval=10ms"}, args...), getenv, io.Discard, s.logs)
 	}()
 	t.Cleanup(func() {
 		s.shutdown(t)
-		if t.Failed() {
+		// E2E_LOGS=1 shows the server's log of passing tests too.
+		if t.Failed() || os.Getenv("E2E_LOGS") != "" {
 			t.Logf("server log:\n%s", s.logs)
 		}
 	})
@@ -151,7 +170,6 @@ func startServer(t *testing.T, sim *simulation, env map[string]string) *testServ
 		t.Fatal(err)
 	}
 	s.URL = "http://127.0.0.1:" + port
-	s.logs.wait(t, "caught up with vCenter", s.stopped)
 	return s
 }
 

@@ -44,6 +44,9 @@ type Journal struct {
 	// purge. A reader has missed records only if its next offset is at or
 	// below it: vCenter's key gaps alone never count as missed.
 	purgedThrough int64
+	// first is the first offset ever appended, -1 before: records below it
+	// came before the stream began, so no reader can have them.
+	first int64
 	// appended is closed by the next Append, waking every waiting reader. It
 	// is made only when a reader waits, so appends with no waiter cost nothing.
 	appended chan struct{}
@@ -57,6 +60,7 @@ func NewJournal(maxSegment int) *Journal {
 	return &Journal{
 		maxSegment:    maxSegment,
 		purgedThrough: -1,
+		first:         -1,
 		// Segments grow on demand up to maxSegment: a large setting costs
 		// memory only once that many events have arrived.
 		active: make([]Record, 0, min(maxSegment, 1024)),
@@ -84,6 +88,9 @@ func (j *Journal) Append(offset int64, data []byte) error {
 		purged := j.history
 		clear(purged[:cap(purged)])
 		j.history, j.active = j.active, purged[:0]
+	}
+	if j.first < 0 {
+		j.first = offset
 	}
 	j.active = append(j.active, Record{Offset: offset, Data: data})
 	j.bytes += len(data)
@@ -144,14 +151,17 @@ func (j *Journal) ReadFrom(offset int64, limit int, dst []Record) ([]Record, err
 	return j.readLocked(offset, limit, dst), nil
 }
 
-// ReadNext is ReadFrom for a reader that has already read every record
-// below next: it fails with ErrPurged only if a record at or above next was
-// purged before the reader got to it. Unlike ReadFrom, a next offset below
-// the earliest record is no error when only a gap in the keys lies between.
+// ReadNext is ReadFrom for a reader that follows the journal and has read
+// every record below next: it fails with ErrPurged if a record at or above
+// next was purged before the reader got to it, or if next is below the
+// first offset ever appended (the reader asked for events from before the
+// stream began). Unlike ReadFrom, a next offset below the earliest record is
+// no error when only a gap in the keys lies between. A negative next reads
+// from the first record held, whatever its offset.
 func (j *Journal) ReadNext(next int64, limit int, dst []Record) ([]Record, error) {
 	j.mu.RLock()
 	defer j.mu.RUnlock()
-	if next <= j.purgedThrough {
+	if next >= 0 && (next <= j.purgedThrough || next < j.first) {
 		return dst, ErrPurged
 	}
 	return j.readLocked(next, limit, dst), nil

@@ -380,9 +380,13 @@ func TestJournalReadNextAfterPurge(t *testing.T) {
 		name:   "before any purge", // history [10 11], active [20 21]
 		append: []int64{10, 11, 20, 21},
 		cases: []readerCase{
-			// Nothing was ever purged: a reader from 0 starts at the
-			// first record (where ReadFrom says ErrPurged).
-			{0, []int64{10, 11, 20, 21}},
+			// Below the first offset ever appended: from before the
+			// stream began.
+			{0, nil},
+			{9, nil},
+			// A negative offset reads from whatever is first.
+			{-1, []int64{10, 11, 20, 21}},
+			{10, []int64{10, 11, 20, 21}},
 			{11, []int64{11, 20, 21}},
 			{12, []int64{20, 21}},
 			{22, []int64{}},
@@ -512,7 +516,7 @@ func TestJournalSharesRecords(t *testing.T) {
 		return recs[0]
 	}
 	same("ReadFrom", first(j.ReadFrom(7, 1, nil)))
-	same("ReadNext", first(j.ReadNext(0, 1, nil)))
+	same("ReadNext", first(j.ReadNext(-1, 1, nil)))
 	same("ReadLast", first(j.ReadLast(1, nil), nil))
 
 	// Records read out stay intact when their segment is purged and its
@@ -719,14 +723,14 @@ func TestJournalWaitManyWaiters(t *testing.T) {
 	}
 }
 
-// followJournal reads j from offset 0 with ReadNext and Wait as a watch does,
+// followJournal reads j from the writer's first key with ReadNext and Wait as a watch does,
 // checking each record against keys, the writer's sequence: every record
 // must be the key following the previous one seen. It returns how many keys
 // it saw and the error that ended it (nil once it saw them all). onSeen, if
 // not nil, is told the count after each batch.
 func followJournal(ctx context.Context, j *Journal, keys []int64, limit int, yield bool, onSeen func(int)) (int, error) {
 	seen := 0
-	next := int64(0)
+	next := keys[0] // from the writer's first key: all or ErrPurged
 	batch := make([]Record, 0, limit)
 	for seen < len(keys) {
 		var err error

@@ -41,11 +41,11 @@ func main() {
 type options struct {
 	simulate     bool
 	simulateRate float64
-	pollInterval time.Duration
+	collector    collectorOptions
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
-	var o options
+	o := options{collector: defaultCollectorOptions()}
 	name := "vsphere-event-streaming"
 	if len(args) > 0 {
 		name, args = args[0], args[1:]
@@ -54,19 +54,28 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.BoolVar(&o.simulate, "simulate", false, "start an in-process vCenter simulator that keeps producing events, and stream from it (no vCenter needed)")
 	fs.Float64Var(&o.simulateRate, "simulate-rate", 2, "with --simulate: simulated operations per second (each yields one or two events)")
-	fs.DurationVar(&o.pollInterval, "poll-interval", time.Second, "pause between reads of vCenter once it has no new events")
+	fs.BoolVar(&o.collector.push, "push", o.collector.push, "learn of new events from vCenter's update notifications (WaitForUpdatesEx); false: poll")
+	fs.DurationVar(&o.collector.pollInterval, "poll-interval", o.collector.pollInterval, "pause between reads of vCenter when polling (--push=false, or when update notifications keep failing)")
+	fs.DurationVar(&o.collector.watchdog, "watchdog", o.collector.watchdog, "rebuild the vCenter session when no vCenter call has succeeded for this long (at least 3s)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
 	if fs.NArg() > 0 {
 		return o, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
-	if o.simulateRate <= 0 {
-		return o, fmt.Errorf("--simulate-rate must be positive, not %v", o.simulateRate)
+	// The negated test also refuses NaN.
+	if !(o.simulateRate > 0 && o.simulateRate <= maxSimulateRate) {
+		return o, fmt.Errorf("--simulate-rate must be above 0 and at most %d, not %v", maxSimulateRate, o.simulateRate)
 	}
-	if o.pollInterval <= 0 {
-		return o, fmt.Errorf("--poll-interval must be positive, not %v", o.pollInterval)
+	if o.collector.pollInterval <= 0 {
+		return o, fmt.Errorf("--poll-interval must be positive, not %v", o.collector.pollInterval)
 	}
+	if o.collector.watchdog < 3*time.Second {
+		return o, fmt.Errorf("--watchdog must be at least 3s, not %v", o.collector.watchdog)
+	}
+	// Idle sessions must make a successful call well within the watchdog
+	// bound: wait for announcements at most a third of it.
+	o.collector.safetyInterval = min(o.collector.safetyInterval, o.collector.watchdog/3)
 	return o, nil
 }
 
@@ -118,8 +127,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	journal := NewJournal(cfg.MaxSegmentSize)
-	status := &CollectorStatus{}
-	collector := newCollector(cfg, opts.pollInterval, journal, status, log)
+	status := newCollectorStatus(opts.collector.stuckAfter())
+	collector := newCollector(cfg, opts.collector, journal, status, log)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
 	if err != nil {
@@ -135,7 +144,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
 		BaseContext:       func(net.Listener) context.Context { return requests },
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// OPTIONS * would get an empty 200 from net/http; the API answers
+		// it like every other method it does not serve: 405.
+		DisableGeneralOptionsHandler: true,
+		ErrorLog:                     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	log.Info("serving HTTP", "addr", ln.Addr().String())
 	workers.Go(func() {
@@ -143,13 +155,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			cancel(fmt.Errorf("serve HTTP: %w", err))
 		}
 	})
-	workers.Go(func() {
-		if err := collector.Run(ctx); err != nil {
-			cancel(err)
-		}
-	})
+	workers.Go(func() { collector.Run(ctx) })
 
 	<-ctx.Done()
+	// A second signal now ends the process at once.
+	stop()
 	log.Info("shutting down")
 	endRequests()
 	shutdownCtx, cancelShutdown := context.WithTimeout(context.WithoutCancel(ctx), shutdownTimeout)

@@ -17,6 +17,9 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
+// maxSimulateRate bounds --simulate-rate: the simulator cannot go faster.
+const maxSimulateRate = 1000
+
 // simulation is an in-process vCenter (govmomi's simulator, VPX model)
 // served over HTTPS on loopback, for --simulate and for tests.
 type simulation struct {

@@ -6,11 +6,16 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"time"
 )
 
 // watchBatch is the most records a watch writes per flush: a burst reaches
 // the client in few writes, and one slow client holds little memory.
 const watchBatch = 256
+
+// watchWriteTimeout bounds the writing of one batch: a client that stops
+// reading does not hold its connection and goroutine for ever.
+const watchWriteTimeout = 30 * time.Second
 
 // watchError is the last line of a watch whose next event was purged
 // before the client read it.
@@ -29,7 +34,8 @@ type watchErrorBody struct {
 // to arrive, until the client leaves, the server shuts down (the request's
 // context ends) or the timeout passes.
 func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuery, log *slog.Logger) {
-	next := int64(0)
+	// From now: on an empty journal, from whatever is appended first.
+	next := int64(-1)
 	if q.hasOffset {
 		// Refuse a purged offset while a status can still say so.
 		if _, err := j.ReadFrom(q.offset, 0, nil); err != nil {
@@ -83,6 +89,7 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 			}
 			continue
 		}
+		_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
 		for _, rec := range batch {
 			if _, err := w.Write(rec.Data); err != nil {
 				return
@@ -103,6 +110,8 @@ func writeWatchError(w http.ResponseWriter, p *problem) {
 	line, _ := json.Marshal(watchError{Error: watchErrorBody{
 		Status: p.Status, Detail: p.Detail, Earliest: p.Earliest, Latest: p.Latest,
 	}})
+	rc := http.NewResponseController(w)
+	_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
 	_, _ = w.Write(append(line, '\n'))
-	_ = http.NewResponseController(w).Flush()
+	_ = rc.Flush()
 }

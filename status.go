@@ -1,0 +1,67 @@
+package main
+
+import (
+	"sync/atomic"
+	"time"
+)
+
+// CollectorStatus is what the collector reports about itself to the HTTP
+// API (readiness, liveness, metrics). All methods are safe for concurrent use.
+type CollectorStatus struct {
+	// ready is set after the first successful read from vCenter.
+	ready atomic.Bool
+	// connected is true while the collector holds a working session.
+	connected atomic.Bool
+	// lastEvent is the CreatedTime (Unix nanoseconds) of the newest event appended.
+	lastEvent atomic.Int64
+	// heartbeat is when the collector's loop last turned (Unix nanoseconds).
+	heartbeat atomic.Int64
+	// stuckAfter is how long the loop may go without turning before the
+	// process counts as stuck; it is set once, before the collector runs.
+	stuckAfter time.Duration
+
+	ingested   atomic.Int64 // events appended to the journal
+	skipped    atomic.Int64 // events not appended: their key was not above the latest (already seen)
+	reconnects atomic.Int64 // sessions that ended in an error and were opened again
+}
+
+// newCollectorStatus returns the status of a collector that has not run yet;
+// its loop counts as stuck if it does not turn within stuckAfter.
+func newCollectorStatus(stuckAfter time.Duration) *CollectorStatus {
+	s := &CollectorStatus{stuckAfter: stuckAfter}
+	s.beat()
+	return s
+}
+
+// Ready reports whether the collector has read from vCenter at least once.
+func (s *CollectorStatus) Ready() bool { return s.ready.Load() }
+
+// Connected reports whether the collector has a working vCenter session now.
+func (s *CollectorStatus) Connected() bool { return s.connected.Load() }
+
+// Alive reports whether the collector's loop has turned recently. It is
+// false only when the process itself is wedged: vCenter outages and stalls
+// are handled by the loop and keep it turning.
+func (s *CollectorStatus) Alive() bool {
+	return s.stuckAfter <= 0 || time.Since(time.Unix(0, s.heartbeat.Load())) < s.stuckAfter
+}
+
+// LastEventTime returns the creation time of the newest event appended, or
+// the zero time if there is none.
+func (s *CollectorStatus) LastEventTime() time.Time {
+	if n := s.lastEvent.Load(); n != 0 {
+		return time.Unix(0, n).UTC()
+	}
+	return time.Time{}
+}
+
+// Ingested returns the number of events appended to the journal.
+func (s *CollectorStatus) Ingested() int64 { return s.ingested.Load() }
+
+// Skipped returns the number of events skipped as already seen.
+func (s *CollectorStatus) Skipped() int64 { return s.skipped.Load() }
+
+// Reconnects returns the number of vCenter sessions opened again after a failure.
+func (s *CollectorStatus) Reconnects() int64 { return s.reconnects.Load() }
+
+func (s *CollectorStatus) beat() { s.heartbeat.Store(time.Now().UnixNano()) }
