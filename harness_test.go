@@ -61,13 +61,13 @@ func (l *logRecorder) String() string {
 }
 
 // wait returns the first log line with message msg, waiting for it.
-func (l *logRecorder) wait(t *testing.T, msg string, stopped <-chan struct{}) map[string]any {
+func (l *logRecorder) wait(t testing.TB, msg string, stopped <-chan struct{}) map[string]any {
 	t.Helper()
 	return l.waitN(t, msg, 1, stopped)
 }
 
 // waitN returns the nth log line with message msg, waiting for it.
-func (l *logRecorder) waitN(t *testing.T, msg string, n int, stopped <-chan struct{}) map[string]any {
+func (l *logRecorder) waitN(t testing.TB, msg string, n int, stopped <-chan struct{}) map[string]any {
 	t.Helper()
 	deadline := time.NewTimer(waitTimeout)
 	defer deadline.Stop()
@@ -109,7 +109,7 @@ type testServer struct {
 var simulatorCreation sync.Mutex
 
 // startTestSimulation starts an in-process vCenter simulator for one test.
-func startTestSimulation(t *testing.T) *simulation {
+func startTestSimulation(t testing.TB) *simulation {
 	t.Helper()
 	simulatorCreation.Lock()
 	sim, err := startSimulation()
@@ -124,7 +124,7 @@ func startTestSimulation(t *testing.T) *simulation {
 // startServer runs the program against sim with env added to a working
 // configuration and args added to its flags, and waits until it has caught
 // up with vCenter.
-func startServer(t *testing.T, sim *simulation, env map[string]string, args ...string) *testServer {
+func startServer(t testing.TB, sim *simulation, env map[string]string, args ...string) *testServer {
 	t.Helper()
 	s := launchServer(t, sim, env, args...)
 	s.logs.wait(t, "caught up with vCenter", s.stopped)
@@ -132,7 +132,7 @@ func startServer(t *testing.T, sim *simulation, env map[string]string, args ...s
 }
 
 // launchServer runs the program and waits only until it serves HTTP.
-func launchServer(t *testing.T, sim *simulation, env map[string]string, args ...string) *testServer {
+func launchServer(t testing.TB, sim *simulation, env map[string]string, args ...string) *testServer {
 	t.Helper()
 	secrets := t.TempDir()
 	// Trailing newlines, as `echo user > username` leaves them.
@@ -175,7 +175,7 @@ func launchServer(t *testing.T, sim *simulation, env map[string]string, args ...
 
 // shutdown stops the server as SIGTERM would and checks that it exits
 // cleanly within the 5 s of API.md.
-func (s *testServer) shutdown(t *testing.T) {
+func (s *testServer) shutdown(t testing.TB) {
 	t.Helper()
 	s.stop()
 	select {
@@ -188,7 +188,7 @@ func (s *testServer) shutdown(t *testing.T) {
 	}
 }
 
-func writeFile(t *testing.T, path, content string) {
+func writeFile(t testing.TB, path, content string) {
 	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
@@ -196,7 +196,7 @@ func writeFile(t *testing.T, path, content string) {
 }
 
 // get fetches url and returns its status and body.
-func get(t *testing.T, url string) (int, []byte) {
+func get(t testing.TB, url string) (int, []byte) {
 	t.Helper()
 	resp, err := http.Get(url)
 	if err != nil {
@@ -211,7 +211,7 @@ func get(t *testing.T, url string) (int, []byte) {
 }
 
 // serverRange returns the server's /api/v1/range.
-func serverRange(t *testing.T, s *testServer) (earliest, latest int64) {
+func serverRange(t testing.TB, s *testServer) (earliest, latest int64) {
 	t.Helper()
 	code, body := get(t, s.URL+"/api/v1/range")
 	if code != http.StatusOK {
@@ -232,7 +232,7 @@ type watchStream struct {
 }
 
 // openWatch opens a watch on the server; it is closed when the test ends.
-func openWatch(t *testing.T, s *testServer, query string) *watchStream {
+func openWatch(t testing.TB, s *testServer, query string) *watchStream {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/api/v1/events?watch=true"+query, nil)
@@ -271,7 +271,7 @@ func openWatch(t *testing.T, s *testServer, query string) *watchStream {
 }
 
 // next returns the next line of the watch.
-func (w *watchStream) next(t *testing.T) []byte {
+func (w *watchStream) next(t testing.TB) []byte {
 	t.Helper()
 	select {
 	case line, ok := <-w.lines:
@@ -287,7 +287,7 @@ func (w *watchStream) next(t *testing.T) []byte {
 
 // end waits for the watch to end and returns how its body ended: nil for
 // a clean end of the stream. Lines not yet taken are dropped.
-func (w *watchStream) end(t *testing.T) error {
+func (w *watchStream) end(t testing.TB) error {
 	t.Helper()
 	deadline := time.After(waitTimeout)
 	for {
@@ -312,7 +312,7 @@ type watchedEvent struct {
 	} `json:"data"`
 }
 
-func decodeEvent(t *testing.T, line []byte) watchedEvent {
+func decodeEvent(t testing.TB, line []byte) watchedEvent {
 	t.Helper()
 	var e watchedEvent
 	if err := json.Unmarshal(line, &e); err != nil {
@@ -329,7 +329,7 @@ type vcenter struct {
 	client *govmomi.Client
 }
 
-func connectVCenter(t *testing.T, sim *simulation) *vcenter {
+func connectVCenter(t testing.TB, sim *simulation) *vcenter {
 	t.Helper()
 	ctx := context.Background()
 	c, err := sim.Client(ctx)
@@ -341,7 +341,7 @@ func connectVCenter(t *testing.T, sim *simulation) *vcenter {
 }
 
 // powerCycleVMs changes the power state of every VM n times.
-func (v *vcenter) powerCycleVMs(t *testing.T, n int) {
+func (v *vcenter) powerCycleVMs(t testing.TB, n int) {
 	t.Helper()
 	ctx := context.Background()
 	vms, err := listVMs(ctx, v.client)
@@ -359,7 +359,7 @@ func (v *vcenter) powerCycleVMs(t *testing.T, n int) {
 
 // events returns vCenter's own history of events with keys above after,
 // oldest first: what the server must have served.
-func (v *vcenter) events(t *testing.T, after int64) []types.BaseEvent {
+func (v *vcenter) events(t testing.TB, after int64) []types.BaseEvent {
 	t.Helper()
 	page, err := event.NewManager(v.client.Client).QueryEvents(context.Background(), types.EventFilterSpec{MaxCount: 1000})
 	if err != nil {
@@ -378,7 +378,7 @@ func (v *vcenter) events(t *testing.T, after int64) []types.BaseEvent {
 }
 
 // latestKey is vCenter's newest event key.
-func (v *vcenter) latestKey(t *testing.T) int64 {
+func (v *vcenter) latestKey(t testing.TB) int64 {
 	t.Helper()
 	all := v.events(t, 0)
 	if len(all) == 0 {
@@ -389,7 +389,7 @@ func (v *vcenter) latestKey(t *testing.T) int64 {
 
 // waitForKey waits until the server holds key: a watch from that offset
 // delivers it as its first line.
-func waitForKey(t *testing.T, s *testServer, key int64) {
+func waitForKey(t testing.TB, s *testServer, key int64) {
 	t.Helper()
 	w := openWatch(t, s, fmt.Sprintf("&offset=%d", key))
 	if got := decodeEvent(t, w.next(t)); got.Data.Key != key {
@@ -399,7 +399,7 @@ func waitForKey(t *testing.T, s *testServer, key int64) {
 
 // expectEvents takes len(want) lines from w and checks they are exactly
 // want: same keys, in order, same types and messages.
-func expectEvents(t *testing.T, w *watchStream, want []types.BaseEvent) [][]byte {
+func expectEvents(t testing.TB, w *watchStream, want []types.BaseEvent) [][]byte {
 	t.Helper()
 	lines := make([][]byte, 0, len(want))
 	for i, ev := range want {

@@ -1,0 +1,261 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"slices"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vmware/govmomi/property"
+	"github.com/vmware/govmomi/session"
+	"github.com/vmware/govmomi/vim25/mo"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// readyState is the part of /readyz the fault tests look at.
+type readyState struct {
+	code      int
+	connected bool
+}
+
+func readyz(t testing.TB, s *testServer) readyState {
+	t.Helper()
+	code, body := get(t, s.URL+"/readyz")
+	var r readyResponse
+	if err := json.Unmarshal(body, &r); err != nil {
+		t.Fatalf("readyz %d %s: %v", code, body, err)
+	}
+	return readyState{code: code, connected: r.VCenterConnected}
+}
+
+// waitReconnecting waits for the nth failed session and returns its error.
+func waitReconnecting(t testing.TB, s *testServer, n int) string {
+	t.Helper()
+	rec := s.logs.waitN(t, "vCenter session failed; reconnecting", n, s.stopped)
+	msg, _ := rec["error"].(string)
+	return msg
+}
+
+// checkOutage checks what clients see while vCenter is gone: the server
+// stays ready, says vCenter is not connected, and serves cached events.
+func checkOutage(t *testing.T, s *testServer, cached int64) {
+	t.Helper()
+	if r := readyz(t, s); r.code != http.StatusOK || r.connected {
+		t.Errorf("during the outage /readyz = %+v, want 200 and not connected", r)
+	}
+	if code, _ := get(t, fmt.Sprintf("%s/api/v1/events/%d", s.URL, cached)); code != http.StatusOK {
+		t.Errorf("during the outage a cached event answers %d", code)
+	}
+}
+
+// TestCollectorConnectionCut: every connection to vCenter is cut and new
+// ones refused while events happen; after healing, a watch opened before
+// the cut has received exactly vCenter's history since it opened.
+func TestCollectorConnectionCut(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	proxy := startFaultProxy(t, sim.URL.Host)
+	srv := startServer(t, sim, map[string]string{envVCenterURL: proxy.URL(sim)})
+
+	before := vc.latestKey(t)
+	waitForKey(t, srv, before)
+	w := openWatch(t, srv, "")
+	vc.powerCycleVMs(t, 1)
+
+	proxy.cut()
+	vc.powerCycleVMs(t, 1) // while the server cannot see vCenter
+	waitReconnecting(t, srv, 2)
+	checkOutage(t, srv, before)
+
+	proxy.heal()
+	srv.logs.waitN(t, "collecting vCenter events", 2, srv.stopped)
+	vc.powerCycleVMs(t, 1)
+	expectEvents(t, w, vc.events(t, before))
+	if r := readyz(t, srv); !r.connected {
+		t.Error("after healing /readyz says vCenter is not connected")
+	}
+}
+
+// TestCollectorSessionTerminated: an administrator terminates the server's
+// session; it logs in again and resumes with nothing lost or repeated.
+func TestCollectorSessionTerminated(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	srv := startServer(t, sim, nil)
+	before := vc.latestKey(t)
+	waitForKey(t, srv, before)
+	w := openWatch(t, srv, "")
+
+	ctx := context.Background()
+	var sm mo.SessionManager
+	if err := property.DefaultCollector(vc.client.Client).RetrieveOne(ctx, *vc.client.ServiceContent.SessionManager, []string{"sessionList"}, &sm); err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, s := range sm.SessionList {
+		if s.UserAgent == userAgent {
+			keys = append(keys, s.Key)
+		}
+	}
+	if len(keys) != 1 {
+		t.Fatalf("want one session of the server, found %d", len(keys))
+	}
+	if err := session.NewManager(vc.client.Client).TerminateSession(ctx, keys); err != nil {
+		t.Fatal(err)
+	}
+
+	vc.powerCycleVMs(t, 1)
+	if msg := waitReconnecting(t, srv, 1); !strings.Contains(msg, "NotAuthenticated") && !strings.Contains(msg, "session is not authenticated") {
+		t.Logf("session failed with %q", msg)
+	}
+	srv.logs.waitN(t, "collecting vCenter events", 2, srv.stopped)
+	vc.powerCycleVMs(t, 1)
+	expectEvents(t, w, vc.events(t, before))
+}
+
+// TestCollectorVCenterDownAtStart: the server serves (not ready) while
+// vCenter is unreachable, keeps trying, and streams once vCenter is up.
+func TestCollectorVCenterDownAtStart(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	proxy := startFaultProxy(t, sim.URL.Host)
+	proxy.cut()
+	srv := launchServer(t, sim, map[string]string{envVCenterURL: proxy.URL(sim)})
+
+	if r := readyz(t, srv); r.code != http.StatusServiceUnavailable || r.connected {
+		t.Errorf("before vCenter is reached /readyz = %+v, want 503", r)
+	}
+	if code, _ := get(t, srv.URL+"/api/v1/range"); code != http.StatusNoContent {
+		t.Errorf("range before vCenter is reached: %d, want 204", code)
+	}
+	waitReconnecting(t, srv, 3)
+
+	proxy.heal()
+	srv.logs.wait(t, "caught up with vCenter", srv.stopped)
+	if r := readyz(t, srv); r.code != http.StatusOK || !r.connected {
+		t.Errorf("after vCenter came up /readyz = %+v, want 200 and connected", r)
+	}
+	vc.powerCycleVMs(t, 1)
+	history := vc.events(t, 0)
+	w := openWatch(t, srv, fmt.Sprintf("&offset=%d", history[0].GetEvent().Key))
+	expectEvents(t, w, history)
+}
+
+// TestCollectorStall: vCenter's connections stay open but carry no bytes
+// (no error, no progress). The watchdog, shortened here, rebuilds the
+// session and nothing is lost.
+func TestCollectorStall(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	proxy := startFaultProxy(t, sim.URL.Host)
+	srv := startServer(t, sim, map[string]string{envVCenterURL: proxy.URL(sim)}, "--watchdog=3s")
+	before := vc.latestKey(t)
+	waitForKey(t, srv, before)
+	w := openWatch(t, srv, "")
+
+	proxy.stall()
+	vc.powerCycleVMs(t, 1)
+	if msg := waitReconnecting(t, srv, 1); !strings.Contains(msg, errStalled.Error()) {
+		t.Errorf("session failed with %q, want the watchdog's %q", msg, errStalled)
+	}
+	checkOutage(t, srv, before)
+
+	proxy.heal()
+	vc.powerCycleVMs(t, 1)
+	expectEvents(t, w, vc.events(t, before))
+}
+
+// TestCollectorReplicaHandoff: a client reads half of the events from one
+// replica and the rest from another with offset=last+1, and has every
+// event exactly once.
+func TestCollectorReplicaHandoff(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	first := startServer(t, sim, nil)
+	second := startServer(t, sim, nil)
+	vc.powerCycleVMs(t, 2)
+	history := vc.events(t, 0)
+	latest := int64(history[len(history)-1].GetEvent().Key)
+	waitForKey(t, first, latest)
+	waitForKey(t, second, latest)
+
+	half := len(history) / 2
+	fromFirst := expectEvents(t, openWatch(t, first, fmt.Sprintf("&offset=%d", history[0].GetEvent().Key)), history[:half])
+	last := decodeEvent(t, fromFirst[half-1]).Data.Key
+	fromSecond := expectEvents(t, openWatch(t, second, fmt.Sprintf("&offset=%d", last+1)), history[half:])
+
+	got := append(fromFirst, fromSecond...)
+	keys := make([]int64, len(got))
+	for i, line := range got {
+		keys[i] = decodeEvent(t, line).Data.Key
+	}
+	if !sort.SliceIsSorted(keys, func(i, j int) bool { return keys[i] < keys[j] }) || len(slices.Compact(slices.Clone(keys))) != len(keys) {
+		t.Fatalf("keys not strictly increasing: %v", keys)
+	}
+	// And each line is byte for byte what the other replica has.
+	for _, line := range got {
+		id := decodeEvent(t, line).ID
+		if _, other := get(t, first.URL+"/api/v1/events/"+id); string(other) != string(line) {
+			t.Fatalf("event %s differs between replicas", id)
+		}
+	}
+}
+
+// BenchmarkWatchLatency measures the time from PostEvent returning to the
+// watcher receiving the line, with push (update notifications) and with
+// the polling fallback. Run it with a fixed count, e.g.
+//
+//	go test -run '^$' -bench WatchLatency -benchtime 50x
+func BenchmarkWatchLatency(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		args []string
+	}{
+		{"push", nil},
+		{"poll-1s", []string{"--push=false", "--poll-interval=1s"}},
+	} {
+		b.Run(mode.name, func(b *testing.B) {
+			sim := startTestSimulation(b)
+			vc := connectVCenter(b, sim)
+			srv := startServer(b, sim, map[string]string{envDebug: "false"}, mode.args...)
+			vms, err := listVMs(context.Background(), vc.client)
+			if err != nil {
+				b.Fatal(err)
+			}
+			w := openWatch(b, srv, "")
+			ctx := context.Background()
+			latencies := make([]time.Duration, 0, b.N)
+			b.ResetTimer()
+			for i := range b.N {
+				err := postEvent(ctx, vc.client, &types.EventEx{
+					EventTypeId: "com.example.latency", Message: fmt.Sprint(i),
+					ObjectId: vms[0].Reference().Value, ObjectType: vms[0].Reference().Type,
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				posted := time.Now()
+				w.next(b)
+				latencies = append(latencies, time.Since(posted))
+			}
+			b.StopTimer()
+			slices.Sort(latencies)
+			quantile := func(q float64) float64 {
+				return float64(latencies[int(q*float64(len(latencies)-1))].Microseconds()) / 1000
+			}
+			b.ReportMetric(quantile(0.5), "p50-ms")
+			b.ReportMetric(quantile(0.99), "p99-ms")
+			b.ReportMetric(quantile(1), "max-ms")
+		})
+	}
+}
