@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
+	"net/http/httptest"
 	"slices"
 	"sort"
 	"strings"
@@ -13,8 +15,8 @@ import (
 
 	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/session"
+	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/mo"
-	"github.com/vmware/govmomi/vim25/types"
 )
 
 // readyState is the part of /readyz the fault tests look at.
@@ -228,22 +230,11 @@ func BenchmarkWatchLatency(b *testing.B) {
 			sim := startTestSimulation(b)
 			vc := connectVCenter(b, sim)
 			srv := startServer(b, sim, map[string]string{envDebug: "false"}, mode.args...)
-			vms, err := listVMs(context.Background(), vc.client)
-			if err != nil {
-				b.Fatal(err)
-			}
 			w := openWatch(b, srv, "")
-			ctx := context.Background()
 			latencies := make([]time.Duration, 0, b.N)
 			b.ResetTimer()
-			for i := range b.N {
-				err := postEvent(ctx, vc.client, &types.EventEx{
-					EventTypeId: "com.example.latency", Message: fmt.Sprint(i),
-					ObjectId: vms[0].Reference().Value, ObjectType: vms[0].Reference().Type,
-				})
-				if err != nil {
-					b.Fatal(err)
-				}
+			for range b.N {
+				vc.postEvents(b, 1)
 				posted := time.Now()
 				w.next(b)
 				latencies = append(latencies, time.Since(posted))
@@ -257,5 +248,57 @@ func BenchmarkWatchLatency(b *testing.B) {
 			b.ReportMetric(quantile(0.99), "p99-ms")
 			b.ReportMetric(quantile(1), "max-ms")
 		})
+	}
+}
+
+// TestCollectorPollingFallback: when waiting for vCenter's update
+// notifications keeps failing, the collector polls and loses nothing.
+func TestCollectorPollingFallback(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	sim.model.Service.AddFaultRule(&simulator.FaultInjectionRule{
+		MethodName: "WaitForUpdatesEx", ObjectType: "*", ObjectName: "*",
+		Probability: 1, FaultType: simulator.FaultTypeGeneric, Message: "injected", Enabled: true,
+	})
+	vc := connectVCenter(t, sim)
+	srv := startServer(t, sim, nil)
+	srv.logs.wait(t, "falling back to polling vCenter", srv.stopped)
+
+	before := vc.latestKey(t)
+	waitForKey(t, srv, before)
+	w := openWatch(t, srv, "")
+	vc.postEvents(t, 5) // power operations would wait for their tasks with WaitForUpdatesEx
+	expectEvents(t, w, vc.events(t, before))
+}
+
+// TestCollectorShutdownWhileReconnecting: shutdown ends the reconnect loop
+// at once (the harness checks run returns nil within 5 s).
+func TestCollectorShutdownWhileReconnecting(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	proxy := startFaultProxy(t, sim.URL.Host)
+	proxy.cut()
+	srv := launchServer(t, sim, map[string]string{envVCenterURL: proxy.URL(sim)})
+	waitReconnecting(t, srv, 2)
+	srv.shutdown(t)
+}
+
+// TestCollectorLiveness: /livez fails only when the collector's loop has
+// not turned for its bound.
+func TestCollectorLiveness(t *testing.T) {
+	t.Parallel()
+	status := newCollectorStatus(time.Minute)
+	srv := httptest.NewServer(newHandler(NewJournal(10), status, slog.New(slog.DiscardHandler)))
+	defer srv.Close()
+	if code, body := get(t, srv.URL+"/livez"); code != http.StatusOK {
+		t.Fatalf("livez of a turning loop: %d %s", code, body)
+	}
+	status.heartbeat.Store(time.Now().Add(-2 * time.Minute).UnixNano())
+	if code, body := get(t, srv.URL+"/livez"); code != http.StatusServiceUnavailable {
+		t.Fatalf("livez of a stuck loop: %d %s", code, body)
+	}
+	status.beat()
+	if code, _ := get(t, srv.URL+"/livez"); code != http.StatusOK {
+		t.Fatalf("livez after the loop turned again: %d", code)
 	}
 }

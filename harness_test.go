@@ -357,6 +357,27 @@ func (v *vcenter) powerCycleVMs(t testing.TB, n int) {
 	}
 }
 
+// postEvents logs n EventEx on the first VM: events without a task, whose
+// wait would need WaitForUpdatesEx.
+func (v *vcenter) postEvents(t testing.TB, n int) {
+	t.Helper()
+	ctx := context.Background()
+	vms, err := listVMs(ctx, v.client)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ref := vms[0].Reference()
+	for i := range n {
+		err := postEvent(ctx, v.client, &types.EventEx{
+			EventTypeId: "com.example.test", Message: fmt.Sprint("test event ", i),
+			ObjectId: ref.Value, ObjectType: ref.Type,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // events returns vCenter's own history of events with keys above after,
 // oldest first: what the server must have served.
 func (v *vcenter) events(t testing.TB, after int64) []types.BaseEvent {
