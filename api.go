@@ -29,9 +29,16 @@ func newHandler(journal *Journal, status *CollectorStatus, log *slog.Logger) htt
 	return checkRequest(mux)
 }
 
+// routeRegistry is where addRoutes registers routes: an *http.ServeMux, or
+// a test's list of routes.
+type routeRegistry interface {
+	Handle(pattern string, handler http.Handler)
+}
+
 // addRoutes registers every route of the server; this is the one place to
 // look for what the server answers.
-func addRoutes(mux *http.ServeMux, journal *Journal, status *CollectorStatus, log *slog.Logger) {
+func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, log *slog.Logger) {
+	mux.Handle("GET /api/v1/openapi.yaml", handleOpenAPI())
 	mux.Handle("GET /api/v1/range", handleRange(journal))
 	mux.Handle("GET /api/v1/events", handleEvents(journal, log))
 	mux.Handle("GET /api/v1/events/{id}", handleEvent(journal))
