@@ -22,11 +22,41 @@ const (
 	maxTimeoutSeconds = 1<<31 - 1
 )
 
+// Defaults of the handler's options.
+const (
+	defaultMaxWatches   = 5000
+	defaultSSEHeartbeat = 15 * time.Second
+	// watchRetryAfter is the Retry-After of a watch refused for the cap.
+	watchRetryAfter = 5 * time.Second
+)
+
+// handlerConfig holds the handler's options.
+type handlerConfig struct {
+	maxWatches   int           // open watches at most; 0: no limit
+	sseHeartbeat time.Duration // interval of the SSE ": ping" comment
+}
+
+// handlerOption changes a handlerConfig.
+type handlerOption func(*handlerConfig)
+
+// withMaxWatches caps the watches open at once; beyond, a watch gets 503.
+func withMaxWatches(n int) handlerOption { return func(c *handlerConfig) { c.maxWatches = n } }
+
+// withSSEHeartbeat sets the interval of the SSE heartbeat.
+func withSSEHeartbeat(d time.Duration) handlerOption {
+	return func(c *handlerConfig) { c.sseHeartbeat = d }
+}
+
 // newHandler builds the server's HTTP handler from its dependencies.
-func newHandler(journal *Journal, status *CollectorStatus, log *slog.Logger) http.Handler {
+func newHandler(journal *Journal, status *CollectorStatus, log *slog.Logger, opts ...handlerOption) http.Handler {
+	cfg := handlerConfig{maxWatches: defaultMaxWatches, sseHeartbeat: defaultSSEHeartbeat}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	metrics := newHTTPMetrics()
 	mux := http.NewServeMux()
-	addRoutes(mux, journal, status, log)
-	return checkRequest(mux)
+	addRoutes(mux, journal, status, metrics, log, cfg)
+	return instrument(checkRequest(mux), metrics, log)
 }
 
 // routeRegistry is where addRoutes registers routes: an *http.ServeMux, or
@@ -37,13 +67,14 @@ type routeRegistry interface {
 
 // addRoutes registers every route of the server; this is the one place to
 // look for what the server answers.
-func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, log *slog.Logger) {
+func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, metrics *httpMetrics, log *slog.Logger, cfg handlerConfig) {
 	mux.Handle("GET /api/v1/openapi.yaml", handleOpenAPI())
 	mux.Handle("GET /api/v1/range", handleRange(journal))
-	mux.Handle("GET /api/v1/events", handleEvents(journal, log))
+	mux.Handle("GET /api/v1/events", handleEvents(journal, metrics, log, cfg))
 	mux.Handle("GET /api/v1/events/{id}", handleEvent(journal))
 	mux.Handle("GET /livez", handleLivez(status))
 	mux.Handle("GET /readyz", handleReadyz(journal, status))
+	mux.Handle("GET /metrics", handleMetrics(journal, status, metrics))
 	mux.Handle("/", handleNotFound())
 }
 
@@ -118,13 +149,15 @@ func handleEvent(j *Journal) http.Handler {
 	})
 }
 
-// eventsQuery is the validated query of /api/v1/events.
+// eventsQuery is the validated request of /api/v1/events.
 type eventsQuery struct {
 	offset    int64
 	hasOffset bool
 	limit     int
 	watch     bool
+	sse       bool          // a watch as Server-Sent Events
 	timeout   time.Duration // watch only; 0 is none
+	filter    eventFilter
 }
 
 // Parameters of /api/v1/events.
@@ -135,18 +168,28 @@ const (
 	paramTimeout = "timeoutSeconds"
 )
 
-// parseEventsQuery validates the query of /api/v1/events; an offset error
-// carries j's range, as every offset error does.
+// parseEventsQuery validates the request of /api/v1/events; an offset
+// error carries j's range, as every offset error does. A client that
+// accepts text/event-stream (a browser's EventSource) watches as
+// Server-Sent Events, and its Last-Event-ID resumes after that key.
 func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 	q := eventsQuery{limit: defaultPageSize}
-	values, p := parseQuery(r, paramOffset, paramLimit, paramWatch, paramTimeout)
+	values, p := parseQuery(r, paramOffset, paramLimit, paramWatch, paramTimeout, paramType, paramEventClass)
 	if p != nil {
 		return q, p
 	}
+	if q.filter, p = parseEventFilter(values); p != nil {
+		return q, p
+	}
+	q.sse = acceptsEventStream(r)
+	q.watch = q.sse
 	if v, ok := values[paramWatch]; ok {
 		b, err := strconv.ParseBool(v[0])
 		if err != nil {
 			return q, newProblem(http.StatusBadRequest, "parameter watch: %q is not a boolean (true or false)", v[0])
+		}
+		if q.sse && !b {
+			return q, newProblem(http.StatusBadRequest, "text/event-stream is a watch: watch=%s contradicts it", v[0])
 		}
 		q.watch = b
 	}
@@ -155,6 +198,16 @@ func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 			return q, p.withRange(j)
 		}
 		q.hasOffset = true
+	}
+	if id := r.Header.Get("Last-Event-ID"); id != "" && q.watch {
+		// EventSource resends the id of the last event it received: resume
+		// after it. It takes precedence over the offset in the URL, which
+		// is where the stream began.
+		last, p := parseOffset("Last-Event-ID", id)
+		if p != nil {
+			return q, p.withRange(j)
+		}
+		q.offset, q.hasOffset = last+1, true
 	}
 	if v, ok := values[paramLimit]; ok {
 		if q.watch {
@@ -179,18 +232,42 @@ func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 	return q, nil
 }
 
-func handleEvents(j *Journal, log *slog.Logger) http.Handler {
+// acceptsEventStream reports whether the client asks for Server-Sent Events.
+func acceptsEventStream(r *http.Request) bool {
+	for _, accept := range r.Header.Values("Accept") {
+		for _, media := range strings.Split(accept, ",") {
+			media, _, _ = strings.Cut(media, ";")
+			if strings.EqualFold(strings.TrimSpace(media), "text/event-stream") {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handlerConfig) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q, p := parseEventsQuery(r, j)
 		if p != nil {
 			writeProblem(w, p)
 			return
 		}
-		if q.watch {
-			serveWatch(w, r, j, q, log)
+		if !q.watch {
+			servePage(w, r, j, q)
 			return
 		}
-		servePage(w, r, j, q)
+		if n := metrics.watchers.Add(1); cfg.maxWatches > 0 && n > int64(cfg.maxWatches) {
+			metrics.watchers.Add(-1)
+			w.Header().Set("Retry-After", strconv.Itoa(int(watchRetryAfter.Seconds())))
+			writeProblem(w, newProblem(http.StatusServiceUnavailable, "too many watches: %d are open, the limit is %d; retry later", n-1, cfg.maxWatches))
+			return
+		}
+		defer metrics.watchers.Add(-1)
+		s := watchSettings{format: ndjson{}, log: log}
+		if q.sse {
+			s = watchSettings{format: serverSentEvents{}, heartbeat: cfg.sseHeartbeat, log: log}
+		}
+		serveWatch(w, r, j, q, s)
 	})
 }
 
@@ -201,21 +278,21 @@ func servePage(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuery
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	records := make([]Record, 0, q.limit)
+	var records []Record
 	if q.hasOffset {
+		var scanned int64
 		var err error
-		if records, err = j.ReadFrom(q.offset, q.limit, records); err != nil {
+		if records, scanned, err = q.filter.readPage(j, q.offset, q.limit); err != nil {
 			writeProblem(w, offsetProblem(j, q.offset, err))
 			return
 		}
-	} else {
-		records = j.ReadLast(q.limit, records)
-	}
-	if n := len(records); n > 0 {
-		last := records[n-1].Offset
-		if _, latest, _ := j.Range(); latest > last {
-			w.Header().Set("Link", "<"+nextPageURL(r, last+1)+`>; rel="next"`)
+		// The next page continues after the last record scanned, whether
+		// it matched the filter or not: pages stay true to offsets.
+		if _, latest, _ := j.Range(); scanned >= 0 && latest > scanned {
+			w.Header().Set("Link", "<"+nextPageURL(r, scanned+1)+`>; rel="next"`)
 		}
+	} else {
+		records = q.filter.readNewest(j, q.limit)
 	}
 	size := 2 + len(records)
 	for _, rec := range records {
@@ -305,10 +382,10 @@ func parseQuery(r *http.Request, allowed ...string) (url.Values, *problem) {
 			}
 			return nil, newProblem(http.StatusBadRequest, "unknown parameter %q (allowed: %s)", name, strings.Join(allowed, ", "))
 		}
-		if len(v) > 1 {
+		if len(v) > 1 && name != paramType && name != paramEventClass {
 			return nil, newProblem(http.StatusBadRequest, "parameter %s is given %d times; give it once", name, len(v))
 		}
-		if v[0] == "" {
+		if slices.Contains(v, "") {
 			return nil, newProblem(http.StatusBadRequest, "parameter %s has an empty value", name)
 		}
 	}

@@ -609,12 +609,14 @@ func TestAPIBadInput(t *testing.T) {
 		target string
 		code   int
 	}{
-		// Unknown parameters, among them the filters still to come.
+		// Unknown parameters; bad and empty filters.
 		{"/api/v1/events?foo=1", 400},
 		{"/api/v1/events?x", 400},
 		{"/api/v1/events?Offset=1", 400},
-		{"/api/v1/events?type=VmPoweredOnEvent", 400},
-		{"/api/v1/events?eventclass=event", 400},
+		{"/api/v1/events?eventclass=bogus", 400},
+		{"/api/v1/events?eventclass=event&eventclass=", 400},
+		{"/api/v1/events?type=", 400},
+		{"/api/v1/events?type=VmPoweredOnEvent&type=", 400},
 		{"/api/v1/events?watch=true&foo=1", 400},
 		// Empty, repeated and malformed.
 		{"/api/v1/events?offset=", 400},
@@ -680,7 +682,6 @@ func TestAPIBadInput(t *testing.T) {
 		{"/api/v1/ranges", 404},
 		{"/api/v2/events", 404},
 		{"/API/V1/EVENTS", 404},
-		{"/metrics", 404}, // until the metrics land
 	}
 	for _, tt := range tests {
 		resp, body := s.get(tt.target)

@@ -9,12 +9,38 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
-// Values of the eventclass extension.
+// EventClass is the kind of a vSphere event: the eventclass extension.
+type EventClass uint8
+
+// The event classes; the zero value is no class (a record appended without).
 const (
-	classEvent         = "event"
-	classEventEx       = "eventex"
-	classExtendedEvent = "extendedevent"
+	ClassEvent EventClass = iota + 1
+	ClassEventEx
+	ClassExtendedEvent
 )
+
+// String is the value of the eventclass extension.
+func (c EventClass) String() string {
+	switch c {
+	case ClassEvent:
+		return "event"
+	case ClassEventEx:
+		return "eventex"
+	case ClassExtendedEvent:
+		return "extendedevent"
+	}
+	return ""
+}
+
+// parseEventClass is the inverse of String.
+func parseEventClass(s string) (EventClass, bool) {
+	for c := ClassEvent; c <= ClassExtendedEvent; c++ {
+		if c.String() == s {
+			return c, true
+		}
+	}
+	return 0, false
+}
 
 // Names of the CloudEvent extensions this server sets.
 const (
@@ -24,19 +50,18 @@ const (
 
 // eventConverter turns vSphere events into the CloudEvent records the
 // journal holds. Each event is encoded once, at ingest; every reader then
-// shares the same bytes.
+// shares the same bytes. It is used by one goroutine at a time.
 type eventConverter struct {
 	source        string // the vCenter SDK URL, without credentials
 	maxRecordSize int
 	wire          wireEncoder
+	// types maps event names to their CloudEvent types, made once.
+	types map[string]string
 }
 
 // convertedEvent is one vSphere event as a journal record.
 type convertedEvent struct {
-	Offset int64
-	Type   string
-	// Data is the compact CloudEvent JSON.
-	Data []byte
+	Record
 	// DataDropped is set when the event's JSON exceeded the record size
 	// limit and was recorded without its data.
 	DataDropped bool
@@ -45,37 +70,43 @@ type convertedEvent struct {
 // eventTypeAndClass returns the name used in the CloudEvent type and the
 // eventclass extension: the Go type name of the vSphere event, or for
 // EventEx and ExtendedEvent their EventTypeId.
-func eventTypeAndClass(ev types.BaseEvent) (name, class string) {
+func eventTypeAndClass(ev types.BaseEvent) (name string, class EventClass) {
 	switch e := ev.(type) {
 	case *types.EventEx:
-		return e.EventTypeId, classEventEx
+		return e.EventTypeId, ClassEventEx
 	case *types.ExtendedEvent:
-		return e.EventTypeId, classExtendedEvent
+		return e.EventTypeId, ClassExtendedEvent
 	}
 	t := reflect.TypeOf(ev)
 	if t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	return t.Name(), classEvent
+	return t.Name(), ClassEvent
 }
+
+// The CloudEvent type of a vSphere event is its name between these.
+const (
+	cloudEventTypePrefix = "vmware.vsphere."
+	cloudEventTypeSuffix = ".v0"
+)
 
 // cloudEventType is the CloudEvent type of a vSphere event name.
 func cloudEventType(name string) string {
-	return "vmware.vsphere." + name + ".v0"
+	return cloudEventTypePrefix + name + cloudEventTypeSuffix
 }
 
 // Convert encodes ev as a CloudEvent whose id is the vCenter event key.
 func (c *eventConverter) Convert(ev types.BaseEvent) (convertedEvent, error) {
 	base := ev.GetEvent()
 	name, class := eventTypeAndClass(ev)
-	out := convertedEvent{Offset: int64(base.Key), Type: cloudEventType(name)}
+	out := convertedEvent{Record: Record{Offset: int64(base.Key), Type: c.cloudEventType(name), Class: class}}
 
 	ce := cloudevents.New()
 	ce.SetID(strconv.FormatInt(out.Offset, 10))
 	ce.SetSource(c.source)
 	ce.SetType(out.Type)
 	ce.SetTime(base.CreatedTime)
-	ce.SetExtension(extEventClass, class)
+	ce.SetExtension(extEventClass, class.String())
 	ce.SetDataContentType(cloudevents.ApplicationJSON)
 	// Set the encoded data directly: SetData would base64 a []byte.
 	ce.DataEncoded = c.wire.Append(nil, ev)
@@ -96,4 +127,18 @@ func (c *eventConverter) Convert(ev types.BaseEvent) (convertedEvent, error) {
 	}
 	out.Data = data
 	return out, nil
+}
+
+// cloudEventType is cloudEventType(name), made once per name: the records
+// of a type share the string.
+func (c *eventConverter) cloudEventType(name string) string {
+	if t, ok := c.types[name]; ok {
+		return t
+	}
+	if c.types == nil {
+		c.types = make(map[string]string)
+	}
+	t := cloudEventType(name)
+	c.types[name] = t
+	return t
 }

@@ -154,15 +154,25 @@ func TestCloudEventMatchesSeed(t *testing.T) {
 func TestCloudEventTypeAndClass(t *testing.T) {
 	t.Parallel()
 	events := goldenEvents(t)
-	for name, want := range map[string][2]string{
-		"login":         {"vmware.vsphere.UserLoginSessionEvent.v0", classEvent},
-		"vm-powered-on": {"vmware.vsphere.VmPoweredOnEvent.v0", classEvent},
-		"eventex":       {"vmware.vsphere.com.vmware.vc.alarm.AlarmStatusChangedEvent.v0", classEventEx},
-		"extendedevent": {"vmware.vsphere.com.example.backup.completed.v0", classExtendedEvent},
+	type typeAndClass struct {
+		typ   string
+		class EventClass
+	}
+	for name, want := range map[string]typeAndClass{
+		"login":         {"vmware.vsphere.UserLoginSessionEvent.v0", ClassEvent},
+		"vm-powered-on": {"vmware.vsphere.VmPoweredOnEvent.v0", ClassEvent},
+		"eventex":       {"vmware.vsphere.com.vmware.vc.alarm.AlarmStatusChangedEvent.v0", ClassEventEx},
+		"extendedevent": {"vmware.vsphere.com.example.backup.completed.v0", ClassExtendedEvent},
 	} {
 		typ, class := eventTypeAndClass(events[name])
-		if cloudEventType(typ) != want[0] || class != want[1] {
+		if cloudEventType(typ) != want.typ || class != want.class {
 			t.Errorf("%s: type %s class %s, want %v", name, cloudEventType(typ), class, want)
+		}
+		// The converter records the same type and class with the event.
+		conv := &eventConverter{source: goldenSource, maxRecordSize: defaultMaxRecordSize}
+		rec, err := conv.Convert(events[name])
+		if err != nil || rec.Type != want.typ || rec.Class != want.class {
+			t.Errorf("%s: record type %s class %s (%v), want %v", name, rec.Type, rec.Class, err, want)
 		}
 	}
 }

@@ -99,8 +99,9 @@ type Collector struct {
 	log       *slog.Logger
 
 	// Owned by Run's goroutine.
-	begin       time.Time // where the first session began, on vCenter's clock
-	lastCreated time.Time // CreatedTime of the newest event appended
+	begin       time.Time     // where the first session began, on vCenter's clock
+	lastCreated time.Time     // CreatedTime of the newest event appended
+	skew        time.Duration // vCenter's clock minus ours, as last read
 }
 
 // newCollector returns a collector for cfg's vCenter that appends to journal.
@@ -174,10 +175,12 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 	)
 	defer func() { c.endSession(ctx, client, hc, updates) }()
 
-	begin, err := c.beginTime(ctx, client)
+	now, err := c.readClock(ctx, client)
 	if err != nil {
 		return fail("read vCenter time", err)
 	}
+	succeeded()
+	begin := c.beginTime(now)
 	hc, err = event.NewManager(client).CreateCollectorForEvents(ctx, types.EventFilterSpec{
 		Entity: &types.EventFilterSpecByEntity{Entity: client.ServiceContent.RootFolder, Recursion: types.EventFilterSpecRecursionOptionAll},
 		Time:   &types.EventFilterSpecByTime{BeginTime: &begin},
@@ -212,7 +215,7 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 		}
 
 		if time.Since(lastKeepAlive) >= c.opts.keepAlive {
-			if _, err := methods.GetCurrentTime(ctx, client); err != nil {
+			if _, err := c.readClock(ctx, client); err != nil {
 				return fail("keep-alive", err)
 			}
 			succeeded()
@@ -247,28 +250,35 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 	}
 }
 
-// beginTime returns where a new history collector begins: for the first
-// session vCenter's current time minus streamBegin (vCenter's clock, not
-// ours: they may differ by minutes); later resumeMargin before the creation
-// time of the last event appended, so that an event logged late, with an
-// older time but a higher key, is not lost. The keys already appended are
-// skipped.
-func (c *Collector) beginTime(ctx context.Context, client *vim25.Client) (time.Time, error) {
-	if !c.lastCreated.IsZero() {
-		resume := c.lastCreated.Add(-resumeMargin)
-		if resume.Before(c.begin) {
-			resume = c.begin
-		}
-		return resume, nil
-	}
+// beginTime returns where a new history collector begins, given vCenter's
+// current time: for the first session now minus streamBegin (vCenter's
+// clock, not ours: they may differ by minutes); later resumeMargin before
+// the creation time of the last event appended, so that an event logged
+// late, with an older time but a higher key, is not lost. The keys already
+// appended are skipped.
+func (c *Collector) beginTime(now time.Time) time.Time {
 	if c.begin.IsZero() {
-		now, err := methods.GetCurrentTime(ctx, client)
-		if err != nil {
-			return time.Time{}, err
-		}
 		c.begin = now.Add(-c.streamBegin)
 	}
-	return c.begin, nil
+	if c.lastCreated.IsZero() {
+		return c.begin
+	}
+	resume := c.lastCreated.Add(-resumeMargin)
+	if resume.Before(c.begin) {
+		resume = c.begin
+	}
+	return resume
+}
+
+// readClock reads vCenter's current time (a cheap call, also the
+// keep-alive) and remembers how far it is from ours.
+func (c *Collector) readClock(ctx context.Context, client *vim25.Client) (time.Time, error) {
+	now, err := methods.GetCurrentTime(ctx, client)
+	if err != nil {
+		return time.Time{}, err
+	}
+	c.skew = now.Sub(time.Now())
+	return *now, nil
 }
 
 // endSession destroys the session's collectors and logs out, within one
@@ -331,7 +341,7 @@ func (c *Collector) ingest(ev types.BaseEvent) {
 		c.log.Error("cannot encode event", "offset", ev.GetEvent().Key, "error", err)
 		return
 	}
-	if err := c.journal.Append(rec.Offset, rec.Data); err != nil {
+	if err := c.journal.AppendRecord(rec.Record); err != nil {
 		// Only the collector appends, and it checked the key above.
 		c.log.Error("cannot append event", "offset", rec.Offset, "error", err)
 		return
@@ -344,6 +354,7 @@ func (c *Collector) ingest(ev types.BaseEvent) {
 	c.lastCreated = created
 	c.status.ingested.Add(1)
 	c.status.lastEvent.Store(created.UnixNano())
+	c.status.lag.Store(int64(time.Now().Add(c.skew).Sub(created)))
 	c.log.Debug("appended event", "offset", rec.Offset, "type", rec.Type, "bytes", len(rec.Data))
 }
 

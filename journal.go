@@ -26,6 +26,10 @@ var (
 type Record struct {
 	Offset int64
 	Data   []byte
+	// Type is the CloudEvent type; readers filter on it and on Class
+	// without decoding Data. Equal types share one string.
+	Type  string
+	Class EventClass
 }
 
 // Journal is a bounded, in-memory log of records keyed by offset, in two
@@ -67,9 +71,16 @@ func NewJournal(maxSegment int) *Journal {
 	}
 }
 
-// Append adds data under offset, which must be above every offset held. The
-// journal keeps data as it is: the caller must not modify it afterwards.
+// Append adds data under offset, as AppendRecord does, for a record
+// without type or class.
 func (j *Journal) Append(offset int64, data []byte) error {
+	return j.AppendRecord(Record{Offset: offset, Data: data})
+}
+
+// AppendRecord adds rec, whose offset must be above every offset held. The
+// journal keeps rec.Data as it is: the caller must not modify it afterwards.
+func (j *Journal) AppendRecord(rec Record) error {
+	offset := rec.Offset
 	j.mu.Lock()
 	defer j.mu.Unlock()
 	if latest, ok := j.latestLocked(); ok && offset <= latest {
@@ -92,8 +103,8 @@ func (j *Journal) Append(offset int64, data []byte) error {
 	if j.first < 0 {
 		j.first = offset
 	}
-	j.active = append(j.active, Record{Offset: offset, Data: data})
-	j.bytes += len(data)
+	j.active = append(j.active, rec)
+	j.bytes += len(rec.Data)
 	if j.appended != nil {
 		close(j.appended)
 		j.appended = nil

@@ -41,11 +41,12 @@ func main() {
 type options struct {
 	simulate     bool
 	simulateRate float64
+	maxWatches   int
 	collector    collectorOptions
 }
 
 func parseFlags(args []string, stderr io.Writer) (options, error) {
-	o := options{collector: defaultCollectorOptions()}
+	o := options{maxWatches: defaultMaxWatches, collector: defaultCollectorOptions()}
 	name := "vsphere-event-streaming"
 	if len(args) > 0 {
 		name, args = args[0], args[1:]
@@ -54,6 +55,7 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	fs.SetOutput(stderr)
 	fs.BoolVar(&o.simulate, "simulate", false, "start an in-process vCenter simulator that keeps producing events, and stream from it (no vCenter needed)")
 	fs.Float64Var(&o.simulateRate, "simulate-rate", 2, "with --simulate: simulated operations per second (each yields one or two events)")
+	fs.IntVar(&o.maxWatches, "max-watches", o.maxWatches, "watches open at once at most; more get 503 with Retry-After (0: no limit)")
 	fs.BoolVar(&o.collector.push, "push", o.collector.push, "learn of new events from vCenter's update notifications (WaitForUpdatesEx); false: poll")
 	fs.DurationVar(&o.collector.pollInterval, "poll-interval", o.collector.pollInterval, "pause between reads of vCenter when polling (--push=false, or when update notifications keep failing)")
 	fs.DurationVar(&o.collector.watchdog, "watchdog", o.collector.watchdog, "rebuild the vCenter session when no vCenter call has succeeded for this long (at least 3s)")
@@ -66,6 +68,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	// The negated test also refuses NaN.
 	if !(o.simulateRate > 0 && o.simulateRate <= maxSimulateRate) {
 		return o, fmt.Errorf("--simulate-rate must be above 0 and at most %d, not %v", maxSimulateRate, o.simulateRate)
+	}
+	if o.maxWatches < 0 {
+		return o, fmt.Errorf("--max-watches must not be negative, not %d", o.maxWatches)
 	}
 	if o.collector.pollInterval <= 0 {
 		return o, fmt.Errorf("--poll-interval must be positive, not %v", o.collector.pollInterval)
@@ -139,7 +144,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	requests, endRequests := context.WithCancel(context.WithoutCancel(ctx))
 	defer endRequests()
 	srv := &http.Server{
-		Handler:           newHandler(journal, status, log),
+		Handler:           newHandler(journal, status, log, withMaxWatches(opts.maxWatches)),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,

@@ -20,6 +20,10 @@ type CollectorStatus struct {
 	// process counts as stuck; it is set once, before the collector runs.
 	stuckAfter time.Duration
 
+	// lag is how long the newest event took from its creation in vCenter
+	// to its append (nanoseconds, on vCenter's clock).
+	lag atomic.Int64
+
 	ingested   atomic.Int64 // events appended to the journal
 	skipped    atomic.Int64 // events not appended: their key was not above the latest (already seen)
 	reconnects atomic.Int64 // sessions that ended in an error and were opened again
@@ -54,6 +58,10 @@ func (s *CollectorStatus) LastEventTime() time.Time {
 	}
 	return time.Time{}
 }
+
+// Lag returns how long the newest event took from its creation in vCenter
+// to the journal.
+func (s *CollectorStatus) Lag() time.Duration { return time.Duration(s.lag.Load()) }
 
 // Ingested returns the number of events appended to the journal.
 func (s *CollectorStatus) Ingested() int64 { return s.ingested.Load() }

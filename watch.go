@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"net/http"
+	"strconv"
 	"time"
 )
 
@@ -16,6 +17,13 @@ const watchBatch = 256
 // watchWriteTimeout bounds the writing of one batch: a client that stops
 // reading does not hold its connection and goroutine for ever.
 const watchWriteTimeout = 30 * time.Second
+
+// watchBufferSize is how much of a batch a watch gathers before writing:
+// a burst costs each watcher at most this much memory.
+const watchBufferSize = 32 << 10
+
+// sseRetry is the reconnection delay an EventSource is told to use.
+const sseRetry = 3 * time.Second
 
 // watchError is the last line of a watch whose next event was purged
 // before the client read it.
@@ -30,10 +38,72 @@ type watchErrorBody struct {
 	Latest   *int64 `json:"latest,omitempty"`
 }
 
-// serveWatch streams events as NDJSON, from q.offset or from the next event
-// to arrive, until the client leaves, the server shuts down (the request's
-// context ends) or the timeout passes.
-func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuery, log *slog.Logger) {
+// streamFormat writes a watch in one of its two formats.
+type streamFormat interface {
+	contentType() string
+	// start is written once, before any event.
+	start(b []byte) []byte
+	event(b []byte, r Record) []byte
+	// heartbeat keeps an idle stream alive through proxies; nil if the
+	// format has none.
+	heartbeat() []byte
+	// failure is the last message of a stream that cannot go on.
+	failure(b []byte, line []byte) []byte
+}
+
+// ndjson is one compact CloudEvent per line.
+type ndjson struct{}
+
+func (ndjson) contentType() string                   { return "application/x-ndjson" }
+func (ndjson) start(b []byte) []byte                 { return b }
+func (ndjson) event(b []byte, r Record) []byte       { return append(append(b, r.Data...), '\n') }
+func (ndjson) heartbeat() []byte                     { return nil }
+func (ndjson) failure(b []byte, line []byte) []byte { return append(append(b, line...), '\n') }
+
+// serverSentEvents is the text/event-stream of a browser's EventSource: the
+// key as id (sent back as Last-Event-ID on reconnect), the CloudEvent type
+// as event, the JSON as data.
+type serverSentEvents struct{}
+
+func (serverSentEvents) contentType() string { return "text/event-stream" }
+
+func (serverSentEvents) start(b []byte) []byte {
+	b = append(b, "retry: "...)
+	b = strconv.AppendInt(b, sseRetry.Milliseconds(), 10)
+	return append(b, "\n\n"...)
+}
+
+func (serverSentEvents) event(b []byte, r Record) []byte {
+	b = append(b, "id: "...)
+	b = strconv.AppendInt(b, r.Offset, 10)
+	if r.Type != "" {
+		b = append(b, "\nevent: "...)
+		b = append(b, r.Type...)
+	}
+	b = append(b, "\ndata: "...)
+	b = append(b, r.Data...)
+	return append(b, "\n\n"...)
+}
+
+func (serverSentEvents) heartbeat() []byte { return []byte(": ping\n\n") }
+
+func (serverSentEvents) failure(b []byte, line []byte) []byte {
+	b = append(b, "event: error\ndata: "...)
+	b = append(b, line...)
+	return append(b, "\n\n"...)
+}
+
+// watchSettings are a watch's fixed settings.
+type watchSettings struct {
+	format    streamFormat
+	heartbeat time.Duration // interval of the format's heartbeat
+	log       *slog.Logger
+}
+
+// serveWatch streams the events that match q's filter, from q.offset or
+// from the next event to arrive, until the client leaves, the server shuts
+// down (the request's context ends) or the timeout passes.
+func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuery, s watchSettings) {
 	// From now: on an empty journal, from whatever is appended first.
 	next := int64(-1)
 	if q.hasOffset {
@@ -55,21 +125,24 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 	}
 
 	h := w.Header()
-	h.Set("Content-Type", "application/x-ndjson")
+	h.Set("Content-Type", s.format.contentType())
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")
 	// Tell nginx-style proxies not to buffer the stream.
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
-	// Flush the status at once, so the client knows the watch is established.
-	if err := rc.Flush(); err != nil || r.Method == http.MethodHead {
+	if r.Method == http.MethodHead {
+		return
+	}
+	// Send the status at once, so the client knows the watch is established.
+	buf := s.format.start(make([]byte, 0, 4096))
+	if !writeFlush(w, rc, buf) {
 		return
 	}
 
-	log.Debug("watch started", "remote", r.RemoteAddr, "offset", next)
+	s.log.Debug("watch started", "remote", r.RemoteAddr, "offset", next)
 	batch := make([]Record, 0, watchBatch)
-	newline := []byte{'\n'}
 	for {
 		// A watch that always has a backlog never waits: end it here when
 		// the timeout passes, the client leaves or the server shuts down.
@@ -79,39 +152,75 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 		var err error
 		batch, err = j.ReadNext(next, watchBatch, batch[:0])
 		if errors.Is(err, ErrPurged) {
-			writeWatchError(w, offsetProblem(j, next, err))
-			log.Info("watch ended: client fell behind the journal", "remote", r.RemoteAddr, "offset", next)
+			line, _ := json.Marshal(watchFailure(offsetProblem(j, next, err)))
+			writeFlush(w, rc, s.format.failure(buf[:0], line))
+			s.log.Info("watch ended: client fell behind the journal", "remote", r.RemoteAddr, "offset", next)
 			return
 		}
 		if len(batch) == 0 {
-			if err := j.Wait(ctx, next); err != nil {
+			if !waitOrBeat(ctx, j, next, w, rc, s) {
 				return
 			}
 			continue
 		}
-		_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+		buf = buf[:0]
 		for _, rec := range batch {
-			if _, err := w.Write(rec.Data); err != nil {
-				return
+			if !q.filter.match(rec) {
+				continue
 			}
-			if _, err := w.Write(newline); err != nil {
-				return
+			buf = s.format.event(buf, rec)
+			if len(buf) >= watchBufferSize {
+				if !write(w, rc, buf) {
+					return
+				}
+				buf = buf[:0]
 			}
 		}
 		next = batch[len(batch)-1].Offset + 1
-		if err := rc.Flush(); err != nil {
+		if len(buf) > 0 && !writeFlush(w, rc, buf) {
 			return
 		}
 	}
 }
 
-// writeWatchError writes p as the final line of an NDJSON watch.
-func writeWatchError(w http.ResponseWriter, p *problem) {
-	line, _ := json.Marshal(watchError{Error: watchErrorBody{
-		Status: p.Status, Detail: p.Detail, Earliest: p.Earliest, Latest: p.Latest,
-	}})
-	rc := http.NewResponseController(w)
+// waitOrBeat waits for a record at or above next; while none comes it
+// sends the format's heartbeat every interval. It reports whether the watch
+// goes on.
+func waitOrBeat(ctx context.Context, j *Journal, next int64, w http.ResponseWriter, rc *http.ResponseController, s watchSettings) bool {
+	beat := s.format.heartbeat()
+	if beat == nil || s.heartbeat <= 0 {
+		return j.Wait(ctx, next) == nil
+	}
+	for {
+		waitCtx, cancel := context.WithTimeout(ctx, s.heartbeat)
+		err := j.Wait(waitCtx, next)
+		cancel()
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil || !writeFlush(w, rc, beat) {
+			return false
+		}
+	}
+}
+
+// writeFlush writes b and flushes it to the client, within the write
+// timeout; it reports whether that worked.
+func writeFlush(w http.ResponseWriter, rc *http.ResponseController, b []byte) bool {
+	return write(w, rc, b) && rc.Flush() == nil
+}
+
+// write writes b within the write timeout; it reports whether that worked.
+func write(w http.ResponseWriter, rc *http.ResponseController, b []byte) bool {
 	_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
-	_, _ = w.Write(append(line, '\n'))
-	_ = rc.Flush()
+	if len(b) == 0 {
+		return true
+	}
+	_, err := w.Write(b)
+	return err == nil
+}
+
+// watchFailure is the final message of a watch that cannot go on.
+func watchFailure(p *problem) watchError {
+	return watchError{Error: watchErrorBody{Status: p.Status, Detail: p.Detail, Earliest: p.Earliest, Latest: p.Latest}}
 }

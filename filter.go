@@ -1,0 +1,114 @@
+package main
+
+import (
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+)
+
+// Filter parameters of /api/v1/events, each repeatable (OR).
+const (
+	paramType       = "type"
+	paramEventClass = "eventclass"
+)
+
+// eventFilter selects records by CloudEvent type and event class. The
+// zero value selects every record. Filters never change offsets: a reader
+// skips what does not match and moves on by offset.
+type eventFilter struct {
+	types   []string     // full CloudEvent types; empty: any
+	classes []EventClass // empty: any
+}
+
+// parseEventFilter reads type= (the full CloudEvent type or just the
+// vSphere name, as in VmPoweredOnEvent) and eventclass=.
+func parseEventFilter(values url.Values) (eventFilter, *problem) {
+	var f eventFilter
+	for _, t := range values[paramType] {
+		if !strings.HasPrefix(t, cloudEventTypePrefix) || !strings.HasSuffix(t, cloudEventTypeSuffix) {
+			t = cloudEventType(t)
+		}
+		f.types = append(f.types, t)
+	}
+	for _, v := range values[paramEventClass] {
+		c, ok := parseEventClass(v)
+		if !ok {
+			return f, newProblem(http.StatusBadRequest, "parameter eventclass: %q is not one of %s, %s, %s", v, ClassEvent, ClassEventEx, ClassExtendedEvent)
+		}
+		f.classes = append(f.classes, c)
+	}
+	return f, nil
+}
+
+// all reports whether the filter selects every record.
+func (f eventFilter) all() bool { return len(f.types) == 0 && len(f.classes) == 0 }
+
+func (f eventFilter) match(r Record) bool {
+	return (len(f.types) == 0 || slices.Contains(f.types, r.Type)) &&
+		(len(f.classes) == 0 || slices.Contains(f.classes, r.Class))
+}
+
+// readPage returns up to limit records that match f, with offsets >=
+// offset, oldest first, and the last offset it scanned (-1 if none), from
+// which the next page continues. It fails with ErrPurged if offset is below
+// the earliest record held.
+func (f eventFilter) readPage(j *Journal, offset int64, limit int) (page []Record, scanned int64, err error) {
+	page = make([]Record, 0, min(limit, 64))
+	if f.all() {
+		page, err = j.ReadFrom(offset, limit, page)
+		if n := len(page); n > 0 {
+			return page, page[n-1].Offset, err
+		}
+		return page, -1, err
+	}
+	scanned = -1
+	chunk := make([]Record, 0, limit)
+	for len(page) < limit {
+		if scanned < 0 {
+			chunk, err = j.ReadFrom(offset, limit, chunk[:0])
+			if err != nil {
+				return nil, -1, err
+			}
+		} else if chunk, err = j.ReadNext(scanned+1, limit, chunk[:0]); err != nil {
+			// Purged while scanning: the page ends here and the next one
+			// reports it.
+			return page, scanned, nil
+		}
+		if len(chunk) == 0 {
+			break
+		}
+		for _, r := range chunk {
+			scanned = r.Offset
+			if f.match(r) {
+				if page = append(page, r); len(page) == limit {
+					break
+				}
+			}
+		}
+	}
+	return page, scanned, nil
+}
+
+// readNewest returns the newest limit records that match f, oldest first.
+func (f eventFilter) readNewest(j *Journal, limit int) []Record {
+	if f.all() {
+		return j.ReadLast(limit, make([]Record, 0, limit))
+	}
+	var matches []Record
+	chunk := make([]Record, 0, 256)
+	next := int64(-1)
+	for {
+		var err error
+		if chunk, err = j.ReadNext(next, cap(chunk), chunk[:0]); err != nil || len(chunk) == 0 {
+			break
+		}
+		for _, r := range chunk {
+			if f.match(r) {
+				matches = append(matches, r)
+			}
+		}
+		next = chunk[len(chunk)-1].Offset + 1
+	}
+	return matches[max(0, len(matches)-limit):]
+}

@@ -1,0 +1,160 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// metricPrefix starts the name of every metric the server exposes.
+const metricPrefix = "vsphere_event_streaming_"
+
+// httpMetrics counts what the HTTP API does. It is safe for concurrent use.
+type httpMetrics struct {
+	watchers atomic.Int64 // open watches
+
+	mu       sync.Mutex
+	requests map[requestKey]int64
+}
+
+// requestKey labels a request count: the route pattern and the status.
+type requestKey struct {
+	route string
+	code  int
+}
+
+func newHTTPMetrics() *httpMetrics {
+	return &httpMetrics{requests: make(map[requestKey]int64)}
+}
+
+func (m *httpMetrics) countRequest(route string, code int) {
+	m.mu.Lock()
+	m.requests[requestKey{route, code}]++
+	m.mu.Unlock()
+}
+
+// statusRecorder remembers the status a handler answered. Unwrap lets
+// http.ResponseController reach the connection (flushes, deadlines).
+type statusRecorder struct {
+	http.ResponseWriter
+	code int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.code == 0 {
+		r.code = code
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(p []byte) (int, error) {
+	if r.code == 0 {
+		r.code = http.StatusOK
+	}
+	return r.ResponseWriter.Write(p)
+}
+
+func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
+
+// instrument counts every request by route and status, and logs it at
+// debug level once it is answered (a watch when it ends).
+func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w}
+		next.ServeHTTP(rec, r)
+		if rec.code == 0 {
+			rec.code = http.StatusOK
+		}
+		// The mux sets the pattern it matched; requests refused before it
+		// (405, 414) or matching no route have none worth a label.
+		route := r.Pattern
+		if route == "" || route == "/" {
+			route = "other"
+		}
+		m.countRequest(route, rec.code)
+		log.Debug("http request", "method", r.Method, "target", r.URL.RequestURI(), "route", route,
+			"status", rec.code, "duration", time.Since(start).String(), "remote", r.RemoteAddr)
+	})
+}
+
+// handleMetrics serves the metrics in the Prometheus text exposition format.
+func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if _, p := parseQuery(r); p != nil {
+			writeProblem(w, p)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		out := bufio.NewWriter(w)
+		writeMetrics(out, j, status, m)
+		_ = out.Flush()
+	})
+}
+
+func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpMetrics) {
+	metric := func(name, kind, help string, value float64) {
+		fmt.Fprintf(w, "# HELP %s%s %s\n# TYPE %s%s %s\n%s%s %s\n",
+			metricPrefix, name, help, metricPrefix, name, kind, metricPrefix, name, formatValue(value))
+	}
+	records, bytes := j.Stats()
+	metric("events_ingested_total", "counter", "Events read from vCenter and appended to the journal.", float64(status.Ingested()))
+	metric("events_skipped_total", "counter", "Events read from vCenter again after a reconnect and skipped as already held.", float64(status.Skipped()))
+	metric("journal_records", "gauge", "Records held in the journal.", float64(records))
+	metric("journal_bytes", "gauge", "Bytes of CloudEvent JSON held in the journal.", float64(bytes))
+	if earliest, latest, ok := j.Range(); ok {
+		metric("journal_earliest_offset", "gauge", "Smallest offset (vCenter event key) held.", float64(earliest))
+		metric("journal_latest_offset", "gauge", "Largest offset (vCenter event key) held.", float64(latest))
+	}
+	metric("watchers", "gauge", "Open watches.", float64(m.watchers.Load()))
+	metric("vcenter_connected", "gauge", "1 while the collector has a working vCenter session.", boolValue(status.Connected()))
+	metric("vcenter_reconnects_total", "counter", "vCenter sessions opened again after a failure.", float64(status.Reconnects()))
+	if t := status.LastEventTime(); !t.IsZero() {
+		metric("last_event_timestamp_seconds", "gauge", "Creation time in vCenter of the newest event held (Unix seconds).", float64(t.UnixNano())/1e9)
+		metric("collector_lag_seconds", "gauge", "Time from the newest event's creation in vCenter to its append, on vCenter's clock.", status.Lag().Seconds())
+	}
+
+	name := metricPrefix + "http_requests_total"
+	fmt.Fprintf(w, "# HELP %s HTTP requests answered, by route and status.\n# TYPE %s counter\n", name, name)
+	m.mu.Lock()
+	keys := make([]requestKey, 0, len(m.requests))
+	for k := range m.requests {
+		keys = append(keys, k)
+	}
+	counts := make([]int64, len(keys))
+	slices.SortFunc(keys, func(a, b requestKey) int {
+		if c := strings.Compare(a.route, b.route); c != 0 {
+			return c
+		}
+		return a.code - b.code
+	})
+	for i, k := range keys {
+		counts[i] = m.requests[k]
+	}
+	m.mu.Unlock()
+	for i, k := range keys {
+		fmt.Fprintf(w, "%s{route=\"%s\",code=\"%d\"} %d\n", name, escapeLabel(k.route), k.code, counts[i])
+	}
+}
+
+func formatValue(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }
+
+func boolValue(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// escapeLabel escapes a label value for the text exposition format.
+func escapeLabel(s string) string {
+	return strings.NewReplacer(`\`, `\\`, `"`, `\"`, "\n", `\n`).Replace(s)
+}
