@@ -54,10 +54,10 @@ type streamFormat interface {
 // ndjson is one compact CloudEvent per line.
 type ndjson struct{}
 
-func (ndjson) contentType() string                   { return "application/x-ndjson" }
-func (ndjson) start(b []byte) []byte                 { return b }
-func (ndjson) event(b []byte, r Record) []byte       { return append(append(b, r.Data...), '\n') }
-func (ndjson) heartbeat() []byte                     { return nil }
+func (ndjson) contentType() string                  { return "application/x-ndjson" }
+func (ndjson) start(b []byte) []byte                { return b }
+func (ndjson) event(b []byte, r Record) []byte      { return append(append(b, r.Data...), '\n') }
+func (ndjson) heartbeat() []byte                    { return nil }
 func (ndjson) failure(b []byte, line []byte) []byte { return append(append(b, line...), '\n') }
 
 // serverSentEvents is the text/event-stream of a browser's EventSource: the
