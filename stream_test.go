@@ -1,0 +1,427 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// sseEvent is one event of a text/event-stream as EventSource sees it.
+type sseEvent struct {
+	id, event, data string
+}
+
+// sseStream reads a text/event-stream the way a browser's EventSource
+// does: fields up to a blank line make an event; comment lines (": ping")
+// and retry: are noted on the side.
+type sseStream struct {
+	t       testing.TB
+	resp    *http.Response
+	r       *bufio.Reader
+	retry   string
+	comment chan string // comment lines, buffered
+}
+
+// openSSE opens a Server-Sent Events watch at target with the given
+// Last-Event-ID (none if empty). It is closed when the test ends.
+func openSSE(t testing.TB, target, lastEventID string) *sseStream {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Accept", "text/event-stream")
+	if lastEventID != "" {
+		req.Header.Set("Last-Event-ID", lastEventID)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); resp.Body.Close() })
+	if resp.StatusCode != http.StatusOK || resp.Header.Get("Content-Type") != "text/event-stream" {
+		body, _ := io.ReadAll(resp.Body)
+		t.Fatalf("SSE %s: %d %s %s", target, resp.StatusCode, resp.Header.Get("Content-Type"), body)
+	}
+	return &sseStream{t: t, resp: resp, r: bufio.NewReader(resp.Body), comment: make(chan string, 100)}
+}
+
+// next returns the next event, ending the test if the stream ends first.
+func (s *sseStream) next() sseEvent {
+	s.t.Helper()
+	ev, err := s.read()
+	if err != nil {
+		s.t.Fatalf("SSE: %v", err)
+	}
+	return ev
+}
+
+func (s *sseStream) read() (sseEvent, error) {
+	var ev sseEvent
+	var data []string
+	for {
+		line, err := s.r.ReadString('\n')
+		if err != nil {
+			return ev, fmt.Errorf("read: %w (partial %q)", err, line)
+		}
+		line = strings.TrimSuffix(line, "\n")
+		if line == "" {
+			if data == nil && ev.id == "" && ev.event == "" {
+				continue // a blank line after retry: or a comment dispatches nothing
+			}
+			ev.data = strings.Join(data, "\n")
+			return ev, nil
+		}
+		if strings.HasPrefix(line, ":") {
+			select {
+			case s.comment <- line:
+			default:
+			}
+			continue
+		}
+		field, value, _ := strings.Cut(line, ":")
+		value = strings.TrimPrefix(value, " ")
+		switch field {
+		case "id":
+			ev.id = value
+		case "event":
+			ev.event = value
+		case "data":
+			data = append(data, value)
+		case "retry":
+			s.retry = value
+		default:
+			return ev, fmt.Errorf("unknown field in %q", line)
+		}
+	}
+}
+
+// TestSSEResume: a browser's EventSource reads half of the stream, loses
+// the connection and reconnects with Last-Event-ID: it gets exactly the
+// rest. Each event carries the key as id, the CloudEvent type as event and
+// the same bytes as /events/{id}.
+func TestSSEResume(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	srv := startServer(t, sim, nil)
+	vc.powerCycleVMs(t, 1)
+	history := vc.events(t, 0)
+	waitForKey(t, srv, int64(history[len(history)-1].GetEvent().Key))
+
+	// The URL an EventSource keeps: where the stream began.
+	target := fmt.Sprintf("%s/api/v1/events?watch=true&offset=%d", srv.URL, history[0].GetEvent().Key)
+	check := func(s *sseStream, want []int) string {
+		t.Helper()
+		var last string
+		for _, i := range want {
+			ev := s.next()
+			key := int64(history[i].GetEvent().Key)
+			name, _ := eventTypeAndClass(history[i])
+			if ev.id != strconv.FormatInt(key, 10) || ev.event != cloudEventType(name) {
+				t.Fatalf("event id %q type %q, want %d %s", ev.id, ev.event, key, cloudEventType(name))
+			}
+			if body := mustGet(t, srv.URL+"/api/v1/events/"+ev.id); ev.data != string(body) {
+				t.Fatalf("data of %s differs from /events/%s:\n%s\n%s", ev.id, ev.id, ev.data, body)
+			}
+			last = ev.id
+		}
+		return last
+	}
+	half := len(history) / 2
+	first := openSSE(t, target, "")
+	last := check(first, indexes(0, half))
+	if first.retry != strconv.FormatInt(sseRetry.Milliseconds(), 10) {
+		t.Errorf("retry: %q, want %d", first.retry, sseRetry.Milliseconds())
+	}
+	first.resp.Body.Close()
+
+	again := openSSE(t, target, last)
+	check(again, indexes(half, len(history)))
+	latest := vc.latestKey(t)
+	vc.powerCycleVMs(t, 1)
+	for _, ev := range vc.events(t, latest) { // and live
+		if got := again.next(); got.id != strconv.Itoa(int(ev.GetEvent().Key)) {
+			t.Fatalf("live event %s, want %d", got.id, ev.GetEvent().Key)
+		}
+	}
+}
+
+func indexes(from, to int) []int {
+	out := make([]int, 0, to-from)
+	for i := from; i < to; i++ {
+		out = append(out, i)
+	}
+	return out
+}
+
+// streamServer serves a journal with the handler's options.
+func streamServer(t *testing.T, j *Journal, opts ...handlerOption) *httptest.Server {
+	t.Helper()
+	srv := httptest.NewServer(newHandler(j, &CollectorStatus{}, apiLogger(), opts...))
+	t.Cleanup(srv.Close)
+	return srv
+}
+
+// typedRecord is a record with a type and class, as the collector appends.
+func typedRecord(key int64, name string, class EventClass) Record {
+	typ := cloudEventType(name)
+	data := fmt.Sprintf(`{"id":"%d","type":"%s","eventclass":"%s"}`, key, typ, class)
+	return Record{Offset: key, Data: []byte(data), Type: typ, Class: class}
+}
+
+func TestSSEHeartbeatAndErrors(t *testing.T) {
+	t.Parallel()
+	t.Run("ping while idle", func(t *testing.T) {
+		t.Parallel()
+		srv := streamServer(t, NewJournal(10), withSSEHeartbeat(20*time.Millisecond))
+		s := openSSE(t, srv.URL+"/api/v1/events?watch=true", "")
+		go func() { _, _ = s.read() }() // the reader notes comments as they come
+		select {
+		case c := <-s.comment:
+			if c != ": ping" {
+				t.Errorf("comment %q, want \": ping\"", c)
+			}
+		case <-time.After(waitTimeout):
+			t.Fatal("no ping")
+		}
+	})
+	t.Run("event: error when the offset is gone", func(t *testing.T) {
+		t.Parallel()
+		j := NewJournal(10)
+		srv := streamServer(t, j)
+		s := openSSE(t, srv.URL+"/api/v1/events?offset=1", "") // Accept alone makes it a watch
+		if err := j.AppendRecord(typedRecord(38, "VmPoweredOnEvent", ClassEvent)); err != nil {
+			t.Fatal(err)
+		}
+		ev := s.next()
+		if ev.event != "error" || !strings.Contains(ev.data, `"status":410`) || !strings.Contains(ev.data, "invalid offset 1") {
+			t.Fatalf("got %+v, want event: error with the 410", ev)
+		}
+		if _, err := s.read(); err == nil || !strings.Contains(err.Error(), "EOF") {
+			t.Fatalf("stream goes on after the error: %v", err)
+		}
+	})
+	t.Run("bad Last-Event-ID and contradicting watch", func(t *testing.T) {
+		t.Parallel()
+		srv := streamServer(t, NewJournal(10))
+		for _, c := range []struct{ query, lastID string }{
+			{"?watch=true", "abc"},
+			{"?watch=true", "-1"},
+			{"?watch=false", ""},
+		} {
+			req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/v1/events"+c.query, nil)
+			req.Header.Set("Accept", "text/event-stream")
+			if c.lastID != "" {
+				req.Header.Set("Last-Event-ID", c.lastID)
+			}
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusBadRequest || resp.Header.Get("Content-Type") != "application/problem+json" {
+				t.Errorf("%s Last-Event-ID %q: %d %s", c.query, c.lastID, resp.StatusCode, resp.Header.Get("Content-Type"))
+			}
+		}
+	})
+	t.Run("timeoutSeconds", func(t *testing.T) {
+		t.Parallel()
+		srv := streamServer(t, NewJournal(10))
+		s := openSSE(t, srv.URL+"/api/v1/events?watch=true&timeoutSeconds=1", "")
+		want := fmt.Sprintf("retry: %d\n\n", sseRetry.Milliseconds())
+		if rest, err := io.ReadAll(s.r); err != nil || string(rest) != want {
+			t.Fatalf("stream %q, %v; want %q and a clean end", rest, err, want)
+		}
+	})
+}
+
+// TestFilters: type= (full or short, repeatable) and eventclass= select
+// records in lists and in both watch formats, and never change offsets.
+func TestFilters(t *testing.T) {
+	t.Parallel()
+	j := NewJournal(100)
+	kinds := []struct {
+		name  string
+		class EventClass
+	}{
+		{"VmPoweredOnEvent", ClassEvent},
+		{"VmPoweredOffEvent", ClassEvent},
+		{"com.vmware.vc.HA.Health", ClassEventEx},
+		{"com.example.backup", ClassExtendedEvent},
+	}
+	want := map[string][]int64{} // filter query -> keys
+	for i := range 40 {
+		key := int64(10 + 2*i) // gaps between keys
+		k := kinds[i%len(kinds)]
+		if err := j.AppendRecord(typedRecord(key, k.name, k.class)); err != nil {
+			t.Fatal(err)
+		}
+		want["type="+k.name] = append(want["type="+k.name], key)
+		if k.class == ClassEvent {
+			want["eventclass=event"] = append(want["eventclass=event"], key)
+			want["type=VmPoweredOnEvent&type=vmware.vsphere.VmPoweredOffEvent.v0"] = append(want["type=VmPoweredOnEvent&type=vmware.vsphere.VmPoweredOffEvent.v0"], key)
+		} else {
+			want["eventclass=eventex&eventclass=extendedevent"] = append(want["eventclass=eventex&eventclass=extendedevent"], key)
+		}
+		if k.class == ClassEventEx {
+			want["type=com.vmware.vc.HA.Health&eventclass=eventex"] = append(want["type=com.vmware.vc.HA.Health&eventclass=eventex"], key)
+		}
+	}
+	want["type=VmPoweredOnEvent&eventclass=eventex"] = nil
+	srv := streamServer(t, j)
+
+	// A filtered page's Link continues right after the last record
+	// scanned, matching or not: backups are keys 16, 24, 32, 40, ...
+	resp, err := http.Get(srv.URL + "/api/v1/events?offset=10&limit=3&type=com.example.backup")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if link := resp.Header.Get("Link"); !strings.Contains(link, "offset=33") || !strings.Contains(link, "type=com.example.backup") {
+		t.Errorf("Link %q, want offset=33 with the filter", link)
+	}
+
+	for query, keys := range want {
+		t.Run(query, func(t *testing.T) {
+			t.Parallel()
+			// Pages of 3 from the earliest offset, following Link.
+			var got []int64
+			target := srv.URL + "/api/v1/events?offset=10&limit=3&" + query
+			for pages := 0; target != ""; pages++ {
+				if pages > 50 {
+					t.Fatal("too many pages")
+				}
+				resp, err := http.Get(target)
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				got = append(got, recordKeys(t, body)...)
+				target = ""
+				if link := resp.Header.Get("Link"); link != "" {
+					target = srv.URL + strings.TrimSuffix(strings.TrimPrefix(link, "<"), `>; rel="next"`)
+				}
+			}
+			if fmt.Sprint(got) != fmt.Sprint(nilToEmpty(keys)) {
+				t.Fatalf("pages: %v, want %v", got, keys)
+			}
+
+			// The newest page with the filter: the last keys.
+			resp, err := http.Get(srv.URL + "/api/v1/events?limit=3&" + query)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			newest := keys[max(0, len(keys)-3):]
+			if got := recordKeys(t, body); fmt.Sprint(got) != fmt.Sprint(nilToEmpty(newest)) {
+				t.Fatalf("newest: %v, want %v", got, newest)
+			}
+
+			// Watches replay with the filter, in both formats.
+			if len(keys) == 0 {
+				return
+			}
+			w := openRawWatch(t, srv.URL+"/api/v1/events?watch=true&offset=10&"+query)
+			for _, k := range keys {
+				line, err := w.ReadBytes('\n')
+				if err != nil || recordKey(t, line) != k {
+					t.Fatalf("watch: %q %v, want key %d", line, err, k)
+				}
+			}
+			s := openSSE(t, srv.URL+"/api/v1/events?watch=true&offset=10&"+query, "")
+			for _, k := range keys {
+				if ev := s.next(); ev.id != strconv.FormatInt(k, 10) {
+					t.Fatalf("SSE: id %s, want %d", ev.id, k)
+				}
+			}
+		})
+	}
+}
+
+func nilToEmpty(k []int64) []int64 {
+	if k == nil {
+		return []int64{}
+	}
+	return k
+}
+
+func openRawWatch(t *testing.T, target string) *bufio.Reader {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, target, nil)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); resp.Body.Close() })
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("watch %s: %d", target, resp.StatusCode)
+	}
+	return bufio.NewReader(resp.Body)
+}
+
+func recordKey(t *testing.T, line []byte) int64 {
+	t.Helper()
+	keys := recordKeys(t, append(append([]byte{'['}, bytes.TrimSpace(line)...), ']'))
+	return keys[0]
+}
+
+// recordKeys returns the ids of a JSON array of records.
+func recordKeys(t *testing.T, body []byte) []int64 {
+	t.Helper()
+	keys := []int64{}
+	if len(body) == 0 {
+		return keys
+	}
+	for _, id := range strings.Split(string(body), `{"id":"`)[1:] {
+		n, err := strconv.ParseInt(id[:strings.IndexByte(id, '"')], 10, 64)
+		if err != nil {
+			t.Fatalf("record ids in %s: %v", body, err)
+		}
+		keys = append(keys, n)
+	}
+	return keys
+}
+
+// TestWatchCap: beyond the cap a watch gets 503 with Retry-After; once a
+// watch ends, there is room again.
+func TestWatchCap(t *testing.T) {
+	t.Parallel()
+	srv := streamServer(t, NewJournal(10), withMaxWatches(2))
+	openRawWatch(t, srv.URL+"/api/v1/events?watch=true")
+	short := openRawWatch(t, srv.URL+"/api/v1/events?watch=true&timeoutSeconds=1")
+
+	resp, err := http.Get(srv.URL + "/api/v1/events?watch=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" ||
+		resp.Header.Get("Content-Type") != "application/problem+json" {
+		t.Fatalf("watch beyond the cap: %d Retry-After %q %s", resp.StatusCode, resp.Header.Get("Retry-After"), body)
+	}
+	// Lists are not watches: not capped.
+	if resp, err := http.Get(srv.URL + "/api/v1/events"); err != nil || resp.StatusCode != http.StatusNoContent {
+		t.Fatalf("list while the watches are full: %v %v", resp, err)
+	}
+	// The short watch ends (its handler has returned once the body ends).
+	if _, err := io.ReadAll(short); err != nil {
+		t.Fatal(err)
+	}
+	openRawWatch(t, srv.URL+"/api/v1/events?watch=true")
+}
