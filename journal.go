@@ -103,6 +103,13 @@ func (j *Journal) AppendRecord(rec Record) error {
 	if j.first < 0 {
 		j.first = offset
 	}
+	if len(j.active) == cap(j.active) {
+		// Grow by doubling, but never past the segment size: append's own
+		// growth would leave unused capacity in every segment.
+		grown := make([]Record, len(j.active), min(2*cap(j.active)+1, j.maxSegment))
+		copy(grown, j.active)
+		j.active = grown
+	}
 	j.active = append(j.active, rec)
 	j.bytes += len(rec.Data)
 	if j.appended != nil {
