@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"math"
 	"log/slog"
 	"net/http"
 	"net/url"
@@ -204,6 +205,9 @@ func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 		// after it. It takes precedence over the offset in the URL, which
 		// is where the stream began.
 		last, p := parseOffset("Last-Event-ID", id)
+		if p == nil && last == math.MaxInt64 {
+			p = newProblem(http.StatusBadRequest, "invalid offset: Last-Event-ID %q is malformed (no event can follow it)", id)
+		}
 		if p != nil {
 			return q, p.withRange(j)
 		}

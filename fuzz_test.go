@@ -84,7 +84,11 @@ func FuzzEventsQuery(f *testing.F) {
 
 	full := NewJournal(4)
 	for _, e := range fuzzEvents {
-		if err := full.Append(e.key, fuzzRecord(e)); err != nil {
+		class, ok := parseEventClass(e.class)
+		if !ok {
+			f.Fatalf("event class %q", e.class)
+		}
+		if err := full.AppendRecord(Record{Offset: e.key, Data: fuzzRecord(e), Type: e.typ, Class: class}); err != nil {
 			f.Fatal(err)
 		}
 	}
@@ -125,7 +129,7 @@ func FuzzEventsQuery(f *testing.F) {
 		}
 		// ReadRequest trims the header values, as a server does.
 		accept, lastEventID = r.Header.Get("Accept"), r.Header.Get("Last-Event-ID")
-		want := fuzzParseEventsQuery(r.URL.RawQuery)
+		want := fuzzParseEventsQuery(r.URL.RawQuery, fuzzAcceptsEventStream(accept))
 		what := fmt.Sprintf("GET %.200q (Accept %.50q, Last-Event-ID %.50q)", target, accept, lastEventID)
 
 		for i, h := range handlers {
@@ -165,21 +169,28 @@ func FuzzEventsQuery(f *testing.F) {
 			// A valid query.
 			switch code {
 			case http.StatusOK:
-				if want.watch {
-					fuzzCheckStream(t, what, resp, body, want, accept, lastEventID)
-				} else {
+				switch ct := resp.Header.Get("Content-Type"); {
+				case ct == "application/json" && want.maybeList:
 					if j.empty {
 						t.Fatalf("%s: status 200 on an empty journal, want 204: %.300s", what, body)
 					}
 					fuzzCheckPage(t, what, resp, body, want)
+				case ct == "application/x-ndjson" && want.watch,
+					ct == "text/event-stream" && want.maybeWatch && want.sse:
+					fuzzCheckStream(t, what, resp, body, want, lastEventID)
+				default:
+					t.Fatalf("%s: status 200 with Content-Type %q, want a %s: %.300q", what, ct, want.answer(), body)
 				}
 			case http.StatusNoContent:
-				if want.watch || !j.empty {
+				if !want.maybeList || !j.empty {
 					t.Fatalf("%s: status 204, but the journal is not empty or this is a watch", what)
 				}
 			case http.StatusGone:
-				if (!want.hasOffset || want.offset >= 8) && lastEventID == "" {
-					t.Fatalf("%s: status 410 without an offset below the earliest: %.300s", what, body)
+				// Only a start below the earliest (8) is gone: the offset,
+				// or for a watch the key after the Last-Event-ID.
+				lastID, lastOK := fuzzDigitsValue(lastEventID)
+				if !(want.hasOffset && want.offset < 8) && !(lastOK && lastID < 7) {
+					t.Fatalf("%s: status 410 without a start below the earliest: %.300s", what, body)
 				}
 				if j.empty {
 					t.Fatalf("%s: status 410 on an empty journal: %.300s", what, body)
@@ -237,19 +248,52 @@ type fuzzQuery struct {
 	// invalid says why the query must be refused with 400; empty if not.
 	invalid string
 	// unsure is set when the contract leaves the answer open.
-	unsure    bool
-	watch     bool
-	offset    int64
-	hasOffset bool
-	limit     int
-	types     []string
-	classes   []string
+	unsure bool
+	// sse is set when the client accepts text/event-stream.
+	sse bool
+	// watch is set by watch=true; maybeWatch also when an SSE client gives
+	// no watch parameter (an EventSource may well be taken as a watch),
+	// maybeList when the answer may be a page.
+	watch, maybeWatch, maybeList bool
+	offset                       int64
+	hasOffset                    bool
+	limit                        int
+	types                        []string
+	classes                      []string
+}
+
+// answer names the answers the query may have.
+func (q fuzzQuery) answer() string {
+	var s []string
+	if q.maybeList {
+		s = append(s, "page (application/json)")
+	}
+	if q.watch {
+		s = append(s, "NDJSON watch")
+	}
+	if q.maybeWatch && q.sse {
+		s = append(s, "SSE watch")
+	}
+	return strings.Join(s, " or ")
+}
+
+// fuzzAcceptsEventStream reports whether an Accept header value names
+// text/event-stream.
+func fuzzAcceptsEventStream(accept string) bool {
+	for media := range strings.SplitSeq(accept, ",") {
+		media, _, _ = strings.Cut(media, ";")
+		if strings.EqualFold(strings.TrimSpace(media), "text/event-stream") {
+			return true
+		}
+	}
+	return false
 }
 
 // fuzzParseEventsQuery is the contract's reading of a query (API.md), written
-// apart from the server's: the oracle of FuzzEventsQuery.
-func fuzzParseEventsQuery(raw string) fuzzQuery {
-	q := fuzzQuery{limit: defaultPageSize}
+// apart from the server's: the oracle of FuzzEventsQuery. sse is whether the
+// client accepts text/event-stream.
+func fuzzParseEventsQuery(raw string, sse bool) fuzzQuery {
+	q := fuzzQuery{limit: defaultPageSize, sse: sse}
 	values, err := url.ParseQuery(raw)
 	if err != nil {
 		q.invalid = "malformed query"
@@ -280,14 +324,20 @@ func fuzzParseEventsQuery(raw string) fuzzQuery {
 			}
 		}
 	}
-	if v, ok := values[paramWatch]; ok {
+	v, watchGiven := values[paramWatch]
+	if watchGiven {
 		b, err := strconv.ParseBool(v[0])
 		if err != nil {
 			q.invalid = "watch not a boolean"
 			return q
 		}
 		q.watch = b
+		if sse && !b {
+			q.unsure = true // SSE but watch=false: API.md does not say
+		}
 	}
+	q.maybeWatch = q.watch || (sse && !watchGiven)
+	q.maybeList = !q.watch
 	if v, ok := values[paramOffset]; ok {
 		n, ok := fuzzDigitsValue(v[0])
 		if !ok {
@@ -303,7 +353,7 @@ func fuzzParseEventsQuery(raw string) fuzzQuery {
 			return q
 		}
 		q.limit = int(n)
-		if q.watch {
+		if q.maybeWatch {
 			q.unsure = true // a limit on a watch: API.md does not say
 		}
 	}
@@ -313,8 +363,8 @@ func fuzzParseEventsQuery(raw string) fuzzQuery {
 		case !ok || n < 1:
 			q.invalid = "timeoutSeconds not a positive integer"
 			return q
-		case !q.watch:
-			q.invalid = "timeoutSeconds without watch=true"
+		case !q.maybeWatch:
+			q.invalid = "timeoutSeconds without a watch"
 			return q
 		case n > maxTimeoutSeconds:
 			q.unsure = true // a bound the server may set
@@ -352,8 +402,9 @@ func fuzzTypeMatches(typ, value string) bool {
 }
 
 // fuzzCheckEvent checks an event of a page or a stream against the query,
-// with prev the id of the event before it (-1 for none).
-func fuzzCheckEvent(t *testing.T, what string, data []byte, q fuzzQuery, prev int64) int64 {
+// with prev the id of the event before it (-1 for none), and returns its id
+// and type.
+func fuzzCheckEvent(t *testing.T, what string, data []byte, q fuzzQuery, prev int64) (int64, string) {
 	t.Helper()
 	var ev fuzzCloudEvent
 	if err := json.Unmarshal(data, &ev); err != nil {
@@ -375,7 +426,7 @@ func fuzzCheckEvent(t *testing.T, what string, data []byte, q fuzzQuery, prev in
 	if len(q.classes) > 0 && !fuzzAny(q.classes, func(v string) bool { return ev.EventClass == v }) {
 		t.Fatalf("%s: event %d of eventclass %q passed the filter eventclass=%q", what, id, ev.EventClass, q.classes)
 	}
-	return id
+	return id, ev.Type
 }
 
 func fuzzAny(values []string, match func(string) bool) bool {
@@ -402,7 +453,7 @@ func fuzzCheckPage(t *testing.T, what string, resp *http.Response, body []byte, 
 	}
 	last := int64(-1)
 	for _, data := range page {
-		last = fuzzCheckEvent(t, what, data, q, last)
+		last, _ = fuzzCheckEvent(t, what, data, q, last)
 	}
 	link := resp.Header.Get("Link")
 	if link == "" {
@@ -422,7 +473,7 @@ func fuzzCheckPage(t *testing.T, what string, resp *http.Response, body []byte, 
 		t.Fatalf("%s: Link %q after events up to %d: the next offset does not move on", what, link, last)
 	}
 	// The next page is the same query from a later offset.
-	if got := fuzzParseEventsQuery(u.RawQuery); got.invalid != "" || got.limit != q.limit ||
+	if got := fuzzParseEventsQuery(u.RawQuery, false); got.invalid != "" || got.limit != q.limit ||
 		!slices.Equal(got.types, q.types) || !slices.Equal(got.classes, q.classes) {
 		t.Fatalf("%s: Link %q is not the same query (%+v)", what, link, got)
 	}
@@ -431,7 +482,7 @@ func fuzzCheckPage(t *testing.T, what string, resp *http.Response, body []byte, 
 // fuzzCheckStream checks the 200 answer to a watch, NDJSON or SSE. The
 // journal takes no appends while it runs, so only a replay (from an offset
 // or a Last-Event-ID) has events.
-func fuzzCheckStream(t *testing.T, what string, resp *http.Response, body []byte, q fuzzQuery, accept, lastEventID string) {
+func fuzzCheckStream(t *testing.T, what string, resp *http.Response, body []byte, q fuzzQuery, lastEventID string) {
 	t.Helper()
 	replay := q.hasOffset || lastEventID != ""
 	if lastEventID != "" {
@@ -455,12 +506,9 @@ func fuzzCheckStream(t *testing.T, what string, resp *http.Response, body []byte
 				}
 				continue
 			}
-			last = fuzzCheckEvent(t, what, line, q, last)
+			last, _ = fuzzCheckEvent(t, what, line, q, last)
 		}
-	case strings.HasPrefix(ct, "text/event-stream"):
-		if !strings.Contains(accept, "text/event-stream") {
-			t.Fatalf("%s: an SSE stream to a client that did not ask for one", what)
-		}
+	case ct == "text/event-stream":
 		var id, event string
 		var data []string
 		for line := range strings.SplitSeq(string(body), "\n") {
@@ -476,9 +524,13 @@ func fuzzCheckStream(t *testing.T, what string, resp *http.Response, body []byte
 							t.Fatalf("%s: SSE error %.300q is not JSON", what, joined)
 						}
 					} else {
-						last = fuzzCheckEvent(t, what, []byte(joined), q, last)
+						var typ string
+						last, typ = fuzzCheckEvent(t, what, []byte(joined), q, last)
 						if id != strconv.FormatInt(last, 10) {
 							t.Fatalf("%s: SSE id %q for event %d", what, id, last)
+						}
+						if event != typ {
+							t.Fatalf("%s: SSE event %q for event %d of type %q", what, event, last, typ)
 						}
 					}
 				}

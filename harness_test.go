@@ -327,6 +327,7 @@ func decodeEvent(t testing.TB, line []byte) watchedEvent {
 // vcenter is a test's own session with the simulator, acting as a user.
 type vcenter struct {
 	client *govmomi.Client
+	vm     types.ManagedObjectReference // a VM to log events on
 }
 
 func connectVCenter(t testing.TB, sim *simulation) *vcenter {
@@ -337,7 +338,11 @@ func connectVCenter(t testing.TB, sim *simulation) *vcenter {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Logout(context.Background()) })
-	return &vcenter{client: c}
+	vms, err := listVMs(ctx, c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &vcenter{client: c, vm: vms[0].Reference()}
 }
 
 // powerCycleVMs changes the power state of every VM n times.
@@ -357,25 +362,23 @@ func (v *vcenter) powerCycleVMs(t testing.TB, n int) {
 	}
 }
 
-// postEvents logs n EventEx on the first VM: events without a task, whose
-// wait would need WaitForUpdatesEx.
+// postEvents logs n EventEx on a VM: events without a task, whose wait
+// would need WaitForUpdatesEx.
 func (v *vcenter) postEvents(t testing.TB, n int) {
 	t.Helper()
-	ctx := context.Background()
-	vms, err := listVMs(ctx, v.client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ref := vms[0].Reference()
 	for i := range n {
-		err := postEvent(ctx, v.client, &types.EventEx{
-			EventTypeId: "com.example.test", Message: fmt.Sprint("test event ", i),
-			ObjectId: ref.Value, ObjectType: ref.Type,
-		})
-		if err != nil {
+		if err := v.postEvent(context.Background(), fmt.Sprint("test event ", i)); err != nil {
 			t.Fatal(err)
 		}
 	}
+}
+
+// postEvent logs one EventEx with the given message on a VM.
+func (v *vcenter) postEvent(ctx context.Context, msg string) error {
+	return postEvent(ctx, v.client, &types.EventEx{
+		EventTypeId: "com.example.test", Message: msg,
+		ObjectId: v.vm.Value, ObjectType: v.vm.Type,
+	})
 }
 
 // events returns vCenter's own history of events with keys above after,
