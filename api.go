@@ -2,8 +2,8 @@ package main
 
 import (
 	"encoding/json"
-	"math"
 	"log/slog"
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
