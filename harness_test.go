@@ -258,7 +258,11 @@ func openWatch(t testing.TB, s *testServer, query string) *watchStream {
 		sc := bufio.NewScanner(resp.Body)
 		sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
 		for sc.Scan() {
-			w.lines <- bytes.Clone(sc.Bytes())
+			select {
+			case w.lines <- bytes.Clone(sc.Bytes()):
+			case <-ctx.Done(): // the test ended without taking every line
+				return
+			}
 		}
 		w.err = sc.Err()
 	}()
