@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"reflect"
 	"strconv"
+	"sync"
 
 	cloudevents "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/vmware/govmomi/vim25/types"
@@ -50,13 +51,13 @@ const (
 
 // eventConverter turns vSphere events into the CloudEvent records the
 // journal holds. Each event is encoded once, at ingest; every reader then
-// shares the same bytes. It is used by one goroutine at a time.
+// shares the same bytes. It is safe for concurrent use.
 type eventConverter struct {
 	source        string // the vCenter SDK URL, without credentials
 	maxRecordSize int
 	wire          wireEncoder
 	// types maps event names to their CloudEvent types, made once.
-	types map[string]string
+	types sync.Map
 }
 
 // convertedEvent is one vSphere event as a journal record.
@@ -132,13 +133,9 @@ func (c *eventConverter) Convert(ev types.BaseEvent) (convertedEvent, error) {
 // cloudEventType is cloudEventType(name), made once per name: the records
 // of a type share the string.
 func (c *eventConverter) cloudEventType(name string) string {
-	if t, ok := c.types[name]; ok {
-		return t
+	if t, ok := c.types.Load(name); ok {
+		return t.(string)
 	}
-	if c.types == nil {
-		c.types = make(map[string]string)
-	}
-	t := cloudEventType(name)
-	c.types[name] = t
-	return t
+	t, _ := c.types.LoadOrStore(name, cloudEventType(name))
+	return t.(string)
 }
