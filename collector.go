@@ -34,6 +34,14 @@ const cleanupTimeout = 2 * time.Second
 // begins reading.
 const resumeMargin = time.Minute
 
+// A drain that finds floodEvents or more after an announcement starts a
+// flood: the collector then reads every floodPause without announcements,
+// until a read finds fewer than a tenth as many.
+const (
+	floodEvents = 100
+	floodPause  = 20 * time.Millisecond
+)
+
 // updateWaitFailures is how many failed waits for an update in a row make a
 // session fall back to polling.
 const updateWaitFailures = 3
@@ -202,12 +210,30 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 	lastKeepAlive := time.Now()
 	waitFailures := 0
 	polling := updates == nil
+	flooding := false
 	for {
 		c.status.beat()
-		if err := c.drain(ctx, hc); err != nil {
+		n, err := c.drain(ctx, hc)
+		if err != nil {
 			return fail("read events", err)
 		}
 		succeeded()
+		// In a flood, announcements cost more than they save: vCenter
+		// queues one per event (the simulator with a copy of the latest
+		// page each), while every read finds many events anyway. Read back
+		// to back without them until caught up, then wait for them again.
+		switch {
+		case !polling && !flooding && n >= floodEvents:
+			c.log.Debug("flood of events: reading without announcements", "events", n)
+			c.destroyPageUpdates(ctx, client, updates)
+			updates, flooding = nil, true
+		case flooding && n < floodEvents/10:
+			if updates, err = watchLatestPage(ctx, client, hc, c.opts.safetyInterval); err != nil {
+				return fail("watch the event collector", err)
+			}
+			flooding = false
+			c.log.Debug("flood over: waiting for announcements again", "events", n)
+		}
 		progressed = true
 		if !c.status.ready.Swap(true) {
 			records, _ := c.journal.Stats()
@@ -222,8 +248,12 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 			lastKeepAlive = time.Now()
 		}
 
-		if polling {
-			if !sleep(ctx, c.opts.pollInterval) {
+		if polling || flooding {
+			pause := c.opts.pollInterval
+			if flooding {
+				pause = floodPause
+			}
+			if !sleep(ctx, pause) {
 				return progressed, nil
 			}
 			continue
@@ -286,14 +316,7 @@ func (c *Collector) readClock(ctx context.Context, client *vim25.Client) (time.T
 func (c *Collector) endSession(ctx context.Context, client *vim25.Client, hc *event.HistoryCollector, updates *pageUpdates) {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
 	defer cancel()
-	if updates != nil {
-		// Destroying the property collector also ends a wait for updates
-		// still pending in vCenter, which would otherwise hold on to its
-		// connection until the wait times out.
-		if _, err := methods.DestroyPropertyCollector(ctx, client, &types.DestroyPropertyCollector{This: updates.req.This}); err != nil {
-			c.log.Debug("cannot destroy property collector", "error", err)
-		}
-	}
+	c.destroyPageUpdates(ctx, client, updates)
 	if hc != nil {
 		if err := hc.Destroy(ctx); err != nil {
 			c.log.Debug("cannot destroy event collector", "error", err)
@@ -306,21 +329,35 @@ func (c *Collector) endSession(ctx context.Context, client *vim25.Client, hc *ev
 	c.log.Info("logged out of vCenter")
 }
 
-// drain reads pages until vCenter has no more events for the collector.
-// Reading whole pages back to back, rather than one page per interval,
-// keeps up with any burst vCenter can produce.
-func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector) error {
+// destroyPageUpdates destroys the property collector of updates, if any.
+// That also ends a wait still pending in vCenter, which would otherwise
+// hold on to its connection until it times out.
+func (c *Collector) destroyPageUpdates(ctx context.Context, client *vim25.Client, updates *pageUpdates) {
+	if updates == nil {
+		return
+	}
+	if _, err := methods.DestroyPropertyCollector(ctx, client, &types.DestroyPropertyCollector{This: updates.req.This}); err != nil {
+		c.log.Debug("cannot destroy property collector", "error", err)
+	}
+}
+
+// drain reads pages until vCenter has no more events for the collector,
+// and returns how many it read. Reading whole pages back to back, rather
+// than one page per interval, keeps up with any burst vCenter can produce.
+func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector) (int, error) {
+	n := 0
 	for {
 		events, err := hc.ReadNextEvents(ctx, readPageSize)
 		if err != nil {
-			return err
+			return n, err
 		}
 		if len(events) == 0 {
-			return nil
+			return n, nil
 		}
 		for _, ev := range events {
 			c.ingest(ev)
 		}
+		n += len(events)
 		c.status.beat()
 	}
 }
