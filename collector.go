@@ -213,7 +213,7 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 	flooding := false
 	for {
 		c.status.beat()
-		n, err := c.drain(ctx, hc)
+		n, err := c.drain(ctx, hc, succeeded)
 		if err != nil {
 			return fail("read events", err)
 		}
@@ -322,6 +322,7 @@ func (c *Collector) endSession(ctx context.Context, client *vim25.Client, hc *ev
 			c.log.Debug("cannot destroy event collector", "error", err)
 		}
 	}
+	defer client.CloseIdleConnections()
 	if err := session.NewManager(client).Logout(ctx); err != nil {
 		c.log.Debug("cannot log out", "error", err)
 		return
@@ -342,46 +343,57 @@ func (c *Collector) destroyPageUpdates(ctx context.Context, client *vim25.Client
 }
 
 // drain reads pages until vCenter has no more events for the collector,
-// and returns how many it read. Reading whole pages back to back, rather
-// than one page per interval, keeps up with any burst vCenter can produce.
-func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector) (int, error) {
+// and returns how many events it appended; each page read is reported to
+// succeeded (a long backlog is progress, not a stall). Reading whole pages
+// back to back, rather than one page per interval, keeps up with any burst
+// vCenter can produce.
+func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, succeeded func()) (int, error) {
 	n := 0
 	for {
 		events, err := hc.ReadNextEvents(ctx, readPageSize)
 		if err != nil {
 			return n, err
 		}
+		succeeded()
 		if len(events) == 0 {
 			return n, nil
 		}
 		for _, ev := range events {
-			c.ingest(ev)
+			if c.ingest(ev) {
+				n++
+			}
 		}
-		n += len(events)
 		c.status.beat()
 	}
 }
 
-// ingest appends one event, skipping keys already appended.
-func (c *Collector) ingest(ev types.BaseEvent) {
+// ingest appends one event, skipping keys already appended; it reports
+// whether it appended.
+func (c *Collector) ingest(ev types.BaseEvent) bool {
 	// A new session re-reads some events; skip them before encoding.
 	key := int64(ev.GetEvent().Key)
-	if _, latest, ok := c.journal.Range(); ok && key <= latest {
+	if earliest, latest, ok := c.journal.Range(); ok && key <= latest {
 		c.status.skipped.Add(1)
+		if _, err := c.journal.Read(key); errors.Is(err, ErrNotFound) && key >= earliest {
+			// Not a re-read: vCenter delivered this key after a higher one.
+			// Offsets only grow, so it cannot be appended; say so.
+			c.log.Warn("event arrived after a higher key: not appended", "offset", key, "latest", latest)
+			return false
+		}
 		c.log.Debug("skipped event already seen", "offset", key)
-		return
+		return false
 	}
 	rec, err := c.converter.Convert(ev)
 	if err != nil {
 		// The encoder covers every vSphere type; this would be a bug. Log it
 		// with the key so the gap can be explained.
 		c.log.Error("cannot encode event", "offset", ev.GetEvent().Key, "error", err)
-		return
+		return false
 	}
 	if err := c.journal.AppendRecord(rec.Record); err != nil {
 		// Only the collector appends, and it checked the key above.
 		c.log.Error("cannot append event", "offset", rec.Offset, "error", err)
-		return
+		return false
 	}
 	if rec.DataDropped {
 		c.log.Warn("event larger than the record size limit: recorded without data",
@@ -393,6 +405,7 @@ func (c *Collector) ingest(ev types.BaseEvent) {
 	c.status.lastEvent.Store(created.UnixNano())
 	c.status.lag.Store(int64(time.Now().Add(c.skew).Sub(created)))
 	c.log.Debug("appended event", "offset", rec.Offset, "type", rec.Type, "bytes", len(rec.Data))
+	return true
 }
 
 // login opens a session. The credentials are passed to Login only, never
@@ -403,9 +416,11 @@ func (c *Collector) login(ctx context.Context) (*vim25.Client, error) {
 	sc.UserAgent = userAgent
 	client, err := vim25.NewClient(ctx, sc)
 	if err != nil {
+		sc.CloseIdleConnections()
 		return nil, fmt.Errorf("connect to vCenter %s: %w", c.url.Host, err)
 	}
 	if err := session.NewManager(client).Login(ctx, c.credentials); err != nil {
+		sc.CloseIdleConnections()
 		return nil, fmt.Errorf("log in to vCenter %s: %w", c.url.Host, err)
 	}
 	c.log.Info("logged in to vCenter", "url", c.url.String())

@@ -63,14 +63,14 @@ func (f eventFilter) readPage(j *Journal, offset int64, limit int) (page []Recor
 		return page, -1, err
 	}
 	scanned = -1
-	chunk := make([]Record, 0, limit)
+	chunk := make([]Record, 0, max(limit, 256))
 	for len(page) < limit {
 		if scanned < 0 {
-			chunk, err = j.ReadFrom(offset, limit, chunk[:0])
+			chunk, err = j.ReadFrom(offset, cap(chunk), chunk[:0])
 			if err != nil {
 				return nil, -1, err
 			}
-		} else if chunk, err = j.ReadNext(scanned+1, limit, chunk[:0]); err != nil {
+		} else if chunk, err = j.ReadNext(scanned+1, cap(chunk), chunk[:0]); err != nil {
 			// Purged while scanning: the page ends here and the next one
 			// reports it.
 			return page, scanned, nil

@@ -127,6 +127,14 @@ func (j *Journal) Range() (earliest, latest int64, ok bool) {
 	return j.rangeLocked()
 }
 
+// First returns the first offset ever appended; ok is false before the
+// first append.
+func (j *Journal) First() (offset int64, ok bool) {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	return j.first, j.first >= 0
+}
+
 // Stats returns the number of records and the bytes of data held.
 func (j *Journal) Stats() (records, bytes int) {
 	j.mu.RLock()

@@ -26,7 +26,7 @@ const (
 	idleTimeout       = 2 * time.Minute
 	maxHeaderBytes    = 64 << 10
 	// shutdownTimeout bounds the graceful part of shutdown, leaving room
-	// within the 5 s a pod gets for the vCenter logout.
+	// for the vCenter logout within the 5 s the contract allows.
 	shutdownTimeout = 2 * time.Second
 )
 

@@ -27,6 +27,7 @@ type sseStream struct {
 	resp    *http.Response
 	r       *bufio.Reader
 	retry   string
+	lastID  string      // the last event id, as EventSource keeps it
 	comment chan string // comment lines, buffered
 }
 
@@ -76,10 +77,19 @@ func (s *sseStream) read() (sseEvent, error) {
 		}
 		line = strings.TrimSuffix(line, "\n")
 		if line == "" {
-			if data == nil && ev.id == "" && ev.event == "" {
-				continue // a blank line after retry: or a comment dispatches nothing
+			if data == nil {
+				// No data: nothing is dispatched, but an id still becomes
+				// the last event id, as in EventSource.
+				if ev.id != "" {
+					s.lastID = ev.id
+				}
+				ev = sseEvent{}
+				continue
 			}
 			ev.data = strings.Join(data, "\n")
+			if ev.id != "" {
+				s.lastID = ev.id
+			}
 			return ev, nil
 		}
 		if strings.HasPrefix(line, ":") {
@@ -424,4 +434,46 @@ func TestWatchCap(t *testing.T) {
 		t.Fatal(err)
 	}
 	openRawWatch(t, srv.URL+"/api/v1/events?watch=true")
+}
+
+// TestSSEPosition: records a filter skips still move the client's last
+// event id (an id line without data), so a reconnect resumes after them.
+func TestSSEPosition(t *testing.T) {
+	t.Parallel()
+	j := NewJournal(100)
+	for k := int64(1); k <= 20; k++ {
+		if err := j.AppendRecord(typedRecord(k, "VmPoweredOnEvent", ClassEvent)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := streamServer(t, j)
+	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/api/v1/events?watch=true&type=VmPoweredOffEvent", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := bufio.NewReader(resp.Body)
+	readUntil := func(want string) {
+		t.Helper()
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatalf("no %q line: %v", want, err)
+			}
+			if strings.TrimSuffix(line, "\n") == want {
+				return
+			}
+		}
+	}
+	readUntil("id: 20") // from now: the position at the start
+	for k := int64(21); k <= 25; k++ {
+		if err := j.AppendRecord(typedRecord(k, "VmPoweredOnEvent", ClassEvent)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	readUntil("id: 25") // skipped by the filter, but seen
 }

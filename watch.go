@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -47,6 +48,9 @@ type streamFormat interface {
 	// heartbeat keeps an idle stream alive through proxies; nil if the
 	// format has none.
 	heartbeat() []byte
+	// position tells the client it has seen everything up to offset, so
+	// that it resumes after it (SSE's id); filters skip records.
+	position(b []byte, offset int64) []byte
 	// failure is the last message of a stream that cannot go on.
 	failure(b []byte, line []byte) []byte
 }
@@ -58,6 +62,7 @@ func (ndjson) contentType() string                  { return "application/x-ndjs
 func (ndjson) start(b []byte) []byte                { return b }
 func (ndjson) event(b []byte, r Record) []byte      { return append(append(b, r.Data...), '\n') }
 func (ndjson) heartbeat() []byte                    { return nil }
+func (ndjson) position(b []byte, _ int64) []byte    { return b }
 func (ndjson) failure(b []byte, line []byte) []byte { return append(append(b, line...), '\n') }
 
 // serverSentEvents is the text/event-stream of a browser's EventSource: the
@@ -76,7 +81,9 @@ func (serverSentEvents) start(b []byte) []byte {
 func (serverSentEvents) event(b []byte, r Record) []byte {
 	b = append(b, "id: "...)
 	b = strconv.AppendInt(b, r.Offset, 10)
-	if r.Type != "" {
+	// A type id is any string a vCenter client chose; a line break in it
+	// would forge fields.
+	if r.Type != "" && !strings.ContainsAny(r.Type, "\r\n") {
 		b = append(b, "\nevent: "...)
 		b = append(b, r.Type...)
 	}
@@ -86,6 +93,14 @@ func (serverSentEvents) event(b []byte, r Record) []byte {
 }
 
 func (serverSentEvents) heartbeat() []byte { return []byte(": ping\n\n") }
+
+// position is an id with no data: EventSource takes it as its last event
+// id without dispatching an event.
+func (serverSentEvents) position(b []byte, offset int64) []byte {
+	b = append(b, "id: "...)
+	b = strconv.AppendInt(b, offset, 10)
+	return append(b, "\n\n"...)
+}
 
 func (serverSentEvents) failure(b []byte, line []byte) []byte {
 	b = append(b, "event: error\ndata: "...)
@@ -135,8 +150,14 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 	if r.Method == http.MethodHead {
 		return
 	}
+	// The deadline of the last write would still hold when the handler
+	// returns and the response ends: give the end a fresh one.
+	defer func() { _ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout)) }()
 	// Send the status at once, so the client knows the watch is established.
 	buf := s.format.start(make([]byte, 0, 4096))
+	if next > 0 {
+		buf = s.format.position(buf, next-1)
+	}
 	if !writeFlush(w, rc, buf) {
 		return
 	}
@@ -148,6 +169,13 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 		// the timeout passes, the client leaves or the server shuts down.
 		if ctx.Err() != nil {
 			return
+		}
+		if next < 0 {
+			// From the first record ever appended, so that a purge before
+			// this watch read anything is noticed.
+			if first, ok := j.First(); ok {
+				next = first
+			}
 		}
 		var err error
 		batch, err = j.ReadNext(next, watchBatch, batch[:0])
@@ -176,7 +204,11 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 				buf = buf[:0]
 			}
 		}
-		next = batch[len(batch)-1].Offset + 1
+		last := batch[len(batch)-1]
+		if !q.filter.match(last) {
+			buf = s.format.position(buf, last.Offset)
+		}
+		next = last.Offset + 1
 		if len(buf) > 0 && !writeFlush(w, rc, buf) {
 			return
 		}
@@ -197,6 +229,9 @@ func waitOrBeat(ctx context.Context, j *Journal, next int64, w http.ResponseWrit
 		cancel()
 		if err == nil {
 			return true
+		}
+		if next > 0 {
+			beat = s.format.position(append(beat[:0:0], beat...), next-1)
 		}
 		if ctx.Err() != nil || !writeFlush(w, rc, beat) {
 			return false
