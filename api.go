@@ -146,7 +146,7 @@ func handleEvent(j *Journal) http.Handler {
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Content-Length", strconv.Itoa(len(rec.Data)))
-		_, _ = w.Write(rec.Data)
+		writeBody(w, rec.Data)
 	})
 }
 
@@ -313,6 +313,13 @@ func servePage(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuery
 	body = append(body, ']')
 	w.Header().Set("Content-Type", "application/json")
 	w.Header().Set("Content-Length", strconv.Itoa(len(body)))
+	writeBody(w, body)
+}
+
+// writeBody writes a whole answer within watchWriteTimeout: a client that
+// stops reading a large page does not hold its goroutine for ever.
+func writeBody(w http.ResponseWriter, body []byte) {
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(watchWriteTimeout))
 	_, _ = w.Write(body)
 }
 
