@@ -157,6 +157,7 @@ type eventsQuery struct {
 	limit     int
 	watch     bool
 	sse       bool          // a watch as Server-Sent Events
+	resume    bool          // offset follows a Last-Event-ID the client has seen
 	timeout   time.Duration // watch only; 0 is none
 	filter    eventFilter
 }
@@ -211,7 +212,7 @@ func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 		if p != nil {
 			return q, p.withRange(j)
 		}
-		q.offset, q.hasOffset = last+1, true
+		q.offset, q.hasOffset, q.resume = last+1, true, true
 	}
 	if v, ok := values[paramLimit]; ok {
 		if q.watch {

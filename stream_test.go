@@ -477,3 +477,33 @@ func TestSSEPosition(t *testing.T) {
 	}
 	readUntil("id: 25") // skipped by the filter, but seen
 }
+
+// TestSSEResumeAcrossGap: a client resumes after its last event id; the
+// records purged since were all below it, and only a gap in the keys lies
+// between it and the earliest record held: nothing was missed, no 410.
+func TestSSEResumeAcrossGap(t *testing.T) {
+	t.Parallel()
+	j := NewJournal(2)
+	for _, k := range []int64{10, 11, 20, 21, 30} { // 10 and 11 purged; earliest 20
+		if err := j.AppendRecord(typedRecord(k, "VmPoweredOnEvent", ClassEvent)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	srv := streamServer(t, j)
+	s := openSSE(t, srv.URL+"/api/v1/events?watch=true&offset=10", "15")
+	if ev := s.next(); ev.id != "20" {
+		t.Fatalf("resumed at %s, want 20", ev.id)
+	}
+	// Had the client not seen 11, resuming would be a 410.
+	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/v1/events?watch=true", nil)
+	req.Header.Set("Accept", "text/event-stream")
+	req.Header.Set("Last-Event-ID", "10")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusGone {
+		t.Fatalf("resume after 10 (11 purged): %d, want 410", resp.StatusCode)
+	}
+}

@@ -122,8 +122,14 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 	// From now: on an empty journal, from whatever is appended first.
 	next := int64(-1)
 	if q.hasOffset {
-		// Refuse a purged offset while a status can still say so.
-		if _, err := j.ReadFrom(q.offset, 0, nil); err != nil {
+		// Refuse a purged offset while a status can still say so. A client
+		// resuming after its last event id has seen everything before: only
+		// a purge of what comes after counts, not a gap in the keys.
+		check := j.ReadFrom
+		if q.resume {
+			check = j.ReadNext
+		}
+		if _, err := check(q.offset, 0, nil); err != nil {
 			writeProblem(w, offsetProblem(j, q.offset, err))
 			return
 		}
