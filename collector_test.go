@@ -65,9 +65,7 @@ func TestCollectorConnectionCut(t *testing.T) {
 	proxy := startFaultProxy(t, sim.URL.Host)
 	srv := startServer(t, sim, map[string]string{envVCenterURL: proxy.URL(sim)})
 
-	before := vc.latestKey(t)
-	waitForKey(t, srv, before)
-	w := openWatch(t, srv, "")
+	before, w := watchFromNow(t, vc, srv)
 	vc.powerCycleVMs(t, 1)
 
 	proxy.cut()
@@ -91,9 +89,7 @@ func TestCollectorSessionTerminated(t *testing.T) {
 	sim := startTestSimulation(t)
 	vc := connectVCenter(t, sim)
 	srv := startServer(t, sim, nil)
-	before := vc.latestKey(t)
-	waitForKey(t, srv, before)
-	w := openWatch(t, srv, "")
+	before, w := watchFromNow(t, vc, srv)
 
 	ctx := context.Background()
 	var sm mo.SessionManager
@@ -160,9 +156,7 @@ func TestCollectorStall(t *testing.T) {
 	vc := connectVCenter(t, sim)
 	proxy := startFaultProxy(t, sim.URL.Host)
 	srv := startServer(t, sim, map[string]string{envVCenterURL: proxy.URL(sim)}, "--watchdog=3s")
-	before := vc.latestKey(t)
-	waitForKey(t, srv, before)
-	w := openWatch(t, srv, "")
+	before, w := watchFromNow(t, vc, srv)
 
 	proxy.stall()
 	vc.powerCycleVMs(t, 1)
@@ -264,9 +258,7 @@ func TestCollectorPollingFallback(t *testing.T) {
 	srv := startServer(t, sim, nil)
 	srv.logs.wait(t, "falling back to polling vCenter", srv.stopped)
 
-	before := vc.latestKey(t)
-	waitForKey(t, srv, before)
-	w := openWatch(t, srv, "")
+	before, w := watchFromNow(t, vc, srv)
 	vc.postEvents(t, 5) // power operations would wait for their tasks with WaitForUpdatesEx
 	expectEvents(t, w, vc.events(t, before))
 }

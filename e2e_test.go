@@ -19,9 +19,7 @@ func TestE2EWatchFromNow(t *testing.T) {
 	vc := connectVCenter(t, sim)
 	srv := startServer(t, sim, nil)
 
-	before := vc.latestKey(t)
-	waitForKey(t, srv, before)
-	w := openWatch(t, srv, "")
+	before, w := watchFromNow(t, vc, srv)
 
 	vc.powerCycleVMs(t, 2)
 	want := vc.events(t, before)

@@ -425,6 +425,15 @@ func waitForKey(t testing.TB, s *testServer, key int64) {
 	}
 }
 
+// watchFromNow opens a watch once the server holds vCenter's newest event,
+// and returns that event's key: the watch gets exactly the events after it.
+func watchFromNow(t testing.TB, vc *vcenter, s *testServer) (int64, *watchStream) {
+	t.Helper()
+	before := vc.latestKey(t)
+	waitForKey(t, s, before)
+	return before, openWatch(t, s, "")
+}
+
 // expectEvents takes len(want) lines from w and checks they are exactly
 // want: same keys, in order, same types and messages.
 func expectEvents(t testing.TB, w *watchStream, want []types.BaseEvent) [][]byte {
