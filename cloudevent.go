@@ -58,21 +58,36 @@ type eventConverter struct {
 	wire          wireEncoder
 	// types maps event names to their CloudEvent types, made once.
 	types sync.Map
+	// beforeEncode, if set, is called with each event before its data is
+	// encoded: tests inject faults with it.
+	beforeEncode func(types.BaseEvent)
 }
 
 // convertedEvent is one vSphere event as a journal record.
 type convertedEvent struct {
 	Record
-	// DataDropped is set when the event's JSON exceeded the record size
-	// limit and was recorded without its data.
-	DataDropped bool
+	// Dropped is why the event was recorded without its data: "" (it was
+	// not), dropSize or dropError; it is the datadropped extension.
+	Dropped string
+	// Err is why the data could not be encoded, with Dropped dropError.
+	Err error
 }
+
+// Values of the datadropped extension.
+const (
+	// dropSize: the event's JSON exceeded the record size limit.
+	dropSize = "size"
+	// dropError: the event could not be decoded or encoded.
+	dropError = "error"
+)
 
 // eventTypeAndClass returns the name used in the CloudEvent type and the
 // eventclass extension: the Go type name of the vSphere event, or for
 // EventEx and ExtendedEvent their EventTypeId.
 func eventTypeAndClass(ev types.BaseEvent) (name string, class EventClass) {
 	switch e := ev.(type) {
+	case *unknownEvent:
+		return e.TypeName, ClassEvent
 	case *types.EventEx:
 		return e.EventTypeId, ClassEventEx
 	case *types.ExtendedEvent:
@@ -96,8 +111,21 @@ func cloudEventType(name string) string {
 	return cloudEventTypePrefix + name + cloudEventTypeSuffix
 }
 
-// Convert encodes ev as a CloudEvent whose id is the vCenter event key.
+// Convert encodes ev as a CloudEvent whose id is the vCenter event key. An
+// event whose data cannot be encoded, or is too large, is still converted,
+// without data and with the datadropped extension saying why, so that no
+// offset silently goes missing.
 func (c *eventConverter) Convert(ev types.BaseEvent) (convertedEvent, error) {
+	return c.convert(ev, nil)
+}
+
+// ConvertFailed converts ev without its data, as an event that could not be
+// processed because of cause.
+func (c *eventConverter) ConvertFailed(ev types.BaseEvent, cause error) (convertedEvent, error) {
+	return c.convert(ev, cause)
+}
+
+func (c *eventConverter) convert(ev types.BaseEvent, failed error) (convertedEvent, error) {
 	base := ev.GetEvent()
 	name, class := eventTypeAndClass(ev)
 	out := convertedEvent{Record: Record{Offset: int64(base.Key), Type: c.cloudEventType(name), Class: class}}
@@ -109,25 +137,51 @@ func (c *eventConverter) Convert(ev types.BaseEvent) (convertedEvent, error) {
 	ce.SetTime(base.CreatedTime)
 	ce.SetExtension(extEventClass, class.String())
 	ce.SetDataContentType(cloudevents.ApplicationJSON)
-	// Set the encoded data directly: SetData would base64 a []byte.
-	ce.DataEncoded = c.wire.Append(nil, ev)
 
-	data, err := ce.MarshalJSON()
-	if err != nil {
-		return out, fmt.Errorf("encode cloudevent %d: %w", out.Offset, err)
+	// Set the encoded data directly: SetData would base64 a []byte.
+	data, err := []byte(nil), failed
+	if err == nil {
+		data, err = c.encodeData(ev)
 	}
-	if len(data) > c.maxRecordSize {
-		// Keep the event, under its own key, without the data that made it
-		// too large, so that no offset silently goes missing.
-		ce.DataEncoded = nil
-		ce.SetExtension(extDataDropped, "size")
-		if data, err = ce.MarshalJSON(); err != nil {
-			return out, fmt.Errorf("encode cloudevent %d without data: %w", out.Offset, err)
+	if err == nil {
+		ce.DataEncoded = data
+		if out.Data, err = ce.MarshalJSON(); err != nil {
+			return out, fmt.Errorf("encode cloudevent %d: %w", out.Offset, err)
 		}
-		out.DataDropped = true
+		if len(out.Data) <= c.maxRecordSize {
+			return out, nil
+		}
+		out.Dropped = dropSize
+	} else {
+		out.Dropped, out.Err = dropError, err
 	}
-	out.Data = data
+	ce.DataEncoded = nil
+	ce.SetExtension(extDataDropped, out.Dropped)
+	if out.Data, err = ce.MarshalJSON(); err != nil {
+		return out, fmt.Errorf("encode cloudevent %d without data: %w", out.Offset, err)
+	}
 	return out, nil
+}
+
+// encodeData returns the data of ev in the wire format. A panic while
+// encoding (a bug, or a value no vSphere type should hold) is returned as
+// an error: one event must not stop the stream.
+func (c *eventConverter) encodeData(ev types.BaseEvent) (data []byte, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("encode event data: panic: %v", p)
+		}
+	}()
+	if c.beforeEncode != nil {
+		c.beforeEncode(ev)
+	}
+	if u, ok := ev.(*unknownEvent); ok {
+		if u.DecodeErr != nil {
+			return nil, u.DecodeErr
+		}
+		return appendUnknownEventData(nil, &c.wire, u), nil
+	}
+	return c.wire.Append(nil, ev), nil
 }
 
 // cloudEventType is cloudEventType(name), made once per name: the records

@@ -187,8 +187,8 @@ func TestCloudEventTooLarge(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !rec.DataDropped {
-		t.Fatal("DataDropped not set")
+	if rec.Dropped != dropSize {
+		t.Fatalf("Dropped = %q, want %q", rec.Dropped, dropSize)
 	}
 	var got map[string]any
 	if err := json.Unmarshal(rec.Data, &got); err != nil {

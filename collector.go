@@ -2,11 +2,14 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/vmware/govmomi/event"
@@ -97,6 +100,7 @@ func (o collectorOptions) stuckAfter() time.Duration {
 type Collector struct {
 	url         *url.URL // SDK endpoint, without credentials
 	insecure    bool
+	trust       vcenterTrust
 	credentials *url.Userinfo
 	streamBegin time.Duration
 	opts        collectorOptions
@@ -107,9 +111,14 @@ type Collector struct {
 	log       *slog.Logger
 
 	// Owned by Run's goroutine.
-	begin       time.Time     // where the first session began, on vCenter's clock
-	lastCreated time.Time     // CreatedTime of the newest event appended
-	skew        time.Duration // vCenter's clock minus ours, as last read
+	begin        time.Time       // where the first session began, on vCenter's clock
+	lastCreated  time.Time       // CreatedTime of the newest event appended
+	skew         time.Duration   // vCenter's clock minus ours, as last read
+	unknownTypes map[string]bool // event type names govmomi does not know, seen so far
+	// readSingly is how many events to read one page of one at a time: after
+	// a page whose decoding panicked, so that the one event at fault is
+	// singled out and the others are not lost with it.
+	readSingly int
 }
 
 // newCollector returns a collector for cfg's vCenter that appends to journal.
@@ -117,6 +126,7 @@ func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *C
 	return &Collector{
 		url:         cfg.VCenterURL,
 		insecure:    cfg.Insecure,
+		trust:       cfg.Trust,
 		credentials: url.UserPassword(cfg.Username, cfg.Password),
 		streamBegin: cfg.StreamBegin,
 		opts:        opts,
@@ -124,6 +134,8 @@ func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *C
 		converter:   &eventConverter{source: cfg.VCenterURL.String(), maxRecordSize: cfg.MaxRecordSize},
 		status:      status,
 		log:         log,
+
+		unknownTypes: make(map[string]bool),
 	}
 }
 
@@ -145,7 +157,13 @@ func (c *Collector) Run(ctx context.Context) {
 		attempt++
 		c.status.reconnects.Add(1)
 		delay := backoff(attempt, c.opts.backoffMin, c.opts.backoffMax)
-		c.log.Warn("vCenter session failed; reconnecting", "error", err, "attempt", attempt, "backoff", delay.String())
+		if soap.IsCertificateUntrusted(err) {
+			c.log.Error("vCenter's certificate is not trusted; reconnecting. Fix one of three ways: put the CA that signed it (PEM) in the file ca.crt in "+envSecretPath+
+				", set "+envVCenterThumbprint+" to the certificate's fingerprint, or set "+envVCenterInsecure+"=true to skip verification",
+				"error", err, "sha256_fingerprint", presentedFingerprint(ctx, c.url.Host), "attempt", attempt, "backoff", delay.String())
+		} else {
+			c.log.Warn("vCenter session failed; reconnecting", "error", err, "attempt", attempt, "backoff", delay.String())
+		}
 		c.status.beat()
 		if !sleep(ctx, delay) {
 			return
@@ -350,28 +368,90 @@ func (c *Collector) destroyPageUpdates(ctx context.Context, client *vim25.Client
 func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, succeeded func()) (int, error) {
 	n := 0
 	for {
-		events, err := hc.ReadNextEvents(ctx, readPageSize)
-		if err != nil {
+		size := readPageSize
+		if c.readSingly > 0 {
+			size = 1
+		}
+		events, err := readEvents(ctx, hc, size)
+		switch {
+		case errors.Is(err, errDecodePanic) && size > 1:
+			// vCenter has moved the collector past the page, which is lost
+			// to this session. The next one reads it again, one event at a
+			// time, so that only the event at fault is lost.
+			c.readSingly = readPageSize
+			return n, err
+		case errors.Is(err, errDecodePanic):
+			c.readSingly--
+			c.status.unreadable.Add(1)
+			c.log.Error("event could not be decoded, so its key is unknown: not appended", "after", c.lastKey(), "error", err.Error())
+			succeeded()
+			continue
+		case err != nil:
 			return n, err
 		}
 		succeeded()
 		if len(events) == 0 {
+			c.readSingly = 0
 			return n, nil
 		}
+		appended := 0
 		for _, ev := range events {
 			if c.ingest(ev) {
-				n++
+				appended++
 			}
 		}
+		// Events re-read after a reconnect do not count: the single reads
+		// must reach past the page that was lost.
+		c.readSingly = max(0, c.readSingly-appended)
+		n += appended
 		c.status.beat()
 	}
 }
 
+// errDecodePanic is returned for a read of vCenter whose answer could not
+// be decoded because govmomi's decoder panicked.
+var errDecodePanic = errors.New("decoding vCenter's answer panicked")
+
+// readEvents reads the next page of up to size events of hc.
+func readEvents(ctx context.Context, hc *event.HistoryCollector, size int) (events []types.BaseEvent, err error) {
+	defer recoverDecodePanic(&err)
+	return hc.ReadNextEvents(ctx, int32(size))
+}
+
+// recoverDecodePanic turns a panic in the caller into an errDecodePanic in
+// *err; it must be deferred.
+func recoverDecodePanic(err *error) {
+	if p := recover(); p != nil {
+		*err = fmt.Errorf("%w: %v", errDecodePanic, p)
+	}
+}
+
 // ingest appends one event, skipping keys already appended; it reports
-// whether it appended.
-func (c *Collector) ingest(ev types.BaseEvent) bool {
-	// A new session re-reads some events; skip them before encoding.
+// whether it appended. Nothing about one event stops the stream: an event
+// that cannot be decoded, encoded or appended is recorded under its key
+// without data (datadropped=error) where its key can be read, and logged and
+// counted in any case.
+func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
+	if ev == nil {
+		// govmomi's decoder leaves nil for an element whose type it cannot
+		// map to an event type (withUnknownEvents maps only names ending in
+		// "Event"): there is no key to record it under.
+		c.status.unreadable.Add(1)
+		c.log.Error("event of an unknown type could not be read: not appended", "after", c.lastKey())
+		return false
+	}
+	if u, ok := ev.(*unknownEvent); ok && !u.KeyRead {
+		c.status.unreadable.Add(1)
+		c.log.Error("event has no readable key: not appended", "type", u.TypeName, "after", c.lastKey(), "error", u.DecodeErr)
+		return false
+	}
 	key := int64(ev.GetEvent().Key)
+	defer func() {
+		if p := recover(); p != nil {
+			appended = c.recordFailure(ev, key, fmt.Errorf("panic: %v", p))
+		}
+	}()
+	// A new session re-reads some events; skip them before encoding.
 	if earliest, latest, ok := c.journal.Range(); ok && key <= latest {
 		c.status.skipped.Add(1)
 		if _, err := c.journal.Read(key); errors.Is(err, ErrNotFound) && key >= earliest {
@@ -385,27 +465,78 @@ func (c *Collector) ingest(ev types.BaseEvent) bool {
 	}
 	rec, err := c.converter.Convert(ev)
 	if err != nil {
-		// The encoder covers every vSphere type; this would be a bug. Log it
-		// with the key so the gap can be explained.
-		c.log.Error("cannot encode event", "offset", ev.GetEvent().Key, "error", err)
-		return false
+		return c.recordFailure(ev, key, err)
 	}
 	if err := c.journal.AppendRecord(rec.Record); err != nil {
 		// Only the collector appends, and it checked the key above.
 		c.log.Error("cannot append event", "offset", rec.Offset, "error", err)
 		return false
 	}
-	if rec.DataDropped {
+	switch rec.Dropped {
+	case dropSize:
 		c.log.Warn("event larger than the record size limit: recorded without data",
 			"offset", rec.Offset, "type", rec.Type, "limit", c.converter.maxRecordSize)
+	case dropError:
+		c.status.failed.Add(1)
+		c.log.Error("event could not be decoded or encoded: recorded without data",
+			"offset", rec.Offset, "type", rec.Type, "error", rec.Err.Error())
 	}
-	created := ev.GetEvent().CreatedTime
+	if u, ok := ev.(*unknownEvent); ok {
+		c.status.unknownTypes.Add(1)
+		if !c.unknownTypes[u.TypeName] {
+			c.unknownTypes[u.TypeName] = true
+			c.log.Warn("event type unknown to this server's vSphere SDK: served with its own name and generic data",
+				"type", u.TypeName, "offset", rec.Offset)
+		}
+	}
+	c.appended(ev.GetEvent().CreatedTime)
+	c.log.Debug("appended event", "offset", rec.Offset, "type", rec.Type, "bytes", len(rec.Data))
+	return true
+}
+
+// recordFailure records ev under key without data (datadropped=error),
+// unless the key is already held, and logs and counts the failure; it
+// reports whether it appended.
+func (c *Collector) recordFailure(ev types.BaseEvent, key int64, cause error) (appended bool) {
+	c.status.failed.Add(1)
+	defer func() {
+		if p := recover(); p != nil {
+			c.log.Error("event could not be recorded: not appended", "offset", key, "error", cause.Error(), "panic", fmt.Sprint(p))
+			appended = false
+		}
+	}()
+	if _, latest, ok := c.journal.Range(); ok && key <= latest {
+		c.log.Error("event could not be processed", "offset", key, "error", cause.Error())
+		return false
+	}
+	rec, err := c.converter.ConvertFailed(ev, cause)
+	if err == nil {
+		err = c.journal.AppendRecord(rec.Record)
+	}
+	if err != nil {
+		c.log.Error("event could not be recorded: not appended", "offset", key, "error", cause.Error(), "record_error", err.Error())
+		return false
+	}
+	c.log.Error("event could not be processed: recorded without data", "offset", key, "type", rec.Type, "error", cause.Error())
+	c.appended(ev.GetEvent().CreatedTime)
+	return true
+}
+
+// appended updates the status after an append of an event created at created.
+func (c *Collector) appended(created time.Time) {
 	c.lastCreated = created
 	c.status.ingested.Add(1)
 	c.status.lastEvent.Store(created.UnixNano())
 	c.status.lag.Store(int64(time.Now().Add(c.skew).Sub(created)))
-	c.log.Debug("appended event", "offset", rec.Offset, "type", rec.Type, "bytes", len(rec.Data))
-	return true
+}
+
+// lastKey is the latest offset held, for log lines about an event without
+// a key of its own; -1 if none.
+func (c *Collector) lastKey() int64 {
+	if _, latest, ok := c.journal.Range(); ok {
+		return latest
+	}
+	return -1
 }
 
 // login opens a session. The credentials are passed to Login only, never
@@ -414,6 +545,15 @@ func (c *Collector) login(ctx context.Context) (*vim25.Client, error) {
 	sc := soap.NewClient(c.url, c.insecure)
 	// vCenter lists sessions by user agent: say who we are.
 	sc.UserAgent = userAgent
+	sc.Types = withUnknownEvents(sc.Types)
+	if c.trust.rootCAs != nil {
+		sc.DefaultTransport().TLSClientConfig.RootCAs = c.trust.rootCAs
+	}
+	if c.trust.thumbprint != "" {
+		// govmomi accepts a certificate with this fingerprint when no CA
+		// vouches for it.
+		sc.SetThumbprint(c.url.Host, c.trust.thumbprint)
+	}
 	client, err := vim25.NewClient(ctx, sc)
 	if err != nil {
 		sc.CloseIdleConnections()
@@ -425,6 +565,29 @@ func (c *Collector) login(ctx context.Context) (*vim25.Client, error) {
 	}
 	c.log.Info("logged in to vCenter", "url", c.url.String())
 	return client, nil
+}
+
+// presentedFingerprint returns the SHA-256 fingerprint of the certificate
+// host presents, in the form VCENTER_THUMBPRINT takes, so that an operator
+// who checks it can pin it; "" if it cannot be read.
+func presentedFingerprint(ctx context.Context, host string) string {
+	if _, port, err := net.SplitHostPort(host); err != nil || port == "" {
+		host = net.JoinHostPort(strings.Trim(host, "[]"), "443")
+	}
+	ctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
+	defer cancel()
+	// Verification is off only to read the certificate: nothing is sent.
+	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true}}
+	conn, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return ""
+	}
+	defer conn.Close()
+	certs := conn.(*tls.Conn).ConnectionState().PeerCertificates
+	if len(certs) == 0 {
+		return ""
+	}
+	return soap.ThumbprintSHA256(certs[0])
 }
 
 // pageUpdates waits for vCenter to announce a change of a history
@@ -457,7 +620,11 @@ func watchLatestPage(ctx context.Context, client *vim25.Client, hc *event.Histor
 }
 
 // wait returns when latestPage changed or the safety interval passed.
-func (u *pageUpdates) wait(ctx context.Context) error {
+func (u *pageUpdates) wait(ctx context.Context) (err error) {
+	// The announcement carries the latest page of events: an event that
+	// govmomi cannot decode makes the wait fail, and repeated failures
+	// make the collector poll instead.
+	defer recoverDecodePanic(&err)
 	res, err := methods.WaitForUpdatesEx(ctx, u.client, &u.req)
 	if err != nil {
 		return err

@@ -1,8 +1,15 @@
 package main
 
 import (
+	"bytes"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -14,15 +21,20 @@ import (
 // Names of the environment variables the server reads. They are the
 // original's names; deploy/ must use exactly these (config_test.go checks).
 const (
-	envVCenterURL      = "VCENTER_URL"
-	envVCenterInsecure = "VCENTER_INSECURE"
-	envSecretPath      = "VCENTER_SECRET_PATH"
-	envStreamBegin     = "VCENTER_STREAM_BEGIN"
-	envMaxRecordSize   = "LOG_MAX_RECORD_SIZE_BYTES"
-	envMaxSegmentSize  = "LOG_MAX_SEGMENT_SIZE"
-	envPort            = "PORT"
-	envDebug           = "DEBUG"
+	envVCenterURL        = "VCENTER_URL"
+	envVCenterInsecure   = "VCENTER_INSECURE"
+	envSecretPath        = "VCENTER_SECRET_PATH"
+	envStreamBegin       = "VCENTER_STREAM_BEGIN"
+	envMaxRecordSize     = "LOG_MAX_RECORD_SIZE_BYTES"
+	envMaxSegmentSize    = "LOG_MAX_SEGMENT_SIZE"
+	envPort              = "PORT"
+	envDebug             = "DEBUG"
+	envVCenterThumbprint = "VCENTER_THUMBPRINT"
 )
+
+// caFile is the name of the file of trusted roots in the credentials
+// directory (a Kubernetes Secret's key becomes a file of that name).
+const caFile = "ca.crt"
 
 // configVariables lists every variable parseConfig reads, in the order of
 // the README's table.
@@ -30,6 +42,7 @@ func configVariables() []string {
 	return []string{
 		envVCenterURL, envVCenterInsecure, envSecretPath, envStreamBegin,
 		envMaxRecordSize, envMaxSegmentSize, envPort, envDebug,
+		envVCenterThumbprint,
 	}
 }
 
@@ -65,6 +78,9 @@ type Config struct {
 	VCenterURL *url.URL
 	// Insecure skips verification of vCenter's TLS certificate.
 	Insecure bool
+	// Trust is what vCenter's certificate is verified against besides the
+	// system's roots.
+	Trust vcenterTrust
 	// Username and Password are read from the files under VCENTER_SECRET_PATH.
 	Username string
 	Password string
@@ -142,7 +158,87 @@ func parseConfig(getenv func(string) string, needVCenter bool) (Config, error) {
 	if cfg.Password, err = readSecret(dir, "password"); err != nil {
 		return cfg, err
 	}
+	if cfg.Trust.rootCAs, err = readRootCAs(dir); err != nil {
+		return cfg, err
+	}
+	if cfg.Trust.thumbprint, err = parseThumbprint(getenv(envVCenterThumbprint)); err != nil {
+		return cfg, err
+	}
 	return cfg, nil
+}
+
+// vcenterTrust is how vCenter's certificate is trusted when it is verified.
+type vcenterTrust struct {
+	// rootCAs, if set, replace the system's roots (from ca.crt).
+	rootCAs *x509.CertPool
+	// thumbprint, if set, is a fingerprint of a certificate accepted even
+	// if no root vouches for it, in govmomi's form (AA:BB:...).
+	thumbprint string
+}
+
+// readRootCAs reads ca.crt from the credentials directory: nil if there is
+// none, an error if it holds anything but PEM certificates.
+func readRootCAs(dir string) (*x509.CertPool, error) {
+	path := filepath.Join(dir, caFile)
+	b, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nil, &configError{envSecretPath, fmt.Sprintf("cannot read %q: %v", path, err)}
+	}
+	pool := x509.NewCertPool()
+	n := 0
+	for rest := b; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			if len(bytes.TrimSpace(rest)) > 0 {
+				return nil, &configError{envSecretPath, fmt.Sprintf("%q holds something other than PEM certificates", path)}
+			}
+			break
+		}
+		if block.Type != "CERTIFICATE" {
+			return nil, &configError{envSecretPath, fmt.Sprintf("%q holds a PEM %q block, not only certificates", path, block.Type)}
+		}
+		cert, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, &configError{envSecretPath, fmt.Sprintf("%q: certificate %d cannot be parsed: %v", path, n+1, oneLine(err))}
+		}
+		pool.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, &configError{envSecretPath, fmt.Sprintf("%q holds no PEM certificate", path)}
+	}
+	return pool, nil
+}
+
+// parseThumbprint accepts a SHA-256 or SHA-1 fingerprint in hex, with or
+// without colons, in any case, and returns it in govmomi's form.
+func parseThumbprint(v string) (string, error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return "", nil
+	}
+	raw, err := hex.DecodeString(strings.ReplaceAll(v, ":", ""))
+	if err != nil || (len(raw) != sha256.Size && len(raw) != sha1.Size) {
+		return "", &configError{envVCenterThumbprint, fmt.Sprintf("%q is not a SHA-256 or SHA-1 fingerprint in hex (64 or 40 digits, colons optional)", v)}
+	}
+	parts := make([]string, len(raw))
+	for i, b := range raw {
+		parts[i] = fmt.Sprintf("%02X", b)
+	}
+	return strings.Join(parts, ":"), nil
+}
+
+// oneLine keeps an error message on one line.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
 }
 
 // parseVCenterURL accepts the vCenter address with or without /sdk and

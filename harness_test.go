@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -94,6 +95,19 @@ func (l *logRecorder) waitN(t testing.TB, msg string, n int, stopped <-chan stru
 	}
 }
 
+// count returns how many log lines have message msg so far.
+func (l *logRecorder) count(msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, rec := range l.lines {
+		if rec["msg"] == msg {
+			n++
+		}
+	}
+	return n
+}
+
 // testServer is the whole program, started through run.
 type testServer struct {
 	URL     string // http://127.0.0.1:port
@@ -111,8 +125,15 @@ var simulatorCreation sync.Mutex
 // startTestSimulation starts an in-process vCenter simulator for one test.
 func startTestSimulation(t testing.TB) *simulation {
 	t.Helper()
+	return startTestSimulationTLS(t, new(tls.Config))
+}
+
+// startTestSimulationTLS starts a simulator with the given TLS settings;
+// nil serves plain HTTP.
+func startTestSimulationTLS(t testing.TB, config *tls.Config) *simulation {
+	t.Helper()
 	simulatorCreation.Lock()
-	sim, err := startSimulation()
+	sim, err := startSimulationTLS(config)
 	simulatorCreation.Unlock()
 	if err != nil {
 		t.Fatal(err)

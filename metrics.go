@@ -108,6 +108,9 @@ func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpM
 	records, bytes := j.Stats()
 	metric("events_ingested_total", "counter", "Events read from vCenter and appended to the journal.", float64(status.Ingested()))
 	metric("events_skipped_total", "counter", "Events read from vCenter again after a reconnect and skipped as already held.", float64(status.Skipped()))
+	metric("events_unknown_type_total", "counter", "Events of a type this server's vSphere SDK does not know, served with their own type name.", float64(status.UnknownTypes()))
+	metric("events_failed_total", "counter", "Events that could not be decoded, encoded or appended whole: recorded without data (datadropped=error).", float64(status.Failed()))
+	metric("events_unreadable_total", "counter", "Events read from vCenter whose key could not be read: not appended, logged.", float64(status.Unreadable()))
 	metric("journal_records", "gauge", "Records held in the journal.", float64(records))
 	metric("journal_bytes", "gauge", "Bytes of CloudEvent JSON held in the journal.", float64(bytes))
 	if earliest, latest, ok := j.Range(); ok {

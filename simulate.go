@@ -31,14 +31,20 @@ type simulation struct {
 	Password string
 }
 
-// startSimulation creates the simulated inventory and starts its server.
+// startSimulation creates the simulated inventory and starts its server,
+// on HTTPS like a real vCenter, with a self-signed certificate.
 func startSimulation() (*simulation, error) {
+	return startSimulationTLS(new(tls.Config))
+}
+
+// startSimulationTLS is startSimulation with the server's TLS settings
+// (its certificate); nil serves plain HTTP.
+func startSimulationTLS(config *tls.Config) (*simulation, error) {
 	model := simulator.VPX()
 	if err := model.Create(); err != nil {
 		return nil, fmt.Errorf("create simulator inventory: %w", err)
 	}
-	// Serve HTTPS like a real vCenter; its certificate is self-signed.
-	model.Service.TLS = new(tls.Config)
+	model.Service.TLS = config
 	server := model.Service.NewServer()
 	u := *server.URL
 	password, _ := u.User.Password()

@@ -27,6 +27,10 @@ type CollectorStatus struct {
 	ingested   atomic.Int64 // events appended to the journal
 	skipped    atomic.Int64 // events not appended: their key was not above the latest (already seen)
 	reconnects atomic.Int64 // sessions that ended in an error and were opened again
+
+	unknownTypes atomic.Int64 // events of a type govmomi does not know, appended
+	failed       atomic.Int64 // events that could not be decoded, encoded or appended whole
+	unreadable   atomic.Int64 // events whose key could not be read: not appended
 }
 
 // newCollectorStatus returns the status of a collector that has not run yet;
@@ -65,6 +69,18 @@ func (s *CollectorStatus) Lag() time.Duration { return time.Duration(s.lag.Load(
 
 // Ingested returns the number of events appended to the journal.
 func (s *CollectorStatus) Ingested() int64 { return s.ingested.Load() }
+
+// UnknownTypes returns the number of events appended whose type govmomi
+// does not know.
+func (s *CollectorStatus) UnknownTypes() int64 { return s.unknownTypes.Load() }
+
+// Failed returns the number of events that could not be decoded, encoded or
+// appended whole (recorded without data where possible).
+func (s *CollectorStatus) Failed() int64 { return s.failed.Load() }
+
+// Unreadable returns the number of events read from vCenter whose key could
+// not be read, so that they could not be appended.
+func (s *CollectorStatus) Unreadable() int64 { return s.unreadable.Load() }
 
 // Skipped returns the number of events skipped as already seen.
 func (s *CollectorStatus) Skipped() int64 { return s.skipped.Load() }
