@@ -167,11 +167,7 @@ func (c *eventConverter) convert(ev types.BaseEvent, failed error) (convertedEve
 // encoding (a bug, or a value no vSphere type should hold) is returned as
 // an error: one event must not stop the stream.
 func (c *eventConverter) encodeData(ev types.BaseEvent) (data []byte, err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("encode event data: panic: %v", p)
-		}
-	}()
+	defer recoverAsError(&err)
 	if c.beforeEncode != nil {
 		c.beforeEncode(ev)
 	}

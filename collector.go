@@ -146,7 +146,7 @@ func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *C
 func (c *Collector) Run(ctx context.Context) {
 	attempt := 0
 	for {
-		progressed, err := c.session(ctx)
+		progressed, err := c.safeSession(ctx)
 		c.status.connected.Store(false)
 		if ctx.Err() != nil {
 			return
@@ -169,6 +169,14 @@ func (c *Collector) Run(ctx context.Context) {
 			return
 		}
 	}
+}
+
+// safeSession is session, with a panic (a bug) ending the session with an
+// error, so that the collector opens a new one rather than the process
+// ending.
+func (c *Collector) safeSession(ctx context.Context) (progressed bool, err error) {
+	defer recoverAsError(&err)
+	return c.session(ctx)
 }
 
 // session runs one vCenter session: log in, create a history collector
@@ -374,13 +382,13 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, succe
 		}
 		events, err := readEvents(ctx, hc, size)
 		switch {
-		case errors.Is(err, errDecodePanic) && size > 1:
+		case errors.Is(err, errPanic) && size > 1:
 			// vCenter has moved the collector past the page, which is lost
 			// to this session. The next one reads it again, one event at a
 			// time, so that only the event at fault is lost.
 			c.readSingly = readPageSize
 			return n, err
-		case errors.Is(err, errDecodePanic):
+		case errors.Is(err, errPanic):
 			c.readSingly--
 			c.status.unreadable.Add(1)
 			c.log.Error("event could not be decoded, so its key is unknown: not appended", "after", c.lastKey(), "error", err.Error())
@@ -408,22 +416,12 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, succe
 	}
 }
 
-// errDecodePanic is returned for a read of vCenter whose answer could not
-// be decoded because govmomi's decoder panicked.
-var errDecodePanic = errors.New("decoding vCenter's answer panicked")
-
 // readEvents reads the next page of up to size events of hc.
+// A panic of govmomi's decoder (a type it maps to something that is not an
+// event) is returned as an error wrapping errPanic.
 func readEvents(ctx context.Context, hc *event.HistoryCollector, size int) (events []types.BaseEvent, err error) {
-	defer recoverDecodePanic(&err)
+	defer recoverAsError(&err)
 	return hc.ReadNextEvents(ctx, int32(size))
-}
-
-// recoverDecodePanic turns a panic in the caller into an errDecodePanic in
-// *err; it must be deferred.
-func recoverDecodePanic(err *error) {
-	if p := recover(); p != nil {
-		*err = fmt.Errorf("%w: %v", errDecodePanic, p)
-	}
 }
 
 // ingest appends one event, skipping keys already appended; it reports
@@ -624,7 +622,7 @@ func (u *pageUpdates) wait(ctx context.Context) (err error) {
 	// The announcement carries the latest page of events: an event that
 	// govmomi cannot decode makes the wait fail, and repeated failures
 	// make the collector poll instead.
-	defer recoverDecodePanic(&err)
+	defer recoverAsError(&err)
 	res, err := methods.WaitForUpdatesEx(ctx, u.client, &u.req)
 	if err != nil {
 		return err

@@ -64,12 +64,16 @@ func (r *statusRecorder) Write(p []byte) (int, error) {
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
 // instrument counts every request by route and status, and logs it at
-// debug level once it is answered (a watch when it ends).
+// debug level once it is answered (a watch when it ends); a handler's panic
+// is answered with 500.
 func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w}
-		next.ServeHTTP(rec, r)
+		func() {
+			defer answerPanic(rec, r, log)
+			next.ServeHTTP(rec, r)
+		}()
 		if rec.code == 0 {
 			rec.code = http.StatusOK
 		}

@@ -111,11 +111,7 @@ func (u *unknownEvent) UnmarshalXML(d *xml.Decoder, start xml.StartElement) erro
 // decodeBaseEvent decodes nodes, written back as XML, into v with govmomi's
 // decoder and types; a panic in the decoder is returned as an error.
 func decodeBaseEvent(nodes []*xmlNode, v any) (err error) {
-	defer func() {
-		if p := recover(); p != nil {
-			err = fmt.Errorf("decode event: panic: %v", p)
-		}
-	}()
+	defer recoverAsError(&err)
 	var buf bytes.Buffer
 	buf.WriteString(`<event xmlns:xsi="` + xsiNamespace + `">`)
 	for _, n := range nodes {

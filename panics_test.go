@@ -1,0 +1,114 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+)
+
+// TestHandlerPanic: a handler's panic answers 500 problem+json, is logged
+// and counted, and the server goes on serving.
+func TestHandlerPanic(t *testing.T) {
+	t.Parallel()
+	logs := newLogRecorder()
+	log := slog.New(slog.NewJSONHandler(logs, nil))
+	metrics := newHTTPMetrics()
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /boom", func(http.ResponseWriter, *http.Request) { panic("boom") })
+	mux.HandleFunc("GET /half", func(w http.ResponseWriter, _ *http.Request) {
+		_, _ = io.WriteString(w, "partial")
+		panic("after the answer began")
+	})
+	mux.HandleFunc("GET /ok", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok") })
+	srv := httptest.NewServer(instrument(mux, metrics, log))
+	t.Cleanup(srv.Close)
+
+	res, err := http.Get(srv.URL + "/boom")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(res.Body)
+	res.Body.Close()
+	var p problem
+	if res.StatusCode != http.StatusInternalServerError || res.Header.Get("Content-Type") != "application/problem+json" ||
+		json.Unmarshal(body, &p) != nil || p.Status != http.StatusInternalServerError {
+		t.Errorf("panicking handler: %d %s %s", res.StatusCode, res.Header.Get("Content-Type"), body)
+	}
+	rec := logs.wait(t, "request handler panicked", nil)
+	if rec["panic"] != "boom" || !strings.Contains(rec["stack"].(string), "panics_test.go") {
+		t.Errorf("log line %v", rec)
+	}
+	// An answer already under way is cut, not completed with a problem.
+	if res, err := http.Get(srv.URL + "/half"); err == nil {
+		_, err = io.ReadAll(res.Body)
+		res.Body.Close()
+		if err == nil {
+			t.Error("a half-written answer ended cleanly")
+		}
+	}
+	if code, body := get(t, srv.URL+"/ok"); code != http.StatusOK || string(body) != "ok" {
+		t.Errorf("after the panics: %d %s", code, body)
+	}
+	metrics.mu.Lock()
+	n := metrics.requests[requestKey{route: "GET /boom", code: http.StatusInternalServerError}]
+	metrics.mu.Unlock()
+	if n != 1 {
+		t.Errorf("500s counted for /boom: %d", n)
+	}
+}
+
+// panickingHandler is a slog handler that panics once on a message: a
+// fault injected into the collector's loop without a hook in its code.
+type panickingHandler struct {
+	slog.Handler
+	msg      string
+	panicked *atomic.Bool
+}
+
+func (h panickingHandler) Handle(ctx context.Context, r slog.Record) error {
+	if r.Message == h.msg && h.panicked.CompareAndSwap(false, true) {
+		panic("injected into the collector's loop")
+	}
+	return h.Handler.Handle(ctx, r)
+}
+
+// TestCollectorSessionPanic: a panic in the collector's loop ends that
+// session as an error; the collector opens a new one and catches up.
+func TestCollectorSessionPanic(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	logs := newLogRecorder()
+	log := slog.New(panickingHandler{
+		Handler: slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}),
+		msg:     "collecting vCenter events", panicked: new(atomic.Bool),
+	})
+	cfg := Config{VCenterURL: sim.URL, Insecure: true, Username: sim.Username, Password: sim.Password,
+		StreamBegin: defaultStreamBegin, MaxRecordSize: defaultMaxRecordSize, MaxSegmentSize: defaultMaxSegmentSize}
+	opts := defaultCollectorOptions()
+	journal := NewJournal(cfg.MaxSegmentSize)
+	status := newCollectorStatus(opts.stuckAfter())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		newCollector(cfg, opts, journal, status, log).Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	rec := logs.wait(t, "vCenter session failed; reconnecting", done)
+	if !strings.Contains(rec["error"].(string), "injected into the collector's loop") {
+		t.Errorf("session error %v", rec["error"])
+	}
+	logs.wait(t, "caught up with vCenter", done)
+	if !status.Ready() {
+		t.Error("collector not ready after the panic")
+	}
+}

@@ -1,0 +1,240 @@
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha1"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// privateCA is a certificate authority of a test's own, like a vCenter's VMCA.
+type privateCA struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+	pem  []byte
+}
+
+func newPrivateCA(t *testing.T) *privateCA {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "Test VMCA"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IsCA:                  true,
+		BasicConstraintsValid: true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &privateCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
+}
+
+// issue returns a server certificate for 127.0.0.1 signed by the CA.
+func (ca *privateCA) issue(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2),
+		Subject:      pkix.Name{CommonName: "vcenter.test"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+}
+
+// privateCAVCenter is a simulated vCenter whose certificate a private CA signed.
+type privateCAVCenter struct {
+	sim  *simulation
+	ca   *privateCA
+	leaf *x509.Certificate
+}
+
+func startPrivateCAVCenter(t *testing.T) *privateCAVCenter {
+	t.Helper()
+	ca := newPrivateCA(t)
+	cert := ca.issue(t)
+	sim := startTestSimulationTLS(t, &tls.Config{Certificates: []tls.Certificate{cert}})
+	return &privateCAVCenter{sim: sim, ca: ca, leaf: cert.Leaf}
+}
+
+// secrets writes the credentials directory, with ca.crt if caPEM is set.
+func (v *privateCAVCenter) secrets(t *testing.T, caPEM []byte) string {
+	t.Helper()
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, "username"), v.sim.Username)
+	writeFile(t, filepath.Join(dir, "password"), v.sim.Password)
+	if caPEM != nil {
+		writeFile(t, filepath.Join(dir, caFile), string(caPEM))
+	}
+	return dir
+}
+
+// fingerprint formats a hash the way people paste it: lower case, with or
+// without colons.
+func fingerprint(sum []byte, colons bool) string {
+	h := hex.EncodeToString(sum)
+	if !colons {
+		return h
+	}
+	var parts []string
+	for i := 0; i < len(h); i += 2 {
+		parts = append(parts, h[i:i+2])
+	}
+	return strings.Join(parts, ":")
+}
+
+// TestTrustPrivateCA: with verification on, vCenter's certificate is
+// trusted through ca.crt, or through its SHA-256 or SHA-1 fingerprint.
+func TestTrustPrivateCA(t *testing.T) {
+	t.Parallel()
+	vc := startPrivateCAVCenter(t)
+	sha256Sum := sha256.Sum256(vc.leaf.Raw)
+	sha1Sum := sha1.Sum(vc.leaf.Raw)
+	// An unrelated certificate too: ca.crt may hold several.
+	bundle := append(newPrivateCA(t).pem, vc.ca.pem...)
+	for name, env := range map[string]map[string]string{
+		"ca.crt":         {envSecretPath: vc.secrets(t, bundle)},
+		"sha256":         {envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: strings.ToUpper(fingerprint(sha256Sum[:], true))},
+		"sha256 bare":    {envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: fingerprint(sha256Sum[:], false)},
+		"sha1 as govc":   {envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: strings.ToUpper(fingerprint(sha1Sum[:], true))},
+		"sha1 lowercase": {envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: fingerprint(sha1Sum[:], false)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			env[envVCenterInsecure] = "false"
+			s := startServer(t, vc.sim, env)
+			if code, _ := get(t, s.URL+"/readyz"); code != http.StatusOK {
+				t.Errorf("/readyz = %d, want 200", code)
+			}
+		})
+	}
+}
+
+// TestTrustUntrusted: without ca.crt or a fingerprint, an untrusted
+// certificate keeps the server up and not ready, retrying, and the log says
+// how to fix it, with the fingerprint vCenter presented.
+func TestTrustUntrusted(t *testing.T) {
+	t.Parallel()
+	vc := startPrivateCAVCenter(t)
+	wrongSum := sha256.Sum256([]byte("another certificate"))
+	for name, env := range map[string]map[string]string{
+		"nothing":     {envSecretPath: vc.secrets(t, nil)},
+		"another CA":  {envSecretPath: vc.secrets(t, newPrivateCA(t).pem)},
+		"fingerprint": {envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: fingerprint(wrongSum[:], true)},
+	} {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			env[envVCenterInsecure] = "false"
+			s := launchServer(t, vc.sim, env)
+			msg := "vCenter's certificate is not trusted; reconnecting. Fix one of three ways: put the CA that signed it (PEM) in the file ca.crt in VCENTER_SECRET_PATH, set VCENTER_THUMBPRINT to the certificate's fingerprint, or set VCENTER_INSECURE=true to skip verification"
+			if name == "fingerprint" {
+				// govmomi says the fingerprint does not match.
+				rec := s.logs.wait(t, "vCenter session failed; reconnecting", s.stopped)
+				if !strings.Contains(rec["error"].(string), "thumbprint does not match") {
+					t.Errorf("error %v", rec["error"])
+				}
+			} else {
+				rec := s.logs.waitN(t, msg, 2, s.stopped)
+				sum := sha256.Sum256(vc.leaf.Raw)
+				if want := strings.ToUpper(fingerprint(sum[:], true)); rec["sha256_fingerprint"] != want {
+					t.Errorf("logged fingerprint %v, want %s", rec["sha256_fingerprint"], want)
+				}
+			}
+			if code, _ := get(t, s.URL+"/readyz"); code != http.StatusServiceUnavailable {
+				t.Errorf("/readyz = %d, want 503", code)
+			}
+			if code, _ := get(t, s.URL+"/livez"); code != http.StatusOK {
+				t.Errorf("/livez = %d, want 200", code)
+			}
+		})
+	}
+}
+
+// TestTrustConfigErrors: a malformed ca.crt or VCENTER_THUMBPRINT stops the
+// program at start with one line naming it.
+func TestTrustConfigErrors(t *testing.T) {
+	t.Parallel()
+	ca := newPrivateCA(t)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
+	for name, caPEM := range map[string]string{
+		"empty":        "",
+		"not PEM":      "this is not a certificate\n",
+		"trailing":     string(ca.pem) + "garbage",
+		"private key":  string(keyPEM),
+		"bad DER":      string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("nope")})),
+		"key and cert": string(ca.pem) + string(keyPEM),
+	} {
+		t.Run("ca.crt "+name, func(t *testing.T) {
+			t.Parallel()
+			env := validVCenterEnv(t)
+			if err := os.WriteFile(filepath.Join(env[envSecretPath], caFile), []byte(caPEM), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := parseConfig(configEnv(env), true)
+			checkConfigError(t, err, envSecretPath)
+			if err != nil && !strings.Contains(err.Error(), caFile) {
+				t.Errorf("error %q does not name %s", err, caFile)
+			}
+		})
+	}
+	for _, v := range []string{"abc", "zz:" + strings.Repeat("00:", 31), strings.Repeat("a", 63), strings.Repeat("ab", 33), strings.Repeat("ab:", 19) + "a", "-"} {
+		t.Run("thumbprint "+v, func(t *testing.T) {
+			t.Parallel()
+			env := validVCenterEnv(t)
+			env[envVCenterThumbprint] = v
+			_, err := parseConfig(configEnv(env), true)
+			checkConfigError(t, err, envVCenterThumbprint)
+		})
+	}
+	// A readable ca.crt and a good fingerprint are taken.
+	env := validVCenterEnv(t)
+	writeFile(t, filepath.Join(env[envSecretPath], caFile), string(ca.pem))
+	env[envVCenterThumbprint] = " " + strings.Repeat("aB:", 31) + "aB\n"
+	cfg, err := parseConfig(configEnv(env), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Trust.rootCAs == nil || cfg.Trust.thumbprint != strings.Repeat("AB:", 31)+"AB" {
+		t.Errorf("trust %+v", cfg.Trust)
+	}
+	// Through run, the program stops with the error.
+	env[envVCenterThumbprint] = "nope"
+	if err := run(t.Context(), []string{"vsphere-event-streaming"}, configEnv(env), nil, nil); err == nil || !strings.Contains(err.Error(), envVCenterThumbprint) {
+		t.Errorf("run: %v", err)
+	}
+}
