@@ -138,25 +138,28 @@ func (c *eventConverter) convert(ev types.BaseEvent, failed error) (convertedEve
 	ce.SetExtension(extEventClass, class.String())
 	ce.SetDataContentType(cloudevents.ApplicationJSON)
 
-	// Set the encoded data directly: SetData would base64 a []byte.
-	data, err := []byte(nil), failed
-	if err == nil {
-		data, err = c.encodeData(ev)
+	if failed == nil {
+		data, err := c.encodeData(ev)
+		if err != nil {
+			failed = err
+		} else {
+			// Set the encoded data directly: SetData would base64 a []byte.
+			ce.DataEncoded = data
+			if out.Data, err = ce.MarshalJSON(); err != nil {
+				return out, fmt.Errorf("encode cloudevent %d: %w", out.Offset, err)
+			}
+			if len(out.Data) <= c.maxRecordSize {
+				return out, nil
+			}
+			out.Dropped = dropSize
+		}
 	}
-	if err == nil {
-		ce.DataEncoded = data
-		if out.Data, err = ce.MarshalJSON(); err != nil {
-			return out, fmt.Errorf("encode cloudevent %d: %w", out.Offset, err)
-		}
-		if len(out.Data) <= c.maxRecordSize {
-			return out, nil
-		}
-		out.Dropped = dropSize
-	} else {
-		out.Dropped, out.Err = dropError, err
+	if failed != nil {
+		out.Dropped, out.Err = dropError, failed
 	}
 	ce.DataEncoded = nil
 	ce.SetExtension(extDataDropped, out.Dropped)
+	var err error
 	if out.Data, err = ce.MarshalJSON(); err != nil {
 		return out, fmt.Errorf("encode cloudevent %d without data: %w", out.Offset, err)
 	}

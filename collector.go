@@ -157,7 +157,7 @@ func (c *Collector) Run(ctx context.Context) {
 		attempt++
 		c.status.reconnects.Add(1)
 		delay := backoff(attempt, c.opts.backoffMin, c.opts.backoffMax)
-		if soap.IsCertificateUntrusted(err) {
+		if certificateUntrusted(err) {
 			c.log.Error("vCenter's certificate is not trusted; reconnecting. Fix one of three ways: put the CA that signed it (PEM) in the file ca.crt in "+envSecretPath+
 				", set "+envVCenterThumbprint+" to the certificate's fingerprint, or set "+envVCenterInsecure+"=true to skip verification",
 				"error", err, "sha256_fingerprint", presentedFingerprint(ctx, c.url.Host), "attempt", attempt, "backoff", delay.String())
@@ -563,6 +563,14 @@ func (c *Collector) login(ctx context.Context) (*vim25.Client, error) {
 	}
 	c.log.Info("logged in to vCenter", "url", c.url.String())
 	return client, nil
+}
+
+// certificateUntrusted tells whether err is a TLS verification failure that
+// trusting vCenter's certificate would fix: no CA vouches for it, it is not
+// for vCenter's host name, or it does not have the pinned fingerprint.
+func certificateUntrusted(err error) bool {
+	// govmomi's thumbprint check has no error type of its own.
+	return soap.IsCertificateUntrusted(err) || strings.Contains(err.Error(), "thumbprint does not match")
 }
 
 // presentedFingerprint returns the SHA-256 fingerprint of the certificate

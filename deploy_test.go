@@ -167,6 +167,14 @@ func TestDeploySecretMount(t *testing.T) {
 			t.Errorf("example Secret has no stringData %s", key)
 		}
 	}
+	// It shows where a private CA goes, under the name readRootCAs reads.
+	secret, err := os.ReadFile(filepath.Join("deploy", "secret.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(secret), "# "+caFile+": |") {
+		t.Errorf("example Secret does not show the optional key %s", caFile)
+	}
 }
 
 func TestDeployProbesAndSecurityContext(t *testing.T) {
