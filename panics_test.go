@@ -78,6 +78,32 @@ func (h panickingHandler) Handle(ctx context.Context, r slog.Record) error {
 	return h.Handler.Handle(ctx, r)
 }
 
+// runCollector runs a collector of sim's events (without the rest of the
+// program) until the test ends, after prepare, if set, has adjusted it.
+func runCollector(t *testing.T, sim *simulation, log *slog.Logger, prepare func(*Collector)) (*Journal, *CollectorStatus, chan struct{}) {
+	t.Helper()
+	cfg := Config{VCenterURL: sim.URL, Insecure: true, Username: sim.Username, Password: sim.Password,
+		StreamBegin: defaultStreamBegin, MaxRecordSize: defaultMaxRecordSize, MaxSegmentSize: defaultMaxSegmentSize}
+	opts := defaultCollectorOptions()
+	journal := NewJournal(cfg.MaxSegmentSize)
+	status := newCollectorStatus(opts.stuckAfter())
+	collector := newCollector(cfg, opts, journal, status, log)
+	if prepare != nil {
+		prepare(collector)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		collector.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return journal, status, done
+}
+
 // TestCollectorSessionPanic: a panic in the collector's loop ends that
 // session as an error; the collector opens a new one and catches up.
 func TestCollectorSessionPanic(t *testing.T) {
@@ -88,21 +114,7 @@ func TestCollectorSessionPanic(t *testing.T) {
 		Handler: slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}),
 		msg:     "collecting vCenter events", panicked: new(atomic.Bool),
 	})
-	cfg := Config{VCenterURL: sim.URL, Insecure: true, Username: sim.Username, Password: sim.Password,
-		StreamBegin: defaultStreamBegin, MaxRecordSize: defaultMaxRecordSize, MaxSegmentSize: defaultMaxSegmentSize}
-	opts := defaultCollectorOptions()
-	journal := NewJournal(cfg.MaxSegmentSize)
-	status := newCollectorStatus(opts.stuckAfter())
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		newCollector(cfg, opts, journal, status, log).Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	_, status, done := runCollector(t, sim, log, nil)
 	rec := logs.wait(t, "vCenter session failed; reconnecting", done)
 	if !strings.Contains(rec["error"].(string), "injected into the collector's loop") {
 		t.Errorf("session error %v", rec["error"])

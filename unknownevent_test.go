@@ -325,28 +325,16 @@ func TestEventPanicRecorded(t *testing.T) {
 	vc := connectVCenter(t, sim)
 	logs := newLogRecorder()
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	cfg := Config{VCenterURL: sim.URL, Insecure: true, Username: sim.Username, Password: sim.Password,
-		StreamBegin: defaultStreamBegin, MaxRecordSize: defaultMaxRecordSize, MaxSegmentSize: defaultMaxSegmentSize}
-	opts := defaultCollectorOptions()
-	journal := NewJournal(cfg.MaxSegmentSize)
-	status := newCollectorStatus(opts.stuckAfter())
-	collector := newCollector(cfg, opts, journal, status, log)
-	collector.converter.beforeEncode = func(ev types.BaseEvent) {
-		if e, ok := ev.(*types.EventEx); ok && e.Message == "test event 1" {
-			panic("injected")
+	journal, status, done := runCollector(t, sim, log, func(c *Collector) {
+		c.converter.beforeEncode = func(ev types.BaseEvent) {
+			if e, ok := ev.(*types.EventEx); ok && e.Message == "test event 1" {
+				panic("injected")
+			}
 		}
-	}
+	})
 	srv := httptest.NewServer(newHandler(journal, status, log))
 	t.Cleanup(srv.Close)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		collector.Run(ctx)
-	}()
 	t.Cleanup(func() {
-		cancel()
-		<-done
 		if t.Failed() {
 			t.Logf("log:\n%s", logs)
 		}
