@@ -110,6 +110,11 @@ type Collector struct {
 	begin       time.Time     // where the first session began, on vCenter's clock
 	lastCreated time.Time     // CreatedTime of the newest event appended
 	skew        time.Duration // vCenter's clock minus ours, as last read
+
+	// beginBy, unless zero, is the latest time the first session may
+	// begin at: the sink's checkpoint needs the events from then on. It
+	// is set before Run.
+	beginBy time.Time
 }
 
 // newCollector returns a collector for cfg's vCenter that appends to journal.
@@ -289,6 +294,9 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 func (c *Collector) beginTime(now time.Time) time.Time {
 	if c.begin.IsZero() {
 		c.begin = now.Add(-c.streamBegin)
+		if !c.beginBy.IsZero() && c.beginBy.Before(c.begin) {
+			c.begin = c.beginBy
+		}
 	}
 	if c.lastCreated.IsZero() {
 		return c.begin
