@@ -191,8 +191,8 @@ func (d *Deliverer) Run(ctx context.Context) {
 				break
 			}
 			d.markDone(rec)
+			d.checkpoint(false)
 		}
-		d.checkpoint(false)
 	}
 	d.checkpoint(true)
 	d.status.setState(sinkStateStopped)
@@ -267,6 +267,7 @@ func (d *Deliverer) checkpoint(now bool) {
 		return
 	}
 	d.saved = cp.Offset
+	d.log.Debug("sink checkpoint written", "offset", cp.Offset, "time", cp.Time)
 }
 
 // recordTime returns the time attribute of a record.

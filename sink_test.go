@@ -241,14 +241,18 @@ func heldEvents(t *testing.T, srv *testServer) ([]string, map[string]json.RawMes
 // idle: its status and metrics are then final.
 func waitCaughtUp(t testing.TB, srv *testServer, key int64) {
 	t.Helper()
+	waitLogWhere(t, srv, "sink caught up", func(rec map[string]any) bool { return rec["next"] == float64(key+1) })
+}
+
+// waitLogWhere waits for a log line with message msg that match accepts.
+func waitLogWhere(t testing.TB, srv *testServer, msg string, match func(map[string]any) bool) {
+	t.Helper()
 	l := srv.logs
 	deadline := time.NewTimer(waitTimeout)
 	defer deadline.Stop()
 	for {
 		l.mu.Lock()
-		found := slices.ContainsFunc(l.lines, func(rec map[string]any) bool {
-			return rec["msg"] == "sink caught up" && rec["next"] == float64(key+1)
-		})
+		found := slices.ContainsFunc(l.lines, func(rec map[string]any) bool { return rec["msg"] == msg && match(rec) })
 		changed := l.changed
 		l.mu.Unlock()
 		if found {
@@ -257,9 +261,9 @@ func waitCaughtUp(t testing.TB, srv *testServer, key int64) {
 		select {
 		case <-changed:
 		case <-srv.stopped:
-			t.Fatalf("server stopped before the sink caught up with %d", key)
+			t.Fatalf("server stopped before logging a matching %q", msg)
 		case <-deadline.C:
-			t.Fatalf("sink did not catch up with %d within %v; log:\n%s", key, waitTimeout, l)
+			t.Fatalf("no matching log line %q within %v; log:\n%s", msg, waitTimeout, l)
 		}
 	}
 }
@@ -464,6 +468,9 @@ func TestSinkRestartResumes(t *testing.T) {
 	vc.postEvents(t, 3)
 	before := vc.latestKey(t)
 	sink.waitAcked(t, before)
+	// Written within a second while running, not only at shutdown: a
+	// crash now would send nothing again.
+	waitLogWhere(t, first, "sink checkpoint written", func(rec map[string]any) bool { return rec["offset"] == float64(before) })
 	first.shutdown(t)
 	cp, ok, err := loadCheckpoint(cpFile)
 	if err != nil || !ok || cp.Offset != before {
