@@ -96,13 +96,16 @@ type Deliverer struct {
 	status   *SinkStatus
 	log      *slog.Logger
 	protocol *cehttp.Protocol
-	// next is the first offset to deliver, -1 for the first event held.
-	next int64
-	// backoffMin and backoffMax bound retry pauses; tests shorten them.
+	// resume is the checkpoint read at start, zero without one.
+	resume checkpoint
+	// backoffMin and backoffMax bound retry pauses; grace is what the
+	// request in flight at shutdown may still take.
 	backoffMin, backoffMax time.Duration
 	grace                  time.Duration
 
-	// Owned by Run's goroutine.
+	// next is the first offset to deliver, -1 for the first event held.
+	// It and the fields below are owned by Run's goroutine.
+	next    int64
 	done    Record    // the last record done with, if doneOK
 	doneOK  bool      // something was done with since the start
 	saved   int64     // the offset of the checkpoint last written
@@ -134,8 +137,7 @@ func newDeliverer(cfg SinkConfig, journal *Journal, log *slog.Logger) (*Delivere
 			return nil, &configError{envSinkCheckpointFile, err.Error()}
 		}
 		if ok {
-			d.next, d.saved = cp.Offset+1, cp.Offset
-			d.status.resume = cp
+			d.next, d.saved, d.resume = cp.Offset+1, cp.Offset, cp
 		}
 	}
 	return d, nil
@@ -155,7 +157,7 @@ func (d *Deliverer) ResumeTime() time.Time {
 	if d == nil {
 		return time.Time{}
 	}
-	return d.status.resume.Time
+	return d.resume.Time
 }
 
 // Run delivers until ctx is done. A request in flight then gets up to
@@ -480,10 +482,7 @@ type SinkStatus struct {
 	lastDelivered atomic.Int64
 	// done is the offset of the last event done with (acknowledged,
 	// refused, not selected or lost), -1 before.
-	done atomic.Int64
-	// resume is the checkpoint read at start; fixed before Run.
-	resume checkpoint
-
+	done      atomic.Int64
 	mu        sync.Mutex
 	state     string
 	lastError string
