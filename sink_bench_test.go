@@ -86,7 +86,7 @@ func (s *benchSink) expect(key int64) <-chan struct{} {
 
 // benchRecords returns n records of a realistic VmPoweredOnEvent, keys
 // 1..n, as the collector encodes them (about 1.3 KiB each).
-func benchRecords(b *testing.B, n int) []Record {
+func benchRecords(b testing.TB, n int) []Record {
 	b.Helper()
 	conv := &eventConverter{source: "https://vcenter.example.com/sdk", maxRecordSize: defaultMaxRecordSize}
 	created := time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC)

@@ -23,6 +23,7 @@ import (
 	cloudevents "github.com/cloudevents/sdk-go/v2/event"
 	"github.com/cloudevents/sdk-go/v2/protocol"
 	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 // misbehaviour is how the test sink answers one request.
@@ -241,13 +242,12 @@ func heldEvents(t *testing.T, srv *testServer) ([]string, map[string]json.RawMes
 // idle: its status and metrics are then final.
 func waitCaughtUp(t testing.TB, srv *testServer, key int64) {
 	t.Helper()
-	waitLogWhere(t, srv, "sink caught up", func(rec map[string]any) bool { return rec["next"] == float64(key+1) })
+	waitLogWhere(t, srv.logs, srv.stopped, "sink caught up", func(rec map[string]any) bool { return rec["next"] == float64(key+1) })
 }
 
 // waitLogWhere waits for a log line with message msg that match accepts.
-func waitLogWhere(t testing.TB, srv *testServer, msg string, match func(map[string]any) bool) {
+func waitLogWhere(t testing.TB, l *logRecorder, stopped <-chan struct{}, msg string, match func(map[string]any) bool) {
 	t.Helper()
-	l := srv.logs
 	deadline := time.NewTimer(waitTimeout)
 	defer deadline.Stop()
 	for {
@@ -260,8 +260,8 @@ func waitLogWhere(t testing.TB, srv *testServer, msg string, match func(map[stri
 		}
 		select {
 		case <-changed:
-		case <-srv.stopped:
-			t.Fatalf("server stopped before logging a matching %q", msg)
+		case <-stopped:
+			t.Fatalf("stopped before logging a matching %q; log:\n%s", msg, l)
 		case <-deadline.C:
 			t.Fatalf("no matching log line %q within %v; log:\n%s", msg, waitTimeout, l)
 		}
@@ -470,7 +470,7 @@ func TestSinkRestartResumes(t *testing.T) {
 	sink.waitAcked(t, before)
 	// Written within a second while running, not only at shutdown: a
 	// crash now would send nothing again.
-	waitLogWhere(t, first, "sink checkpoint written", func(rec map[string]any) bool { return rec["offset"] == float64(before) })
+	waitLogWhere(t, first.logs, first.stopped, "sink checkpoint written", func(rec map[string]any) bool { return rec["offset"] == float64(before) })
 	first.shutdown(t)
 	cp, ok, err := loadCheckpoint(cpFile)
 	if err != nil || !ok || cp.Offset != before {
@@ -776,5 +776,60 @@ func TestParseRetryAfter(t *testing.T) {
 		if got := parseRetryAfter(v, now); got != want {
 			t.Errorf("parseRetryAfter(%q) = %v, want %v", v, got, want)
 		}
+	}
+}
+
+// TestSinkFilterAdvancesCheckpoint: events SINK_FILTER leaves out are not
+// sent, but delivery is done with them: the checkpoint moves past them
+// (with their time), so a restart does not scan them again, and it is
+// written within a second while idle.
+func TestSinkFilterAdvancesCheckpoint(t *testing.T) {
+	t.Parallel()
+	conv := &eventConverter{source: "https://vc.example.com/sdk", maxRecordSize: defaultMaxRecordSize}
+	created := time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC)
+	j := NewJournal(100)
+	for key := int32(1); key <= 10; key++ {
+		base := types.Event{Key: key, ChainId: key, CreatedTime: created.Add(time.Duration(key) * time.Second)}
+		var ev types.BaseEvent = &types.VmPoweredOnEvent{VmEvent: types.VmEvent{Event: base}}
+		if key%2 == 1 {
+			ev = &types.EventEx{Event: base, EventTypeId: "com.example.odd"}
+		}
+		c, err := conv.Convert(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := j.AppendRecord(c.Record); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
+	cpFile := filepath.Join(t.TempDir(), "cp")
+	cfg, err := parseConfig(configEnv(map[string]string{envSink: sink.URL, envSinkFilter: "eventclass=eventex", envSinkCheckpointFile: cpFile}), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := newLogRecorder()
+	d, err := newDeliverer(cfg.Sink, j, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		d.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-stopped
+	})
+	sink.waitAcked(t, 9)
+	waitLogWhere(t, logs, stopped, "sink checkpoint written", func(rec map[string]any) bool { return rec["offset"] == float64(10) })
+	if got := sink.ackedKeys(t); !slices.Equal(got, []int64{1, 3, 5, 7, 9}) {
+		t.Errorf("delivered %v, want the EventEx only: [1 3 5 7 9]", got)
+	}
+	cp, ok, err := loadCheckpoint(cpFile)
+	if err != nil || !ok || cp.Offset != 10 || !cp.Time.Equal(created.Add(10*time.Second)) {
+		t.Errorf("checkpoint %+v %v %v, want offset 10 (filtered out, but done) at its time", cp, ok, err)
 	}
 }
