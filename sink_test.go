@@ -10,12 +10,15 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -412,6 +415,11 @@ func TestSinkMisbehavingReceiver(t *testing.T) {
 		t.Errorf("rejected event %s answered 400 %d times, want 1 (no retry)", rejected, rejectedTries)
 	}
 	srv.logs.wait(t, "sink rejected the event: skipped", srv.stopped)
+	// Every attempt is logged at debug level, those refused at connect too.
+	sink.mu.Lock()
+	requests := len(sink.requests)
+	sink.mu.Unlock()
+	srv.logs.waitN(t, "sink attempt", requests+1, srv.stopped)
 
 	m := serverMetrics(t, srv)
 	p := metricPrefix
@@ -831,5 +839,59 @@ func TestSinkFilterAdvancesCheckpoint(t *testing.T) {
 	cp, ok, err := loadCheckpoint(cpFile)
 	if err != nil || !ok || cp.Offset != 10 || !cp.Time.Equal(created.Add(10*time.Second)) {
 		t.Errorf("checkpoint %+v %v %v, want offset 10 (filtered out, but done) at its time", cp, ok, err)
+	}
+}
+
+// TestSinkAnswers: what each answer of the sink leads to: 2xx move on,
+// 408, 429 and 5xx are retried, any other status skips the event.
+func TestSinkAnswers(t *testing.T) {
+	t.Parallel()
+	var status atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Retry-After", "2")
+		w.WriteHeader(int(status.Load()))
+		_, _ = io.WriteString(w, "answer body")
+	}))
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	d, err := newDeliverer(SinkConfig{URL: u, Timeout: 5 * time.Second}, NewJournal(1), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := d.message(benchRecords(t, 1)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for code, want := range map[int]sinkMode{
+		200: modeAcked, 202: modeAcked, 204: modeAcked,
+		408: modeBackoff, 429: modeBackoff, 500: modeBackoff, 502: modeBackoff, 503: modeBackoff, 504: modeBackoff,
+		400: modeSkip, 401: modeSkip, 403: modeSkip, 404: modeSkip, 409: modeSkip, 413: modeSkip, 415: modeSkip, 422: modeSkip,
+	} {
+		status.Store(int64(code))
+		res := d.attempt(context.Background(), 7, msg, 1)
+		if got := decide(context.Background(), res); got != want {
+			t.Errorf("status %d: mode %d, want %d (result %+v)", code, got, want, res)
+		}
+		if res.status != code {
+			t.Errorf("status %d read as %d", code, res.status)
+		}
+		if want == modeSkip && (res.body != "answer body" || !errors.Is(res.err, ErrSinkRejected)) {
+			t.Errorf("status %d: body %q, error %v", code, res.body, res.err)
+		}
+		if want == modeBackoff && (res.retryAfter != 2*time.Second || !errors.Is(res.err, ErrSinkUnavailable)) {
+			t.Errorf("status %d: Retry-After %v, error %v", code, res.retryAfter, res.err)
+		}
+	}
+	// No answer at all: retried, unless shutting down.
+	srv.Close()
+	res := d.attempt(context.Background(), 7, msg, 1)
+	if got := decide(context.Background(), res); got != modeBackoff || !errors.Is(res.err, ErrSinkUnavailable) {
+		t.Errorf("closed sink: mode %d, error %v", got, res.err)
+	}
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if got := decide(done, res); got != modeStop {
+		t.Errorf("failure during shutdown: mode %d, want stop", got)
 	}
 }
