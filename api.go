@@ -35,6 +35,7 @@ const (
 type handlerConfig struct {
 	maxWatches   int           // open watches at most; 0: no limit
 	sseHeartbeat time.Duration // interval of the SSE ": ping" comment
+	sink         *SinkStatus   // delivery to a sink; nil without one
 }
 
 // handlerOption changes a handlerConfig.
@@ -47,6 +48,9 @@ func withMaxWatches(n int) handlerOption { return func(c *handlerConfig) { c.max
 func withSSEHeartbeat(d time.Duration) handlerOption {
 	return func(c *handlerConfig) { c.sseHeartbeat = d }
 }
+
+// withSink adds the sink's state to /readyz and its metrics to /metrics.
+func withSink(s *SinkStatus) handlerOption { return func(c *handlerConfig) { c.sink = s } }
 
 // newHandler builds the server's HTTP handler from its dependencies.
 func newHandler(journal *Journal, status *CollectorStatus, log *slog.Logger, opts ...handlerOption) http.Handler {
@@ -74,8 +78,8 @@ func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, met
 	mux.Handle("GET /api/v1/events", handleEvents(journal, metrics, log, cfg))
 	mux.Handle("GET /api/v1/events/{id}", handleEvent(journal))
 	mux.Handle("GET /livez", handleLivez(status))
-	mux.Handle("GET /readyz", handleReadyz(journal, status))
-	mux.Handle("GET /metrics", handleMetrics(journal, status, metrics))
+	mux.Handle("GET /readyz", handleReadyz(journal, status, cfg.sink))
+	mux.Handle("GET /metrics", handleMetrics(journal, status, metrics, cfg.sink))
 	mux.Handle("/", handleNotFound())
 }
 
@@ -355,11 +359,13 @@ type readyResponse struct {
 	VCenterConnected bool           `json:"vcenterConnected"`
 	Range            *rangeResponse `json:"range"`
 	LastEventTime    *time.Time     `json:"lastEventTime"`
+	// Sink is there only with K_SINK set.
+	Sink *sinkReady `json:"sink,omitempty"`
 }
 
 // handleReadyz is ready once the collector has read from vCenter, and stays
 // ready through later vCenter outages: the cached events are still served.
-func handleReadyz(j *Journal, status *CollectorStatus) http.Handler {
+func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, p := parseQuery(r); p != nil {
 			writeProblem(w, p)
@@ -371,6 +377,9 @@ func handleReadyz(j *Journal, status *CollectorStatus) http.Handler {
 		}
 		if t := status.LastEventTime(); !t.IsZero() {
 			body.LastEventTime = &t
+		}
+		if sink != nil {
+			body.Sink = sink.ready()
 		}
 		code := http.StatusOK
 		if !body.Ready {

@@ -119,6 +119,11 @@ type Collector struct {
 	// a page whose decoding panicked, so that the one event at fault is
 	// singled out and the others are not lost with it.
 	readSingly int
+
+	// beginBy, unless zero, is the latest time the first session may
+	// begin at: the sink's checkpoint needs the events from then on. It
+	// is set before Run.
+	beginBy time.Time
 }
 
 // newCollector returns a collector for cfg's vCenter that appends to journal.
@@ -315,6 +320,9 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 func (c *Collector) beginTime(now time.Time) time.Time {
 	if c.begin.IsZero() {
 		c.begin = now.Add(-c.streamBegin)
+		if !c.beginBy.IsZero() && c.beginBy.Before(c.begin) {
+			c.begin = c.beginBy
+		}
 	}
 	if c.lastCreated.IsZero() {
 		return c.begin

@@ -6,13 +6,16 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
+	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -30,6 +33,15 @@ const (
 	envPort              = "PORT"
 	envDebug             = "DEBUG"
 	envVCenterThumbprint = "VCENTER_THUMBPRINT"
+
+	// Delivery to a sink (sink.go). K_SINK and K_CE_OVERRIDES are the
+	// names Knative's SinkBinding and ContainerSource inject.
+	envSink               = "K_SINK"
+	envCEOverrides        = "K_CE_OVERRIDES"
+	envSinkMode           = "SINK_MODE"
+	envSinkFilter         = "SINK_FILTER"
+	envSinkCheckpointFile = "SINK_CHECKPOINT_FILE"
+	envSinkTimeout        = "SINK_TIMEOUT"
 )
 
 // caFile is the name of the file of trusted roots in the credentials
@@ -43,7 +55,14 @@ func configVariables() []string {
 		envVCenterURL, envVCenterInsecure, envSecretPath, envStreamBegin,
 		envMaxRecordSize, envMaxSegmentSize, envPort, envDebug,
 		envVCenterThumbprint,
+		envSink, envCEOverrides, envSinkMode, envSinkFilter, envSinkCheckpointFile, envSinkTimeout,
 	}
+}
+
+// sinkVariables lists the variables of delivery to a sink, a part of
+// configVariables.
+func sinkVariables() []string {
+	return []string{envSink, envCEOverrides, envSinkMode, envSinkFilter, envSinkCheckpointFile, envSinkTimeout}
 }
 
 // Defaults of the optional variables.
@@ -94,6 +113,8 @@ type Config struct {
 	Port int
 	// Debug enables debug logging.
 	Debug bool
+	// Sink is where every event is delivered; its URL is nil without K_SINK.
+	Sink SinkConfig
 }
 
 // parseConfig reads and validates the environment. With needVCenter false
@@ -134,6 +155,9 @@ func parseConfig(getenv func(string) string, needVCenter bool) (Config, error) {
 		cfg.Port = p
 	}
 	if cfg.Insecure, err = parseBool(getenv, envVCenterInsecure); err != nil {
+		return cfg, err
+	}
+	if cfg.Sink, err = parseSinkConfig(getenv); err != nil {
 		return cfg, err
 	}
 	if !needVCenter {
@@ -307,4 +331,136 @@ func parsePositive(getenv func(string) string, name string, def int) (int, error
 		return 0, &configError{name, fmt.Sprintf("%q is not a positive integer", v)}
 	}
 	return n, nil
+}
+
+// defaultSinkTimeout bounds one delivery request to the sink.
+const defaultSinkTimeout = 10 * time.Second
+
+// Names of the modes of SINK_MODE.
+const (
+	sinkModeBinary     = "binary"
+	sinkModeStructured = "structured"
+)
+
+// SinkConfig is where and how events are delivered (sink.go).
+type SinkConfig struct {
+	// URL is the sink (K_SINK); nil: no delivery.
+	URL *url.URL
+	// Extensions are K_CE_OVERRIDES' extensions, added to every delivered event.
+	Extensions map[string]string
+	// Structured sends whole events as application/cloudevents+json
+	// instead of binary mode's ce-* headers and data body.
+	Structured bool
+	// Filter selects the events delivered (SINK_FILTER, the API's syntax).
+	Filter eventFilter
+	// CheckpointFile keeps the offset of the last event delivered; empty: none.
+	CheckpointFile string
+	// Timeout bounds each delivery request.
+	Timeout time.Duration
+}
+
+// parseSinkConfig reads the sink's variables. They are checked even
+// without K_SINK, so that a typo is found before delivery is switched on.
+func parseSinkConfig(getenv func(string) string) (SinkConfig, error) {
+	sc := SinkConfig{Timeout: defaultSinkTimeout}
+	if v := strings.TrimSpace(getenv(envSink)); v != "" {
+		u, err := url.Parse(v)
+		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+			return sc, &configError{envSink, fmt.Sprintf("%q is not an http(s) URL with a host", v)}
+		}
+		if u.Fragment != "" {
+			return sc, &configError{envSink, "must not have a fragment"}
+		}
+		sc.URL = u
+	}
+	if v := strings.TrimSpace(getenv(envCEOverrides)); v != "" {
+		ext, err := parseCEOverrides(v)
+		if err != nil {
+			return sc, &configError{envCEOverrides, err.Error()}
+		}
+		sc.Extensions = ext
+	}
+	switch v := strings.TrimSpace(getenv(envSinkMode)); v {
+	case "", sinkModeBinary:
+	case sinkModeStructured:
+		sc.Structured = true
+	default:
+		return sc, &configError{envSinkMode, fmt.Sprintf("%q is not %s or %s", v, sinkModeBinary, sinkModeStructured)}
+	}
+	if v := strings.TrimSpace(getenv(envSinkFilter)); v != "" {
+		// The API's own parser, so that the filter means what it means in
+		// a watch: the same names, repetitions and refusals.
+		values, p := parseQuery(&http.Request{URL: &url.URL{RawQuery: v}}, paramType, paramEventClass)
+		if p == nil {
+			sc.Filter, p = parseEventFilter(values)
+		}
+		if p != nil {
+			return sc, &configError{envSinkFilter, fmt.Sprintf("%q: %s (e.g. type=VmPoweredOnEvent&eventclass=event)", v, p.Detail)}
+		}
+	}
+	if v := strings.TrimSpace(getenv(envSinkCheckpointFile)); v != "" {
+		if err := checkCheckpointDir(v); err != nil {
+			return sc, &configError{envSinkCheckpointFile, err.Error()}
+		}
+		sc.CheckpointFile = v
+	}
+	if v := strings.TrimSpace(getenv(envSinkTimeout)); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return sc, &configError{envSinkTimeout, fmt.Sprintf("%q is not a positive duration (e.g. 10s)", v)}
+		}
+		sc.Timeout = d
+	}
+	return sc, nil
+}
+
+// reservedAttributes are the CloudEvent attributes K_CE_OVERRIDES must not
+// set: the event's own, which say what the event is.
+var reservedAttributes = []string{
+	"specversion", "id", "source", "type", "datacontenttype", "dataschema", "subject", "time", "data", "data_base64",
+	extEventClass, extDataDropped,
+}
+
+// parseCEOverrides reads Knative's {"extensions":{"name":"value",...}}.
+func parseCEOverrides(v string) (map[string]string, error) {
+	var o struct {
+		Extensions map[string]string `json:"extensions"`
+	}
+	dec := json.NewDecoder(strings.NewReader(v))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&o); err != nil {
+		return nil, fmt.Errorf("not JSON of the form {\"extensions\":{\"name\":\"value\"}}: %s", strings.ReplaceAll(err.Error(), "\n", " "))
+	}
+	if dec.More() {
+		return nil, errors.New("trailing data after the JSON object")
+	}
+	for name := range o.Extensions {
+		if name == "" || len(name) > 20 || strings.IndexFunc(name, func(r rune) bool { return (r < 'a' || r > 'z') && (r < '0' || r > '9') }) >= 0 {
+			return nil, fmt.Errorf("extension name %q is not 1-20 lower-case letters or digits", name)
+		}
+		if slices.Contains(reservedAttributes, name) {
+			return nil, fmt.Errorf("extension name %q is an attribute of the event itself", name)
+		}
+	}
+	return o.Extensions, nil
+}
+
+// checkCheckpointDir fails unless a file can be created beside path, as
+// the checkpoint's temporary file is, and path itself, if present, is a
+// regular file.
+func checkCheckpointDir(path string) error {
+	if fi, err := os.Stat(path); err == nil && !fi.Mode().IsRegular() {
+		return fmt.Errorf("%q is not a regular file", path)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), ".checkpoint-probe-*")
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("cannot create files in %q: %v", filepath.Dir(path), err)
+	}
+	name := f.Name()
+	_ = f.Close()
+	return os.Remove(name)
 }

@@ -420,6 +420,7 @@ func TestConfigVariables(t *testing.T) {
 		"VCENTER_URL", "VCENTER_INSECURE", "VCENTER_SECRET_PATH", "VCENTER_STREAM_BEGIN",
 		"LOG_MAX_RECORD_SIZE_BYTES", "LOG_MAX_SEGMENT_SIZE", "PORT", "DEBUG",
 		"VCENTER_THUMBPRINT",
+		"K_SINK", "K_CE_OVERRIDES", "SINK_MODE", "SINK_FILTER", "SINK_CHECKPOINT_FILE", "SINK_TIMEOUT",
 	}
 	if got := configVariables(); !slices.Equal(got, want) {
 		t.Errorf("configVariables() = %v, want %v", got, want)

@@ -9,6 +9,7 @@ package main
 // style the files are written in (mappings, "- " sequences, comments).
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"slices"
@@ -33,7 +34,11 @@ type manifest struct {
 func loadManifests(t *testing.T) []manifest {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join("deploy", "*.yaml"))
-	if err != nil || len(files) == 0 {
+	// deploy/knative/ needs Knative Eventing installed, so it is applied
+	// on its own; its manifests follow the same rules.
+	knative, kerr := filepath.Glob(filepath.Join("deploy", "knative", "*.yaml"))
+	files = append(files, knative...)
+	if err != nil || kerr != nil || len(files) == 0 {
 		t.Fatalf("no deploy/*.yaml manifests (err %v)", err)
 	}
 	var docs []manifest
@@ -112,6 +117,14 @@ func TestDeployEnvMatchesConfig(t *testing.T) {
 		}
 	}
 	for _, name := range configVariables() {
+		// The serving Deployment may have many replicas: it must not
+		// deliver to a sink (deploy/knative/sink.yaml does, with one).
+		if slices.Contains(sinkVariables(), name) {
+			if _, ok := env[name]; ok {
+				t.Errorf("Deployment sets %s: only the single-replica sink Deployment should", name)
+			}
+			continue
+		}
 		if _, ok := env[name]; !ok {
 			t.Errorf("Deployment does not set %s", name)
 		}
@@ -401,4 +414,83 @@ func yamlItems(lines []string) [][]string {
 		}
 	}
 	return items
+}
+
+// TestDeploySink: deploy/knative/sink.yaml delivers from exactly one pod,
+// keeps its checkpoint on a volume, and is bound to a Broker by a
+// SinkBinding that injects K_SINK and K_CE_OVERRIDES.
+func TestDeploySink(t *testing.T) {
+	t.Parallel()
+	const name = "vsphere-event-sink"
+	doc := findManifest(t, "Deployment", name)
+	if got := yamlScalar(yamlChild(doc.lines, "spec"), "replicas"); got != "1" {
+		t.Errorf("sink Deployment has replicas: %q, want 1: every replica would deliver every event", got)
+	}
+	if got := yamlScalar(yamlPath(doc.lines, "spec", "strategy"), "type"); got != "Recreate" {
+		t.Errorf("sink Deployment has strategy %q, want Recreate: a rolling update runs two deliverers at once", got)
+	}
+	containers := yamlItems(yamlPath(doc.lines, "spec", "template", "spec", "containers"))
+	if len(containers) != 1 {
+		t.Fatalf("sink Deployment has %d containers, want 1", len(containers))
+	}
+	env := containerEnv(t, containers[0])
+	for _, v := range configVariables() {
+		_, set := env[v]
+		injected := v == envSink || v == envCEOverrides
+		if set == injected {
+			t.Errorf("sink Deployment sets %s: %v, want %v (K_SINK and K_CE_OVERRIDES come from the SinkBinding)", v, set, !injected)
+		}
+	}
+	for v := range env {
+		if !slices.Contains(configVariables(), v) {
+			t.Errorf("sink Deployment sets %s, which the server does not read", v)
+		}
+	}
+	// The values must be accepted, with the checkpoint where the test can
+	// write and the sink the SinkBinding would inject.
+	checkpointFile := env[envSinkCheckpointFile]
+	env[envSinkCheckpointFile] = filepath.Join(t.TempDir(), "checkpoint")
+	env[envSink] = "http://broker-ingress.knative-eventing.svc.cluster.local/vcenter-stream/default"
+	if _, err := parseConfig(func(name string) string { return env[name] }, false); err != nil {
+		t.Errorf("sink Deployment's env is refused: %v", err)
+	}
+
+	// The checkpoint's directory is a mounted PersistentVolumeClaim.
+	var claimVolume, claim string
+	for _, item := range yamlItems(yamlPath(doc.lines, "spec", "template", "spec", "volumes")) {
+		if c := yamlScalar(yamlChild(item, "persistentVolumeClaim"), "claimName"); c != "" {
+			claimVolume, claim = yamlScalar(item, "name"), c
+		}
+	}
+	if claim == "" {
+		t.Fatal("sink Deployment has no PersistentVolumeClaim volume for the checkpoint")
+	}
+	findManifest(t, "PersistentVolumeClaim", claim)
+	var mounted bool
+	for _, item := range yamlItems(yamlChild(containers[0], "volumeMounts")) {
+		if yamlScalar(item, "name") == claimVolume && filepath.Dir(checkpointFile) == yamlScalar(item, "mountPath") {
+			mounted = yamlScalar(item, "readOnly") != "true"
+		}
+	}
+	if !mounted {
+		t.Errorf("%s %q is not in the writable mount of volume %s", envSinkCheckpointFile, checkpointFile, claimVolume)
+	}
+
+	binding := findManifest(t, "SinkBinding", name)
+	subject := yamlPath(binding.lines, "spec", "subject")
+	if yamlScalar(subject, "kind") != "Deployment" || yamlScalar(subject, "name") != name {
+		t.Errorf("SinkBinding's subject is %s %s, want Deployment %s", yamlScalar(subject, "kind"), yamlScalar(subject, "name"), name)
+	}
+	if got := yamlScalar(yamlPath(binding.lines, "spec", "sink", "ref"), "kind"); got != "Broker" {
+		t.Errorf("SinkBinding's sink is a %q, want a Broker", got)
+	}
+	// ceOverrides' extensions must be ones K_CE_OVERRIDES accepts.
+	ext := yamlMapping(yamlPath(binding.lines, "spec", "ceOverrides", "extensions"))
+	b, err := json.Marshal(map[string]map[string]string{"extensions": ext})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := parseCEOverrides(string(b)); err != nil || len(ext) == 0 {
+		t.Errorf("SinkBinding's ceOverrides %v: %v", ext, err)
+	}
 }

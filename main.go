@@ -138,6 +138,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	journal := NewJournal(cfg.MaxSegmentSize)
 	status := newCollectorStatus(opts.collector.stuckAfter())
 	collector := newCollector(cfg, opts.collector, journal, status, log)
+	sink, err := newDeliverer(cfg.Sink, journal, log)
+	if err != nil {
+		return err
+	}
+	if t := sink.ResumeTime(); !t.IsZero() {
+		// The event after the checkpoint may have been logged a little
+		// before it (a later key, an earlier time), as on a reconnect.
+		collector.beginBy = t.Add(-resumeMargin)
+	}
 
 	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
 	if err != nil {
@@ -148,7 +157,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	requests, endRequests := context.WithCancel(context.WithoutCancel(ctx))
 	defer endRequests()
 	srv := &http.Server{
-		Handler:           newHandler(journal, status, log, withMaxWatches(opts.maxWatches)),
+		Handler:           newHandler(journal, status, log, withMaxWatches(opts.maxWatches), withSink(sink.Status())),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
@@ -165,6 +174,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	})
 	workers.Go(func() { collector.Run(ctx) })
+	if sink != nil {
+		workers.Go(func() { sink.Run(ctx) })
+	}
 
 	<-ctx.Done()
 	// A second signal now ends the process at once.

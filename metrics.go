@@ -90,7 +90,7 @@ func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handle
 }
 
 // handleMetrics serves the metrics in the Prometheus text exposition format.
-func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics) http.Handler {
+func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, sink *SinkStatus) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, p := parseQuery(r); p != nil {
 			writeProblem(w, p)
@@ -100,6 +100,9 @@ func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics) http.Han
 		w.Header().Set("Cache-Control", "no-store")
 		out := bufio.NewWriter(w)
 		writeMetrics(out, j, status, m)
+		if sink != nil {
+			sink.writeMetrics(out, j)
+		}
 		_ = out.Flush()
 	})
 }

@@ -1,0 +1,610 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/binding"
+	"github.com/cloudevents/sdk-go/v2/binding/format"
+	cloudevents "github.com/cloudevents/sdk-go/v2/event"
+	"github.com/cloudevents/sdk-go/v2/protocol"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+)
+
+// Delivery settings.
+const (
+	// sinkBackoffMin and sinkBackoffMax bound the pause before a retry;
+	// it doubles from one to the other, with jitter.
+	sinkBackoffMin = 100 * time.Millisecond
+	sinkBackoffMax = 30 * time.Second
+	// sinkCheckpointInterval is the most often the checkpoint is written
+	// while delivering: after a crash, at most this much is sent again.
+	sinkCheckpointInterval = time.Second
+	// sinkShutdownGrace is how long the request in flight at shutdown may
+	// still take, within the 5 s the contract allows for the whole exit.
+	sinkShutdownGrace = 3500 * time.Millisecond
+	// sinkReadBatch is how many records the deliverer takes from the
+	// journal at a time.
+	sinkReadBatch = 256
+	// sinkBodyExcerpt is how much of a refusal's body is logged.
+	sinkBodyExcerpt = 512
+	// sinkDrainLimit is how much of an answer's body is read to keep its
+	// connection for the next request; a longer body costs a new one.
+	sinkDrainLimit = 64 << 10
+)
+
+// Errors of the deliverer, testable with errors.Is.
+var (
+	// ErrSinkRejected is a refusal the sink will not change its mind on
+	// (a 4xx other than 408 and 429): the event is skipped.
+	ErrSinkRejected = errors.New("sink rejected the event")
+	// ErrSinkUnavailable is a failure worth retrying: a network error, a
+	// timeout, 408, 429 or 5xx.
+	ErrSinkUnavailable = errors.New("sink unavailable")
+)
+
+// The states of delivery, as /readyz shows them.
+const (
+	sinkStateStarting   = "starting"   // not yet running
+	sinkStateIdle       = "idle"       // every event held is done; waiting for the next
+	sinkStateDelivering = "delivering" // sending an event
+	sinkStateRetrying   = "retrying"   // backing off after a failed attempt
+	sinkStateStopped    = "stopped"    // shut down
+)
+
+// sinkMode is what the deliverer does next with the event at hand.
+type sinkMode int
+
+const (
+	// modeDeliver sends the event.
+	modeDeliver sinkMode = iota
+	// modeBackoff waits (the sink failed or asked to wait), then sends the
+	// event again.
+	modeBackoff
+	// modeSkip moves past an event the sink refused for good.
+	modeSkip
+	// modeAcked moves past an event the sink acknowledged.
+	modeAcked
+	// modeStop leaves the event for the next start: shutting down.
+	modeStop
+)
+
+// attemptResult is how one delivery attempt ended.
+type attemptResult struct {
+	status     int           // HTTP status; 0 if no answer came
+	err        error         // nil for a 2xx
+	retryAfter time.Duration // the sink's Retry-After, 0 if none
+	body       string        // an excerpt of the answer of a refusal
+}
+
+// Deliverer pushes every event of the journal that its filter selects to a
+// CloudEvents sink, one at a time in offset order, at least once: the next
+// event goes only after the sink acknowledged the previous one.
+type Deliverer struct {
+	cfg      SinkConfig
+	journal  *Journal
+	status   *SinkStatus
+	log      *slog.Logger
+	protocol *cehttp.Protocol
+	// resume is the checkpoint read at start, zero without one.
+	resume checkpoint
+	// backoffMin and backoffMax bound retry pauses; grace is what the
+	// request in flight at shutdown may still take.
+	backoffMin, backoffMax time.Duration
+	grace                  time.Duration
+
+	// next is the first offset to deliver, -1 for the first event held.
+	// It and the fields below are owned by Run's goroutine.
+	next    int64
+	done    Record    // the last record done with, if doneOK
+	doneOK  bool      // something was done with since the start
+	saved   int64     // the offset of the checkpoint last written
+	savedAt time.Time // when it was written
+}
+
+// newDeliverer returns the deliverer for cfg, or nil without a sink. With
+// a checkpoint file, delivery resumes after the offset it holds.
+func newDeliverer(cfg SinkConfig, journal *Journal, log *slog.Logger) (*Deliverer, error) {
+	if cfg.URL == nil {
+		return nil, nil
+	}
+	// A transport of its own, so that the connection to the sink is kept
+	// alive between events whatever else uses the default one.
+	transport := http.DefaultTransport.(*http.Transport).Clone()
+	transport.MaxIdleConnsPerHost = 4
+	p, err := cehttp.New(cehttp.WithTarget(cfg.URL.String()), cehttp.WithClient(http.Client{Transport: transport}))
+	if err != nil {
+		return nil, &configError{envSink, err.Error()}
+	}
+	d := &Deliverer{
+		cfg: cfg, journal: journal, log: log.With("sink", cfg.URL.Redacted()), protocol: p,
+		status: newSinkStatus(), next: -1, saved: -1,
+		backoffMin: sinkBackoffMin, backoffMax: sinkBackoffMax, grace: sinkShutdownGrace,
+	}
+	if cfg.CheckpointFile != "" {
+		cp, ok, err := loadCheckpoint(cfg.CheckpointFile)
+		if err != nil {
+			return nil, &configError{envSinkCheckpointFile, err.Error()}
+		}
+		if ok {
+			d.next, d.saved, d.resume = cp.Offset+1, cp.Offset, cp
+		}
+	}
+	return d, nil
+}
+
+// Status returns what the deliverer reports to /readyz and /metrics.
+func (d *Deliverer) Status() *SinkStatus {
+	if d == nil {
+		return nil
+	}
+	return d.status
+}
+
+// ResumeTime is the creation time of the event in the checkpoint, or the
+// zero time without one: the collector must read from there on.
+func (d *Deliverer) ResumeTime() time.Time {
+	if d == nil {
+		return time.Time{}
+	}
+	return d.resume.Time
+}
+
+// Run delivers until ctx is done. A request in flight then gets up to
+// the shutdown grace to finish before it is cancelled; the checkpoint is
+// written after the last acknowledgement.
+func (d *Deliverer) Run(ctx context.Context) {
+	requests, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRequests()
+	stopGrace := context.AfterFunc(ctx, func() {
+		t := time.NewTimer(d.grace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancelRequests()
+		case <-requests.Done():
+		}
+	})
+	defer stopGrace()
+
+	d.log.Info("delivering events to the sink", "from", d.next, "structured", d.cfg.Structured, "filter", !d.cfg.Filter.all())
+	batch := make([]Record, 0, sinkReadBatch)
+	for ctx.Err() == nil {
+		if !d.wait(ctx) {
+			break
+		}
+		var err error
+		if batch, err = d.journal.ReadNext(d.next, sinkReadBatch, batch[:0]); errors.Is(err, ErrPurged) {
+			d.lose()
+			continue
+		}
+		for _, rec := range batch {
+			if d.cfg.Filter.match(rec) && !d.deliver(ctx, requests, rec) {
+				break
+			}
+			d.markDone(rec)
+			d.checkpoint(false)
+		}
+	}
+	d.checkpoint(true)
+	d.status.setState(sinkStateStopped)
+	d.log.Info("stopped delivering events to the sink", "next", d.next)
+}
+
+// wait blocks until the journal holds the next offset; it reports false
+// when ctx is done. A checkpoint not yet written is written once it is due,
+// so that an idle deliverer keeps it at most a second old.
+func (d *Deliverer) wait(ctx context.Context) bool {
+	for {
+		if _, latest, ok := d.journal.Range(); ok && latest >= d.next {
+			return true
+		}
+		d.status.setState(sinkStateIdle)
+		d.log.Debug("sink caught up", "next", d.next)
+		waitCtx, cancel := ctx, context.CancelFunc(func() {})
+		if d.dirty() {
+			waitCtx, cancel = context.WithDeadline(ctx, d.savedAt.Add(sinkCheckpointInterval))
+		}
+		err := d.journal.Wait(waitCtx, d.next)
+		cancel()
+		switch {
+		case err == nil:
+			return true
+		case ctx.Err() != nil:
+			return false
+		default: // the checkpoint is due
+			d.checkpoint(true)
+		}
+	}
+}
+
+// lose moves past events purged before they could be delivered: the sink
+// is more than the journal behind. It never stops delivery for good.
+func (d *Deliverer) lose() {
+	earliest, latest, ok := d.journal.Range()
+	if !ok || earliest <= d.next {
+		return
+	}
+	lost := earliest - d.next
+	d.status.lost.Add(lost)
+	d.log.Error("events purged before delivery to the sink: lost",
+		"from", d.next, "to", earliest-1, "lost", lost, "earliest", earliest, "latest", latest)
+	d.next = earliest
+}
+
+// markDone records that the deliverer is done with rec.
+func (d *Deliverer) markDone(rec Record) {
+	d.done, d.doneOK = rec, true
+	d.next = rec.Offset + 1
+	d.status.done.Store(rec.Offset)
+}
+
+// dirty reports whether the checkpoint file is behind what is done.
+func (d *Deliverer) dirty() bool {
+	return d.cfg.CheckpointFile != "" && d.doneOK && d.done.Offset != d.saved
+}
+
+// checkpoint writes the checkpoint if there is one to write and, unless
+// now is set, the last was written over a second ago.
+func (d *Deliverer) checkpoint(now bool) {
+	if !d.dirty() || (!now && time.Since(d.savedAt) < sinkCheckpointInterval) {
+		return
+	}
+	cp := checkpoint{Offset: d.done.Offset, Time: recordTime(d.done)}
+	// A failed write is tried again a second later, not at once.
+	d.savedAt = time.Now()
+	if err := saveCheckpoint(d.cfg.CheckpointFile, cp); err != nil {
+		d.status.setError(err)
+		d.log.Error("cannot write the sink checkpoint", "error", err)
+		return
+	}
+	d.saved = cp.Offset
+	d.log.Debug("sink checkpoint written", "offset", cp.Offset, "time", cp.Time)
+}
+
+// recordTime returns the time attribute of a record.
+func recordTime(r Record) time.Time {
+	var ce struct {
+		Time time.Time `json:"time"`
+	}
+	_ = json.Unmarshal(r.Data, &ce)
+	return ce.Time
+}
+
+// deliver sends rec until the sink acknowledges it or refuses it for good
+// (true), or ctx is done first (false). The mode loop below is the one
+// place that decides what comes after each attempt.
+func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) bool {
+	msg, err := d.message(rec)
+	if err != nil {
+		// Not to happen: the journal holds only what was encoded at ingest.
+		d.status.rejected.Add(1)
+		d.status.setError(err)
+		d.log.Error("cannot deliver an event: skipped", "key", rec.Offset, "error", err)
+		return true
+	}
+	mode, attempt := modeDeliver, 0
+	var res attemptResult
+	for {
+		switch mode {
+		case modeDeliver:
+			if ctx.Err() != nil {
+				mode = modeStop
+				continue
+			}
+			attempt++
+			d.status.setState(sinkStateDelivering)
+			res = d.attempt(requests, rec.Offset, msg, attempt)
+			mode = decide(ctx, res)
+		case modeBackoff:
+			d.status.retries.Add(1)
+			d.status.setState(sinkStateRetrying)
+			// A retry may take long: keep the checkpoint current meanwhile.
+			d.checkpoint(true)
+			wait := max(backoff(attempt, d.backoffMin, d.backoffMax), min(res.retryAfter, d.backoffMax))
+			d.log.Warn("sink did not take the event; retrying", "key", rec.Offset, "attempt", attempt,
+				"status", res.status, "error", res.err, "backoff", wait.String())
+			if !sleep(ctx, wait) {
+				mode = modeStop
+				continue
+			}
+			mode = modeDeliver
+		case modeSkip:
+			d.status.rejected.Add(1)
+			d.log.Error("sink rejected the event: skipped", "key", rec.Offset, "status", res.status, "body", res.body)
+			return true
+		case modeAcked:
+			d.status.delivered.Add(1)
+			d.status.lastDelivered.Store(rec.Offset)
+			return true
+		case modeStop:
+			return false
+		}
+	}
+}
+
+// decide is what comes after an attempt: acknowledged, retried (network
+// errors, timeouts, 408, 429, 5xx), or skipped (any other answer). A
+// failure during shutdown stops instead: the event goes after the restart.
+func decide(ctx context.Context, res attemptResult) sinkMode {
+	switch {
+	case res.err == nil:
+		return modeAcked
+	case ctx.Err() != nil:
+		return modeStop
+	case errors.Is(res.err, ErrSinkRejected):
+		return modeSkip
+	}
+	return modeBackoff
+}
+
+// sinkMessage is an event ready to send, made once however many attempts
+// it takes.
+type sinkMessage struct {
+	event      *cloudevents.Event // binary mode
+	structured []byte             // structured mode: the whole event
+}
+
+// message prepares rec for the sink: the journal's event with the
+// overrides' extensions. Structured mode without overrides sends the
+// record's bytes as they are.
+func (d *Deliverer) message(rec Record) (sinkMessage, error) {
+	if d.cfg.Structured && len(d.cfg.Extensions) == 0 {
+		return sinkMessage{structured: rec.Data}, nil
+	}
+	ev := cloudevents.New()
+	if err := json.Unmarshal(rec.Data, &ev); err != nil {
+		return sinkMessage{}, fmt.Errorf("decode event %d: %w", rec.Offset, err)
+	}
+	for name, value := range d.cfg.Extensions {
+		ev.SetExtension(name, value)
+	}
+	if !d.cfg.Structured {
+		return sinkMessage{event: &ev}, nil
+	}
+	b, err := json.Marshal(ev)
+	if err != nil {
+		return sinkMessage{}, fmt.Errorf("encode event %d: %w", rec.Offset, err)
+	}
+	return sinkMessage{structured: b}, nil
+}
+
+// attempt sends msg once with the SDK's HTTP protocol and reads the answer.
+func (d *Deliverer) attempt(requests context.Context, key int64, msg sinkMessage, attempt int) attemptResult {
+	ctx, cancel := context.WithTimeout(requests, d.cfg.Timeout)
+	defer cancel()
+	var m binding.Message
+	if msg.structured != nil {
+		m = rawStructuredMessage(msg.structured)
+	} else {
+		m = binding.ToMessage(msg.event)
+		ctx = binding.WithForceBinary(ctx)
+	}
+	start := time.Now()
+	answer, err := d.protocol.Request(ctx, m)
+	elapsed := time.Since(start)
+	d.status.observe(elapsed)
+
+	res := attemptResult{}
+	var httpResult *cehttp.Result
+	switch {
+	case protocol.ResultAs(err, &httpResult):
+		res.status = httpResult.StatusCode
+	case err != nil:
+		res.err = fmt.Errorf("%w: %w", ErrSinkUnavailable, err)
+	}
+	if answer != nil {
+		if hm, ok := answer.(*cehttp.Message); ok && res.status != 0 {
+			res.retryAfter = parseRetryAfter(hm.Header.Get("Retry-After"), time.Now())
+			res.body = drainAnswer(hm.BodyReader, res.status)
+		}
+		_ = answer.Finish(nil)
+	}
+	switch s := res.status; {
+	case s == 0:
+	case s >= 200 && s < 300:
+	case s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || s >= 500:
+		res.err = fmt.Errorf("%w: status %d", ErrSinkUnavailable, s)
+	default:
+		res.err = fmt.Errorf("%w: status %d", ErrSinkRejected, s)
+	}
+	if res.err != nil {
+		d.status.setError(fmt.Errorf("event %d: %w", key, res.err))
+	}
+	d.log.Debug("sink attempt", "key", key, "attempt", attempt, "status", res.status,
+		"duration", elapsed.String(), "error", res.err)
+	return res
+}
+
+// drainAnswer reads the answer's body, so that its connection is kept for
+// the next request, and returns an excerpt of it unless it is a 2xx.
+func drainAnswer(body io.ReadCloser, status int) string {
+	if body == nil {
+		return ""
+	}
+	excerpt := make([]byte, sinkBodyExcerpt)
+	n, _ := io.ReadFull(body, excerpt)
+	_, _ = io.Copy(io.Discard, io.LimitReader(body, sinkDrainLimit))
+	if status >= 200 && status < 300 {
+		return ""
+	}
+	return string(bytes.ToValidUTF8(excerpt[:n], []byte("?")))
+}
+
+// parseRetryAfter reads a Retry-After header: seconds, or an HTTP date.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	if s, err := strconv.ParseInt(v, 10, 64); err == nil {
+		if s <= 0 {
+			return 0
+		}
+		return time.Duration(min(s, int64(time.Hour/time.Second))) * time.Second
+	}
+	if t, err := http.ParseTime(v); err == nil && t.After(now) {
+		return t.Sub(now)
+	}
+	return 0
+}
+
+// rawStructuredMessage is an event already encoded as structured JSON,
+// written to the request as it is: no decoding or encoding per attempt.
+type rawStructuredMessage []byte
+
+func (m rawStructuredMessage) ReadEncoding() binding.Encoding { return binding.EncodingStructured }
+
+func (m rawStructuredMessage) ReadStructured(ctx context.Context, w binding.StructuredWriter) error {
+	return w.SetStructuredEvent(ctx, format.JSON, bytes.NewReader(m))
+}
+
+func (m rawStructuredMessage) ReadBinary(context.Context, binding.BinaryWriter) error {
+	return binding.ErrNotBinary
+}
+
+func (m rawStructuredMessage) Finish(error) error { return nil }
+
+// SinkStatus is what the deliverer reports about itself to /readyz and
+// /metrics. Its methods are safe for concurrent use.
+type SinkStatus struct {
+	delivered, retries, rejected, lost atomic.Int64
+	// lastDelivered is the offset of the last event acknowledged, -1 before.
+	lastDelivered atomic.Int64
+	// done is the offset of the last event done with (acknowledged,
+	// refused, not selected or lost), -1 before.
+	done      atomic.Int64
+	mu        sync.Mutex
+	state     string
+	lastError string
+	errorAt   time.Time
+	durations histogram
+}
+
+func newSinkStatus() *SinkStatus {
+	s := &SinkStatus{state: sinkStateStarting, durations: newHistogram(sinkDurationBuckets)}
+	s.lastDelivered.Store(-1)
+	s.done.Store(-1)
+	return s
+}
+
+func (s *SinkStatus) setState(state string) {
+	s.mu.Lock()
+	s.state = state
+	s.mu.Unlock()
+}
+
+func (s *SinkStatus) setError(err error) {
+	s.mu.Lock()
+	s.lastError, s.errorAt = err.Error(), time.Now().UTC()
+	s.mu.Unlock()
+}
+
+func (s *SinkStatus) observe(d time.Duration) {
+	s.mu.Lock()
+	s.durations.observe(d.Seconds())
+	s.mu.Unlock()
+}
+
+// sinkReady is the sink's part of the /readyz body.
+type sinkReady struct {
+	State string `json:"state"`
+	// LastDeliveredOffset is the last offset acknowledged; null before.
+	LastDeliveredOffset *int64     `json:"lastDeliveredOffset"`
+	LastError           *string    `json:"lastError"`
+	LastErrorTime       *time.Time `json:"lastErrorTime"`
+}
+
+// ready returns the sink's part of the /readyz body.
+func (s *SinkStatus) ready() *sinkReady {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r := &sinkReady{State: s.state}
+	if n := s.lastDelivered.Load(); n >= 0 {
+		r.LastDeliveredOffset = &n
+	}
+	if s.lastError != "" {
+		msg, at := s.lastError, s.errorAt
+		r.LastError, r.LastErrorTime = &msg, &at
+	}
+	return r
+}
+
+// writeMetrics writes the sink's metrics in the text exposition format.
+func (s *SinkStatus) writeMetrics(w io.Writer, j *Journal) {
+	metric := func(name, kind, help string, value float64) {
+		fmt.Fprintf(w, "# HELP %s%s %s\n# TYPE %s%s %s\n%s%s %s\n",
+			metricPrefix, name, help, metricPrefix, name, kind, metricPrefix, name, formatValue(value))
+	}
+	metric("sink_delivered_total", "counter", "Events the sink acknowledged.", float64(s.delivered.Load()))
+	metric("sink_retries_total", "counter", "Delivery attempts that failed and were retried (network errors, timeouts, 408, 429, 5xx).", float64(s.retries.Load()))
+	metric("sink_rejected_total", "counter", "Events the sink refused for good (4xx other than 408 and 429) and that were skipped.", float64(s.rejected.Load()))
+	metric("sink_lost_total", "counter", "Offsets purged from the journal before they could be delivered.", float64(s.lost.Load()))
+	if n := s.lastDelivered.Load(); n >= 0 {
+		metric("sink_last_delivered_offset", "gauge", "Offset of the last event the sink acknowledged.", float64(n))
+	}
+	if _, latest, ok := j.Range(); ok {
+		// Measured from the last offset done with, so that events the
+		// filter leaves out do not count as lag.
+		lag := latest - s.done.Load()
+		if s.done.Load() < 0 {
+			earliest, _, _ := j.Range()
+			lag = latest - earliest + 1
+		}
+		metric("sink_lag_events", "gauge", "Latest offset held minus the last offset delivered (or skipped).", float64(max(lag, 0)))
+	}
+	s.mu.Lock()
+	h := s.durations.clone()
+	s.mu.Unlock()
+	h.write(w, metricPrefix+"sink_request_duration_seconds", "Duration of delivery requests to the sink, answered or not.")
+}
+
+// sinkDurationBuckets are the upper bounds of the request duration
+// histogram, in seconds.
+var sinkDurationBuckets = []float64{0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10}
+
+// histogram is a Prometheus histogram; its owner serializes access.
+type histogram struct {
+	bounds []float64
+	counts []uint64 // per bucket, not cumulative; the last is +Inf
+	sum    float64
+	count  uint64
+}
+
+func newHistogram(bounds []float64) histogram {
+	return histogram{bounds: bounds, counts: make([]uint64, len(bounds)+1)}
+}
+
+func (h *histogram) observe(v float64) {
+	i := 0
+	for i < len(h.bounds) && v > h.bounds[i] {
+		i++
+	}
+	h.counts[i]++
+	h.sum += v
+	h.count++
+}
+
+func (h histogram) clone() histogram {
+	h.counts = append([]uint64(nil), h.counts...)
+	return h
+}
+
+func (h histogram) write(w io.Writer, name, help string) {
+	fmt.Fprintf(w, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name)
+	var cumulative uint64
+	for i, b := range h.bounds {
+		cumulative += h.counts[i]
+		fmt.Fprintf(w, "%s_bucket{le=\"%s\"} %d\n", name, formatValue(b), cumulative)
+	}
+	fmt.Fprintf(w, "%s_bucket{le=\"+Inf\"} %d\n%s_sum %s\n%s_count %d\n", name, h.count, name, formatValue(h.sum), name, h.count)
+}

@@ -1,0 +1,897 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/cloudevents/sdk-go/v2/client"
+	cloudevents "github.com/cloudevents/sdk-go/v2/event"
+	"github.com/cloudevents/sdk-go/v2/protocol"
+	cehttp "github.com/cloudevents/sdk-go/v2/protocol/http"
+	"github.com/vmware/govmomi/vim25/types"
+)
+
+// misbehaviour is how the test sink answers one request.
+type misbehaviour int
+
+const (
+	behave         misbehaviour = iota // hand the event to the SDK's receiver
+	answer503                          // 503 Service Unavailable
+	answer429                          // 429 Too Many Requests, Retry-After: 1
+	hang                               // no answer until the client gives up
+	resetConn                          // close the connection with a TCP reset
+	holdThenBehave                     // report on holding, wait for release, then behave
+)
+
+// sinkRequest is one request the test sink got.
+type sinkRequest struct {
+	id          string
+	contentType string
+	body        []byte
+	at          time.Time
+	answer      misbehaviour
+}
+
+// testSink is a CloudEvents sink on loopback: the SDK's HTTP receiver,
+// behind a middleware that misbehaves as the test's plan says.
+type testSink struct {
+	URL string
+
+	mu       sync.Mutex
+	requests []sinkRequest
+	acked    []cloudevents.Event // events answered 2xx, in the order answered
+	// plan returns how to answer the nth request (from 1), for event id.
+	plan func(n int, id string) misbehaviour
+	// reject returns whether to answer the event with 400.
+	reject  func(ev cloudevents.Event) bool
+	changed chan struct{}
+	// A request planned holdThenBehave sends its id to holding, then
+	// waits until release is closed.
+	holding chan string
+	release chan struct{}
+}
+
+// startTestSink serves a sink on addr ("127.0.0.1:0" for any port) until
+// the test ends.
+func startTestSink(t testing.TB, addr string, plan func(int, string) misbehaviour, reject func(cloudevents.Event) bool) *testSink {
+	t.Helper()
+	s := &testSink{plan: plan, reject: reject, changed: make(chan struct{}), holding: make(chan string, 16), release: make(chan struct{})}
+	if s.plan == nil {
+		s.plan = func(int, string) misbehaviour { return behave }
+	}
+	if s.reject == nil {
+		s.reject = func(cloudevents.Event) bool { return false }
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.URL = "http://" + ln.Addr().String() + "/"
+	p, err := cehttp.New(cehttp.WithListener(ln), cehttp.WithMiddleware(s.misbehave))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := client.New(p, client.WithBlockingCallback())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := c.StartReceiver(ctx, s.receive); err != nil {
+			t.Errorf("sink receiver: %v", err)
+		}
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return s
+}
+
+// receive is the SDK receiver's callback: it answers before the client
+// sees the answer, so the order of acked is the order of acknowledgements.
+func (s *testSink) receive(ctx context.Context, ev cloudevents.Event) protocol.Result {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	defer s.notify()
+	if s.reject(ev) {
+		return cehttp.NewResult(http.StatusBadRequest, "test sink refuses event %s", ev.ID())
+	}
+	s.acked = append(s.acked, ev)
+	return nil
+}
+
+func (s *testSink) notify() {
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+// misbehave is the middleware in front of the SDK's handler.
+func (s *testSink) misbehave(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, _ := io.ReadAll(r.Body)
+		r.Body = io.NopCloser(bytes.NewReader(body))
+		id := r.Header.Get("Ce-Id")
+		if id == "" {
+			var structured struct{ ID string }
+			_ = json.Unmarshal(body, &structured)
+			id = structured.ID
+		}
+		s.mu.Lock()
+		n := len(s.requests) + 1
+		answer := s.plan(n, id)
+		s.requests = append(s.requests, sinkRequest{id: id, contentType: r.Header.Get("Content-Type"), body: body, at: time.Now(), answer: answer})
+		s.notify()
+		s.mu.Unlock()
+		switch answer {
+		case answer503:
+			http.Error(w, "not now", http.StatusServiceUnavailable)
+		case answer429:
+			w.Header().Set("Retry-After", "1")
+			http.Error(w, "slow down", http.StatusTooManyRequests)
+		case hang:
+			<-r.Context().Done()
+		case holdThenBehave:
+			s.holding <- id
+			select {
+			case <-s.release:
+				next.ServeHTTP(w, r)
+			case <-r.Context().Done():
+			}
+		case resetConn:
+			conn, _, err := http.NewResponseController(w).Hijack()
+			if err != nil {
+				panic(err)
+			}
+			if tcp, ok := conn.(*net.TCPConn); ok {
+				_ = tcp.SetLinger(0) // close with RST, not FIN
+			}
+			_ = conn.Close()
+		default:
+			next.ServeHTTP(w, r)
+		}
+	})
+}
+
+// waitFor waits until cond, called with the sink locked, holds.
+func (s *testSink) waitFor(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	for {
+		s.mu.Lock()
+		ok, changed := cond(), s.changed
+		s.mu.Unlock()
+		if ok {
+			return
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			t.Fatalf("test sink: no %s within %v", what, waitTimeout)
+		}
+	}
+}
+
+// waitAcked waits until the sink has acknowledged key.
+func (s *testSink) waitAcked(t testing.TB, key int64) {
+	t.Helper()
+	id := strconv.FormatInt(key, 10)
+	s.waitFor(t, "acknowledgement of "+id, func() bool {
+		return slices.ContainsFunc(s.acked, func(ev cloudevents.Event) bool { return ev.ID() == id })
+	})
+}
+
+// ackedKeys returns the keys acknowledged, in order, repeats included.
+func (s *testSink) ackedKeys(t testing.TB) []int64 {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]int64, len(s.acked))
+	for i, ev := range s.acked {
+		k, err := strconv.ParseInt(ev.ID(), 10, 64)
+		if err != nil {
+			t.Fatalf("event id %q", ev.ID())
+		}
+		keys[i] = k
+	}
+	return keys
+}
+
+// heldEvents returns the server's events from earliest on, as the API
+// serves them, by id.
+func heldEvents(t *testing.T, srv *testServer) ([]string, map[string]json.RawMessage) {
+	t.Helper()
+	earliest, _ := serverRange(t, srv)
+	body := mustGet(t, fmt.Sprintf("%s/api/v1/events?offset=%d&limit=1000", srv.URL, earliest))
+	var raw []json.RawMessage
+	if err := json.Unmarshal(body, &raw); err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	byID := map[string]json.RawMessage{}
+	for _, r := range raw {
+		var e struct{ ID string }
+		if err := json.Unmarshal(r, &e); err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, e.ID)
+		byID[e.ID] = r
+	}
+	return ids, byID
+}
+
+// waitCaughtUp waits until the server's deliverer is done with key and
+// idle: its status and metrics are then final.
+func waitCaughtUp(t testing.TB, srv *testServer, key int64) {
+	t.Helper()
+	waitLogWhere(t, srv.logs, srv.stopped, "sink caught up", func(rec map[string]any) bool { return rec["next"] == float64(key+1) })
+}
+
+// waitLogWhere waits for a log line with message msg that match accepts.
+func waitLogWhere(t testing.TB, l *logRecorder, stopped <-chan struct{}, msg string, match func(map[string]any) bool) {
+	t.Helper()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	for {
+		l.mu.Lock()
+		found := slices.ContainsFunc(l.lines, func(rec map[string]any) bool { return rec["msg"] == msg && match(rec) })
+		changed := l.changed
+		l.mu.Unlock()
+		if found {
+			return
+		}
+		select {
+		case <-changed:
+		case <-stopped:
+			t.Fatalf("stopped before logging a matching %q; log:\n%s", msg, l)
+		case <-deadline.C:
+			t.Fatalf("no matching log line %q within %v; log:\n%s", msg, waitTimeout, l)
+		}
+	}
+}
+
+// firstOccurrences returns keys without repeats, in the order first seen.
+func firstOccurrences(keys []int64) []int64 {
+	seen := map[int64]bool{}
+	var out []int64
+	for _, k := range keys {
+		if !seen[k] {
+			seen[k] = true
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
+func serverMetrics(t *testing.T, srv *testServer) map[string]float64 {
+	t.Helper()
+	return parseMetrics(t, string(mustGet(t, srv.URL+"/metrics")))
+}
+
+// TestSinkMisbehavingReceiver: a sink that refuses connections at first,
+// then answers 503, 429 with Retry-After, nothing until the timeout, resets
+// a connection and rejects one event with 400: every event held is still
+// acknowledged, first acknowledgements in offset order, with the
+// overrides and the API's data; the 400 event is skipped and counted.
+func TestSinkMisbehavingReceiver(t *testing.T) {
+	t.Parallel()
+	// An address that refuses connections until the sink starts on it.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close()
+
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	srv := startServer(t, sim, map[string]string{
+		envSink:        "http://" + addr + "/",
+		envCEOverrides: `{"extensions":{"cluster":"test","team":"vmware"}}`,
+		envSinkTimeout: "300ms",
+	})
+	refused := srv.logs.wait(t, "sink did not take the event; retrying", srv.stopped)
+	if msg, _ := refused["error"].(string); !strings.Contains(msg, "refused") {
+		t.Errorf("first failure %q, want connection refused", msg)
+	}
+
+	var rejectedID string // guarded by the sink's lock
+	distinct := map[string]bool{}
+	sink := startTestSink(t, addr, func(n int, id string) misbehaviour {
+		switch n {
+		case 1, 2:
+			return answer503
+		case 3:
+			return answer429
+		case 5:
+			return hang
+		case 7:
+			return resetConn
+		}
+		return behave
+	}, func(ev cloudevents.Event) bool {
+		distinct[ev.ID()] = true
+		if rejectedID == "" && len(distinct) == 3 {
+			rejectedID = ev.ID()
+		}
+		return ev.ID() == rejectedID
+	})
+	vc.postEvents(t, 5)
+	latest := vc.latestKey(t)
+	sink.waitAcked(t, latest)
+	waitCaughtUp(t, srv, latest)
+
+	ids, byID := heldEvents(t, srv)
+	sink.mu.Lock()
+	rejected := rejectedID
+	sink.mu.Unlock()
+	acked := sink.ackedKeys(t)
+	first := firstOccurrences(acked)
+	if !slices.IsSorted(first) {
+		t.Errorf("first acknowledgements not in offset order: %v", first)
+	}
+	ackedSet := map[string]bool{}
+	for _, k := range acked {
+		ackedSet[strconv.FormatInt(k, 10)] = true
+	}
+	for _, id := range ids {
+		if id == rejected {
+			if ackedSet[id] {
+				t.Errorf("rejected event %s was acknowledged", id)
+			}
+			continue
+		}
+		if !ackedSet[id] {
+			t.Errorf("held event %s was never acknowledged", id)
+		}
+	}
+
+	sink.mu.Lock()
+	for _, ev := range sink.acked {
+		if ev.Extensions()["cluster"] != "test" || ev.Extensions()["team"] != "vmware" {
+			t.Errorf("event %s lacks the overrides: %v", ev.ID(), ev.Extensions())
+		}
+		api, ok := byID[ev.ID()]
+		if !ok {
+			continue // acknowledged, then purged: not here
+		}
+		var want struct {
+			Type, Source string
+			Time         time.Time
+			EventClass   string
+			Data         json.RawMessage
+		}
+		if err := json.Unmarshal(api, &want); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(ev.Data(), want.Data) {
+			t.Errorf("event %s: data differs from the API's:\n%s\n%s", ev.ID(), ev.Data(), want.Data)
+		}
+		if ev.Type() != want.Type || ev.Source() != want.Source || !ev.Time().Equal(want.Time) || ev.Extensions()[extEventClass] != want.EventClass {
+			t.Errorf("event %s: attributes differ from the API's: %v", ev.ID(), ev)
+		}
+	}
+	// The 400 was tried once; the 429's retry waited for Retry-After; the
+	// request left hanging and the reset one were sent again.
+	var rejectedTries int
+	for i, r := range sink.requests {
+		if r.id == rejected && r.answer == behave {
+			rejectedTries++
+		}
+		if r.answer == answer429 || r.answer == hang || r.answer == resetConn || r.answer == answer503 {
+			if i+1 >= len(sink.requests) || sink.requests[i+1].id != r.id {
+				t.Errorf("request %d (answer %d) for %s was not retried next", i+1, r.answer, r.id)
+			} else if r.answer == answer429 && sink.requests[i+1].at.Sub(r.at) < time.Second {
+				t.Errorf("retry after a 429 with Retry-After: 1 came %v later", sink.requests[i+1].at.Sub(r.at))
+			}
+		}
+		if r.contentType != "application/json" {
+			t.Errorf("binary mode request with Content-Type %q", r.contentType)
+		}
+	}
+	sink.mu.Unlock()
+	if rejectedTries != 1 {
+		t.Errorf("rejected event %s answered 400 %d times, want 1 (no retry)", rejected, rejectedTries)
+	}
+	srv.logs.wait(t, "sink rejected the event: skipped", srv.stopped)
+	// Every attempt is logged at debug level, those refused at connect too.
+	sink.mu.Lock()
+	requests := len(sink.requests)
+	sink.mu.Unlock()
+	srv.logs.waitN(t, "sink attempt", requests+1, srv.stopped)
+
+	m := serverMetrics(t, srv)
+	p := metricPrefix
+	for name, want := range map[string]float64{
+		p + "sink_rejected_total":        1,
+		p + "sink_lost_total":            0,
+		p + "sink_last_delivered_offset": float64(latest),
+		p + "sink_lag_events":            0,
+	} {
+		if got, ok := m[name]; !ok || got != want {
+			t.Errorf("%s = %v (present %v), want %v", name, got, ok, want)
+		}
+	}
+	if got := m[p+"sink_delivered_total"]; got < float64(len(first)) || got > float64(len(acked)) {
+		t.Errorf("sink_delivered_total = %v, want %d (or up to %d with repeats)", got, len(first), len(acked))
+	}
+	// Refused connections (at least one), 2 x 503, 429, timeout, reset.
+	if got := m[p+"sink_retries_total"]; got < 6 {
+		t.Errorf("sink_retries_total = %v, want at least 6", got)
+	}
+	if got := m[p+`sink_request_duration_seconds_bucket{le="+Inf"}`]; got < float64(len(acked)+7) {
+		t.Errorf("request duration histogram counts %v requests, want at least %d", got, len(acked)+7)
+	}
+
+	var ready struct {
+		Sink *sinkReady `json:"sink"`
+	}
+	if err := json.Unmarshal(mustGet(t, srv.URL+"/readyz"), &ready); err != nil {
+		t.Fatal(err)
+	}
+	if ready.Sink == nil || ready.Sink.State != sinkStateIdle || ready.Sink.LastError == nil || ready.Sink.LastErrorTime == nil ||
+		ready.Sink.LastDeliveredOffset == nil || *ready.Sink.LastDeliveredOffset != latest {
+		t.Errorf("/readyz sink = %+v, want idle, last delivered %d, with the last error", ready.Sink, latest)
+	} else if !strings.Contains(*ready.Sink.LastError, "400") {
+		t.Errorf("/readyz sink last error %q, want the 400", *ready.Sink.LastError)
+	}
+}
+
+// TestSinkRestartResumes: after a graceful restart with a checkpoint,
+// delivery resumes right after the last event acknowledged: the events
+// logged while the server was down are delivered, and nothing is sent
+// twice. The second start replays nothing of vCenter's past by itself
+// (VCENTER_STREAM_BEGIN=0s): the checkpoint's time makes the collector
+// reach back.
+func TestSinkRestartResumes(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
+	cpFile := filepath.Join(t.TempDir(), "sink.checkpoint")
+	env := map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile}
+
+	first := startServer(t, sim, env)
+	vc.postEvents(t, 3)
+	before := vc.latestKey(t)
+	sink.waitAcked(t, before)
+	// Written within a second while running, not only at shutdown: a
+	// crash now would send nothing again.
+	waitLogWhere(t, first.logs, first.stopped, "sink checkpoint written", func(rec map[string]any) bool { return rec["offset"] == float64(before) })
+	first.shutdown(t)
+	cp, ok, err := loadCheckpoint(cpFile)
+	if err != nil || !ok || cp.Offset != before {
+		t.Fatalf("checkpoint after shutdown = %+v %v %v, want offset %d", cp, ok, err, before)
+	}
+
+	vc.postEvents(t, 4) // while no server runs
+	env[envStreamBegin] = "0s"
+	second := startServer(t, sim, env)
+	vc.postEvents(t, 2)
+	latest := vc.latestKey(t)
+	sink.waitAcked(t, latest)
+	second.logs.wait(t, "delivering events to the sink", second.stopped)
+
+	acked := sink.ackedKeys(t)
+	if !slices.IsSorted(acked) || len(firstOccurrences(acked)) != len(acked) {
+		t.Fatalf("acknowledged keys repeat or are out of order: %v", acked)
+	}
+	for k := before + 1; k <= latest; k++ {
+		if !slices.Contains(acked, k) {
+			t.Errorf("event %d (after the checkpoint %d) never delivered; acknowledged %v", k, before, acked)
+		}
+	}
+	if m := serverMetrics(t, second); m[metricPrefix+"sink_lost_total"] != 0 {
+		t.Errorf("sink_lost_total = %v after a restart, want 0", m[metricPrefix+"sink_lost_total"])
+	}
+}
+
+// TestSinkLostEvents: a sink so slow that the journal purges its next
+// events: the loss is logged with its range and counted, and delivery
+// goes on from the earliest event held.
+func TestSinkLostEvents(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	var held sync.Once
+	sink := startTestSink(t, "127.0.0.1:0", func(int, string) misbehaviour {
+		answer := behave
+		held.Do(func() { answer = holdThenBehave })
+		return answer
+	}, nil)
+	srv := startServer(t, sim, map[string]string{envSink: sink.URL, envMaxSegmentSize: "5"})
+	<-sink.holding
+	vc.postEvents(t, 30)
+	latest := vc.latestKey(t)
+	waitForKey(t, srv, latest)
+	close(sink.release)
+	sink.waitAcked(t, latest)
+
+	lost := srv.logs.wait(t, "events purged before delivery to the sink: lost", srv.stopped)
+	from, to, n := lost["from"].(float64), lost["to"].(float64), lost["lost"].(float64)
+	if n <= 0 || to-from+1 != n {
+		t.Errorf("lost log line from %v to %v lost %v", from, to, n)
+	}
+	acked := sink.ackedKeys(t)
+	if !slices.IsSorted(acked) {
+		t.Errorf("acknowledged out of order: %v", acked)
+	}
+	for _, k := range acked {
+		if float64(k) >= from && float64(k) <= to {
+			t.Errorf("lost event %d was delivered", k)
+		}
+	}
+	if m := serverMetrics(t, srv); m[metricPrefix+"sink_lost_total"] < n {
+		t.Errorf("sink_lost_total = %v, want at least %v", m[metricPrefix+"sink_lost_total"], n)
+	}
+}
+
+// TestSinkStructured: structured mode sends the journal's event as it is
+// (byte for byte what the API serves); with overrides, the event with them.
+func TestSinkStructured(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	plain := startTestSink(t, "127.0.0.1:0", nil, nil)
+	withOverrides := startTestSink(t, "127.0.0.1:0", nil, nil)
+	a := startServer(t, sim, map[string]string{envSink: plain.URL, envSinkMode: "structured", envSinkFilter: "eventclass=eventex"})
+	b := startServer(t, sim, map[string]string{envSink: withOverrides.URL, envSinkMode: "structured", envCEOverrides: `{"extensions":{"cluster":"x"}}`})
+	vc.postEvents(t, 3)
+	latest := vc.latestKey(t)
+	plain.waitAcked(t, latest)
+	withOverrides.waitAcked(t, latest)
+
+	_, byID := heldEvents(t, a)
+	plain.mu.Lock()
+	for _, r := range plain.requests {
+		if r.contentType != "application/cloudevents+json" {
+			t.Errorf("structured request with Content-Type %q", r.contentType)
+		}
+		if !bytes.Equal(r.body, byID[r.id]) {
+			t.Errorf("event %s: body differs from the API's:\n%s\n%s", r.id, r.body, byID[r.id])
+		}
+	}
+	for _, ev := range plain.acked {
+		if ev.Extensions()[extEventClass] != "eventex" {
+			t.Errorf("filter eventclass=eventex let event %s of class %v through", ev.ID(), ev.Extensions()[extEventClass])
+		}
+	}
+	if len(plain.acked) < 3 {
+		t.Errorf("%d events delivered, want the 3 EventEx posted at least", len(plain.acked))
+	}
+	plain.mu.Unlock()
+
+	_, byID = heldEvents(t, b)
+	withOverrides.mu.Lock()
+	defer withOverrides.mu.Unlock()
+	for _, ev := range withOverrides.acked {
+		if ev.Extensions()["cluster"] != "x" {
+			t.Errorf("event %s lacks the override", ev.ID())
+		}
+		var want struct{ Data json.RawMessage }
+		if err := json.Unmarshal(byID[ev.ID()], &want); err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(ev.Data(), want.Data) {
+			t.Errorf("event %s: data differs from the API's", ev.ID())
+		}
+	}
+	for _, r := range withOverrides.requests {
+		if r.contentType != "application/cloudevents+json" {
+			t.Errorf("structured request with Content-Type %q", r.contentType)
+		}
+	}
+}
+
+// TestSinkShutdown: at shutdown the request in flight may still finish
+// (and its acknowledgement is in the checkpoint); one that does not finish
+// within the grace is cancelled, and the server still exits within 5 s.
+func TestSinkShutdown(t *testing.T) {
+	t.Parallel()
+	t.Run("answered during shutdown", func(t *testing.T) {
+		t.Parallel()
+		sim := startTestSimulation(t)
+		vc := connectVCenter(t, sim)
+		var target string // guarded by the sink's lock
+		var held sync.Once
+		sink := startTestSink(t, "127.0.0.1:0", func(_ int, id string) misbehaviour {
+			answer := behave
+			if id == target {
+				held.Do(func() { answer = holdThenBehave })
+			}
+			return answer
+		}, nil)
+		cpFile := filepath.Join(t.TempDir(), "cp")
+		srv := startServer(t, sim, map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile})
+		before := vc.latestKey(t)
+		sink.waitAcked(t, before)
+		sink.mu.Lock()
+		target = strconv.FormatInt(before+1, 10)
+		sink.mu.Unlock()
+		vc.postEvents(t, 1)
+		if id := <-sink.holding; id != target {
+			t.Fatalf("held %s, want %s", id, target)
+		}
+		srv.stop()
+		srv.logs.wait(t, "shutting down", nil)
+		close(sink.release)
+		srv.shutdown(t)
+		cp, ok, err := loadCheckpoint(cpFile)
+		if err != nil || !ok || strconv.FormatInt(cp.Offset, 10) != target {
+			t.Errorf("checkpoint %+v %v %v, want offset %s (answered during shutdown)", cp, ok, err, target)
+		}
+	})
+	t.Run("never answered", func(t *testing.T) {
+		t.Parallel()
+		sim := startTestSimulation(t)
+		sink := startTestSink(t, "127.0.0.1:0", func(int, string) misbehaviour { return hang }, nil)
+		cpFile := filepath.Join(t.TempDir(), "cp")
+		srv := startServer(t, sim, map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile, envSinkTimeout: "1m"})
+		sink.waitFor(t, "request", func() bool { return len(sink.requests) > 0 })
+		start := time.Now()
+		srv.shutdown(t) // fails the test beyond 5 s
+		if d := time.Since(start); d < sinkShutdownGrace {
+			t.Errorf("shut down after %v: the request in flight did not get the grace of %v", d, sinkShutdownGrace)
+		}
+		if _, ok, err := loadCheckpoint(cpFile); ok || err != nil {
+			t.Errorf("checkpoint written (%v, %v) though nothing was acknowledged", ok, err)
+		}
+	})
+}
+
+func TestSinkConfigErrors(t *testing.T) {
+	t.Parallel()
+	missingDir := filepath.Join(t.TempDir(), "no", "such", "dir", "cp")
+	dirAsFile := t.TempDir()
+	for _, tc := range []struct {
+		variable, value string
+	}{
+		{envSink, "not a url"},
+		{envSink, "ftp://sink.example.com"},
+		{envSink, "http://"},
+		{envSink, "/just/a/path"},
+		{envCEOverrides, "{"},
+		{envCEOverrides, `{"extensions":{"a":1}}`},
+		{envCEOverrides, `{"ext":{"a":"b"}}`},
+		{envCEOverrides, `{"extensions":{"Bad-Name":"b"}}`},
+		{envCEOverrides, `{"extensions":{"id":"b"}}`},
+		{envCEOverrides, `{"extensions":{}} x`},
+		{envSinkMode, "batch"},
+		{envSinkFilter, "typ=VmPoweredOnEvent"},
+		{envSinkFilter, "eventclass=nope"},
+		{envSinkFilter, "type="},
+		{envSinkFilter, "type=%zz"},
+		{envSinkCheckpointFile, missingDir},
+		{envSinkCheckpointFile, dirAsFile},
+		{envSinkTimeout, "10"},
+		{envSinkTimeout, "0s"},
+		{envSinkTimeout, "-1s"},
+	} {
+		t.Run(tc.variable+"="+tc.value, func(t *testing.T) {
+			t.Parallel()
+			_, err := parseConfig(configEnv(map[string]string{tc.variable: tc.value}), false)
+			checkConfigError(t, err, tc.variable)
+		})
+	}
+	t.Run("valid", func(t *testing.T) {
+		cp := filepath.Join(t.TempDir(), "cp")
+		cfg, err := parseConfig(configEnv(map[string]string{
+			envSink: "http://broker-ingress.knative-eventing.svc.cluster.local/ns/default", envCEOverrides: `{"extensions":{"cluster":"a1"}}`,
+			envSinkMode: "structured", envSinkFilter: "type=VmPoweredOnEvent&type=vmware.vsphere.VmPoweredOffEvent.v0&eventclass=event",
+			envSinkCheckpointFile: cp, envSinkTimeout: "2s",
+		}), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := cfg.Sink
+		if s.URL == nil || !s.Structured || s.Extensions["cluster"] != "a1" || s.CheckpointFile != cp || s.Timeout != 2*time.Second ||
+			!slices.Equal(s.Filter.types, []string{cloudEventType("VmPoweredOnEvent"), cloudEventType("VmPoweredOffEvent")}) ||
+			!slices.Equal(s.Filter.classes, []EventClass{ClassEvent}) {
+			t.Errorf("sink config %+v", s)
+		}
+		if entries, _ := os.ReadDir(filepath.Dir(cp)); len(entries) != 0 {
+			t.Errorf("checking the checkpoint directory left %d files", len(entries))
+		}
+	})
+	t.Run("defaults", func(t *testing.T) {
+		cfg, err := parseConfig(configEnv(nil), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if s := cfg.Sink; s.URL != nil || s.Structured || s.Timeout != defaultSinkTimeout || !s.Filter.all() || s.CheckpointFile != "" {
+			t.Errorf("default sink config %+v", s)
+		}
+	})
+	t.Run("corrupt checkpoint", func(t *testing.T) {
+		cp := filepath.Join(t.TempDir(), "cp")
+		writeFile(t, cp, "garbage")
+		cfg, err := parseConfig(configEnv(map[string]string{envSink: "http://127.0.0.1:1/", envSinkCheckpointFile: cp}), false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = newDeliverer(cfg.Sink, NewJournal(1), slog.New(slog.DiscardHandler))
+		checkConfigError(t, err, envSinkCheckpointFile)
+		if !errors.Is(err, ErrCheckpointCorrupt) && !strings.Contains(err.Error(), ErrCheckpointCorrupt.Error()) {
+			t.Errorf("error %v does not say the checkpoint is corrupt", err)
+		}
+	})
+}
+
+func TestCheckpointFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "cp")
+	if _, ok, err := loadCheckpoint(path); ok || err != nil {
+		t.Fatalf("missing checkpoint: ok %v, err %v", ok, err)
+	}
+	at := time.Date(2026, 11, 25, 1, 2, 3, 456789000, time.UTC)
+	for i := range 3 {
+		want := checkpoint{Offset: int64(100 + i), Time: at.Add(time.Duration(i) * time.Second)}
+		if err := saveCheckpoint(path, want); err != nil {
+			t.Fatal(err)
+		}
+		got, ok, err := loadCheckpoint(path)
+		if err != nil || !ok || got.Offset != want.Offset || !got.Time.Equal(want.Time) {
+			t.Fatalf("loaded %+v %v %v, want %+v", got, ok, err, want)
+		}
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("%d files in the checkpoint's directory, want 1 (no temporary files left)", len(entries))
+	}
+	if err := saveCheckpoint(filepath.Join(dir, "missing", "cp"), checkpoint{Offset: 1, Time: at}); err == nil {
+		t.Error("saving into a missing directory succeeded")
+	}
+	writeFile(t, path, `{"offset":-1,"time":"2026-11-25T00:00:00Z"}`)
+	if _, _, err := loadCheckpoint(path); !errors.Is(err, ErrCheckpointCorrupt) {
+		t.Errorf("negative offset: %v, want ErrCheckpointCorrupt", err)
+	}
+}
+
+func TestParseRetryAfter(t *testing.T) {
+	t.Parallel()
+	now := time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC)
+	for v, want := range map[string]time.Duration{
+		"":                              0,
+		"3":                             3 * time.Second,
+		"0":                             0,
+		"-5":                            0,
+		"abc":                           0,
+		"Wed, 25 Nov 2026 01:00:10 GMT": 10 * time.Second,
+		"Wed, 25 Nov 2026 00:59:00 GMT": 0,
+		"999999999999":                  time.Hour,
+	} {
+		if got := parseRetryAfter(v, now); got != want {
+			t.Errorf("parseRetryAfter(%q) = %v, want %v", v, got, want)
+		}
+	}
+}
+
+// TestSinkFilterAdvancesCheckpoint: events SINK_FILTER leaves out are not
+// sent, but delivery is done with them: the checkpoint moves past them
+// (with their time), so a restart does not scan them again, and it is
+// written within a second while idle.
+func TestSinkFilterAdvancesCheckpoint(t *testing.T) {
+	t.Parallel()
+	conv := &eventConverter{source: "https://vc.example.com/sdk", maxRecordSize: defaultMaxRecordSize}
+	created := time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC)
+	j := NewJournal(100)
+	for key := int32(1); key <= 10; key++ {
+		base := types.Event{Key: key, ChainId: key, CreatedTime: created.Add(time.Duration(key) * time.Second)}
+		var ev types.BaseEvent = &types.VmPoweredOnEvent{VmEvent: types.VmEvent{Event: base}}
+		if key%2 == 1 {
+			ev = &types.EventEx{Event: base, EventTypeId: "com.example.odd"}
+		}
+		c, err := conv.Convert(ev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := j.AppendRecord(c.Record); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
+	cpFile := filepath.Join(t.TempDir(), "cp")
+	cfg, err := parseConfig(configEnv(map[string]string{envSink: sink.URL, envSinkFilter: "eventclass=eventex", envSinkCheckpointFile: cpFile}), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := newLogRecorder()
+	d, err := newDeliverer(cfg.Sink, j, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		d.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-stopped
+	})
+	sink.waitAcked(t, 9)
+	waitLogWhere(t, logs, stopped, "sink checkpoint written", func(rec map[string]any) bool { return rec["offset"] == float64(10) })
+	if got := sink.ackedKeys(t); !slices.Equal(got, []int64{1, 3, 5, 7, 9}) {
+		t.Errorf("delivered %v, want the EventEx only: [1 3 5 7 9]", got)
+	}
+	cp, ok, err := loadCheckpoint(cpFile)
+	if err != nil || !ok || cp.Offset != 10 || !cp.Time.Equal(created.Add(10*time.Second)) {
+		t.Errorf("checkpoint %+v %v %v, want offset 10 (filtered out, but done) at its time", cp, ok, err)
+	}
+}
+
+// TestSinkAnswers: what each answer of the sink leads to: 2xx move on,
+// 408, 429 and 5xx are retried, any other status skips the event.
+func TestSinkAnswers(t *testing.T) {
+	t.Parallel()
+	var status atomic.Int64
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		w.Header().Set("Retry-After", "2")
+		w.WriteHeader(int(status.Load()))
+		_, _ = io.WriteString(w, "answer body")
+	}))
+	t.Cleanup(srv.Close)
+	u, _ := url.Parse(srv.URL)
+	d, err := newDeliverer(SinkConfig{URL: u, Timeout: 5 * time.Second}, NewJournal(1), slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg, err := d.message(benchRecords(t, 1)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for code, want := range map[int]sinkMode{
+		200: modeAcked, 202: modeAcked, 204: modeAcked,
+		408: modeBackoff, 429: modeBackoff, 500: modeBackoff, 502: modeBackoff, 503: modeBackoff, 504: modeBackoff,
+		400: modeSkip, 401: modeSkip, 403: modeSkip, 404: modeSkip, 409: modeSkip, 413: modeSkip, 415: modeSkip, 422: modeSkip,
+	} {
+		status.Store(int64(code))
+		res := d.attempt(context.Background(), 7, msg, 1)
+		if got := decide(context.Background(), res); got != want {
+			t.Errorf("status %d: mode %d, want %d (result %+v)", code, got, want, res)
+		}
+		if res.status != code {
+			t.Errorf("status %d read as %d", code, res.status)
+		}
+		if want == modeSkip && (res.body != "answer body" || !errors.Is(res.err, ErrSinkRejected)) {
+			t.Errorf("status %d: body %q, error %v", code, res.body, res.err)
+		}
+		if want == modeBackoff && (res.retryAfter != 2*time.Second || !errors.Is(res.err, ErrSinkUnavailable)) {
+			t.Errorf("status %d: Retry-After %v, error %v", code, res.retryAfter, res.err)
+		}
+	}
+	// No answer at all: retried, unless shutting down.
+	srv.Close()
+	res := d.attempt(context.Background(), 7, msg, 1)
+	if got := decide(context.Background(), res); got != modeBackoff || !errors.Is(res.err, ErrSinkUnavailable) {
+		t.Errorf("closed sink: mode %d, error %v", got, res.err)
+	}
+	done, cancel := context.WithCancel(context.Background())
+	cancel()
+	if got := decide(done, res); got != modeStop {
+		t.Errorf("failure during shutdown: mode %d, want stop", got)
+	}
+}
