@@ -266,7 +266,7 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 			c.log.Debug("flood over: waiting for announcements again", "events", n)
 		}
 		progressed = true
-		if !c.status.ready.Swap(true) {
+		if c.status.setReady() {
 			records, _ := c.journal.Stats()
 			c.log.Info("caught up with vCenter", "events", records)
 		}

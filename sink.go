@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"net/http"
 	"strconv"
 	"sync"
@@ -98,6 +99,10 @@ type Deliverer struct {
 	protocol *cehttp.Protocol
 	// resume is the checkpoint read at start, zero without one.
 	resume checkpoint
+	// collectorCaughtUp, if set, is closed once the collector has read
+	// vCenter's events the first time: then the journal tells whether the
+	// checkpoint is this vCenter's.
+	collectorCaughtUp <-chan struct{}
 	// backoffMin and backoffMax bound retry pauses; grace is what the
 	// request in flight at shutdown may still take.
 	backoffMin, backoffMax time.Duration
@@ -178,6 +183,10 @@ func (d *Deliverer) Run(ctx context.Context) {
 	defer stopGrace()
 
 	d.log.Info("delivering events to the sink", "from", d.next, "structured", d.cfg.Structured, "filter", !d.cfg.Filter.all())
+	if !d.resume.Time.IsZero() && !d.checkResume(ctx) {
+		d.status.setState(sinkStateStopped)
+		return
+	}
 	batch := make([]Record, 0, sinkReadBatch)
 	for ctx.Err() == nil {
 		if !d.wait(ctx) {
@@ -199,6 +208,38 @@ func (d *Deliverer) Run(ctx context.Context) {
 	d.checkpoint(true)
 	d.status.setState(sinkStateStopped)
 	d.log.Info("stopped delivering events to the sink", "next", d.next)
+}
+
+// checkResume makes sure that the checkpoint is one of this vCenter's
+// offsets. vCenter's keys only grow, so once the collector has caught up,
+// a journal whose newest key is below the checkpoint's means that vCenter
+// was reinstalled or that the checkpoint is another vCenter's: waiting for
+// the key after it would stop delivery for good, so delivery starts from
+// the first event held instead, with a warning. It reports false if ctx
+// ended first.
+func (d *Deliverer) checkResume(ctx context.Context) bool {
+	if d.collectorCaughtUp != nil {
+		select {
+		case <-d.collectorCaughtUp:
+		case <-ctx.Done():
+			return false
+		}
+	}
+	for {
+		// Nothing since the checkpoint's time: the first event appended
+		// tells.
+		if _, latest, ok := d.journal.Range(); ok {
+			if latest < d.resume.Offset {
+				d.log.Warn("the sink checkpoint is ahead of vCenter's newest event: vCenter was reinstalled or the checkpoint is another vCenter's; delivering from the first event held",
+					"checkpoint", d.resume.Offset, "latest", latest)
+				d.next = -1
+			}
+			return true
+		}
+		if d.journal.Wait(ctx, math.MinInt64) != nil {
+			return false
+		}
+	}
 }
 
 // wait blocks until the journal holds the next offset; it reports false

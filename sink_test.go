@@ -510,6 +510,33 @@ func TestSinkRestartResumes(t *testing.T) {
 // TestSinkLostEvents: a sink so slow that the journal purges its next
 // events: the loss is logged with its range and counted, and delivery
 // goes on from the earliest event held.
+// TestSinkCheckpointAheadOfVCenter: a checkpoint beyond vCenter's newest
+// key (vCenter reinstalled, or another vCenter's checkpoint) does not stop
+// delivery for good: it starts from the first event held, with a warning.
+func TestSinkCheckpointAheadOfVCenter(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
+	cpFile := filepath.Join(t.TempDir(), "sink.checkpoint")
+	ahead := vc.latestKey(t) + 1000
+	if err := saveCheckpoint(cpFile, checkpoint{Offset: ahead, Time: time.Now().Add(-time.Minute)}); err != nil {
+		t.Fatal(err)
+	}
+	srv := startServer(t, sim, map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile})
+	rec := srv.logs.wait(t, "the sink checkpoint is ahead of vCenter's newest event: vCenter was reinstalled or the checkpoint is another vCenter's; delivering from the first event held", srv.stopped)
+	if rec["checkpoint"] != float64(ahead) {
+		t.Errorf("warning %v", rec)
+	}
+	vc.postEvents(t, 2)
+	latest := vc.latestKey(t)
+	sink.waitAcked(t, latest)
+	earliest, _ := serverRange(t, srv)
+	if acked := sink.ackedKeys(t); len(acked) == 0 || acked[0] != earliest {
+		t.Errorf("delivery began at %v, want the first event held, %d", acked[:min(1, len(acked))], earliest)
+	}
+}
+
 func TestSinkLostEvents(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)

@@ -8,8 +8,10 @@ import (
 // CollectorStatus is what the collector reports about itself to the HTTP
 // API (readiness, liveness, metrics). All methods are safe for concurrent use.
 type CollectorStatus struct {
-	// ready is set after the first successful read from vCenter.
-	ready atomic.Bool
+	// ready is set after the first successful read from vCenter, and
+	// caughtUp closed then (if made by newCollectorStatus).
+	ready    atomic.Bool
+	caughtUp chan struct{}
 	// connected is true while the collector holds a working session.
 	connected atomic.Bool
 	// lastEvent is the CreatedTime (Unix nanoseconds) of the newest event appended.
@@ -36,13 +38,28 @@ type CollectorStatus struct {
 // newCollectorStatus returns the status of a collector that has not run yet;
 // its loop counts as stuck if it does not turn within stuckAfter.
 func newCollectorStatus(stuckAfter time.Duration) *CollectorStatus {
-	s := &CollectorStatus{stuckAfter: stuckAfter}
+	s := &CollectorStatus{stuckAfter: stuckAfter, caughtUp: make(chan struct{})}
 	s.beat()
 	return s
 }
 
 // Ready reports whether the collector has read from vCenter at least once.
 func (s *CollectorStatus) Ready() bool { return s.ready.Load() }
+
+// CaughtUp is closed once the collector has read all of vCenter's events
+// the first time, as Ready turns true.
+func (s *CollectorStatus) CaughtUp() <-chan struct{} { return s.caughtUp }
+
+// setReady marks the collector ready; it reports whether it was not yet.
+func (s *CollectorStatus) setReady() bool {
+	if s.ready.Swap(true) {
+		return false
+	}
+	if s.caughtUp != nil {
+		close(s.caughtUp)
+	}
+	return true
+}
 
 // Connected reports whether the collector has a working vCenter session now.
 func (s *CollectorStatus) Connected() bool { return s.connected.Load() }
