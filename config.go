@@ -22,6 +22,9 @@ const (
 	envMaxSegmentSize  = "LOG_MAX_SEGMENT_SIZE"
 	envPort            = "PORT"
 	envDebug           = "DEBUG"
+	envTokensPath      = "API_TOKENS_PATH"
+	envTLSCertFile     = "TLS_CERT_FILE"
+	envTLSKeyFile      = "TLS_KEY_FILE"
 )
 
 // configVariables lists every variable parseConfig reads, in the order of
@@ -30,6 +33,7 @@ func configVariables() []string {
 	return []string{
 		envVCenterURL, envVCenterInsecure, envSecretPath, envStreamBegin,
 		envMaxRecordSize, envMaxSegmentSize, envPort, envDebug,
+		envTokensPath, envTLSCertFile, envTLSKeyFile,
 	}
 }
 
@@ -78,6 +82,13 @@ type Config struct {
 	Port int
 	// Debug enables debug logging.
 	Debug bool
+	// TokensPath is the file of bearer tokens; "" leaves the API open.
+	// Its content is read by newTokenAuth (auth.go), which keeps re-reading it.
+	TokensPath string
+	// TLSCertFile and TLSKeyFile, both set or both empty, switch the server
+	// to HTTPS; they are read by newCertReloader (tlsconfig.go), which
+	// picks up renewed files.
+	TLSCertFile, TLSKeyFile string
 }
 
 // parseConfig reads and validates the environment. With needVCenter false
@@ -120,6 +131,9 @@ func parseConfig(getenv func(string) string, needVCenter bool) (Config, error) {
 	if cfg.Insecure, err = parseBool(getenv, envVCenterInsecure); err != nil {
 		return cfg, err
 	}
+	if err = parseAPISecurity(getenv, &cfg); err != nil {
+		return cfg, err
+	}
 	if !needVCenter {
 		return cfg, nil
 	}
@@ -143,6 +157,23 @@ func parseConfig(getenv func(string) string, needVCenter bool) (Config, error) {
 		return cfg, err
 	}
 	return cfg, nil
+}
+
+// parseAPISecurity reads the paths of the token file and of the TLS
+// certificate and key. Their content is checked at start by their loaders
+// (auth.go, tlsconfig.go), which own them because they re-read them while
+// the server runs; parseConfig only sees that the settings fit together.
+func parseAPISecurity(getenv func(string) string, cfg *Config) error {
+	cfg.TokensPath = strings.TrimSpace(getenv(envTokensPath))
+	cfg.TLSCertFile = strings.TrimSpace(getenv(envTLSCertFile))
+	cfg.TLSKeyFile = strings.TrimSpace(getenv(envTLSKeyFile))
+	switch {
+	case cfg.TLSCertFile != "" && cfg.TLSKeyFile == "":
+		return &configError{envTLSKeyFile, "required when " + envTLSCertFile + " is set (the certificate's private key)"}
+	case cfg.TLSCertFile == "" && cfg.TLSKeyFile != "":
+		return &configError{envTLSCertFile, "required when " + envTLSKeyFile + " is set (the key's certificate)"}
+	}
+	return nil
 }
 
 // parseVCenterURL accepts the vCenter address with or without /sdk and

@@ -419,6 +419,7 @@ func TestConfigVariables(t *testing.T) {
 	want := []string{
 		"VCENTER_URL", "VCENTER_INSECURE", "VCENTER_SECRET_PATH", "VCENTER_STREAM_BEGIN",
 		"LOG_MAX_RECORD_SIZE_BYTES", "LOG_MAX_SEGMENT_SIZE", "PORT", "DEBUG",
+		"API_TOKENS_PATH", "TLS_CERT_FILE", "TLS_KEY_FILE",
 	}
 	if got := configVariables(); !slices.Equal(got, want) {
 		t.Errorf("configVariables() = %v, want %v", got, want)
