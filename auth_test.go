@@ -920,3 +920,10 @@ func TestAuthRevokedRequestEnds(t *testing.T) {
 		t.Errorf("%d requests in flight, want Bob's", open)
 	}
 }
+
+// testTokenAuth admits the given tokens; it reads no file.
+func testTokenAuth(tokens ...string) *tokenAuth {
+	a := &tokenAuth{log: apiLogger(), interval: defaultTokenReloadInterval, now: time.Now, inflight: make(map[*authedRequest]struct{})}
+	a.tokens.Store(newTokenSet(tokens))
+	return a
+}
