@@ -168,7 +168,6 @@ type tokenAuth struct {
 	path     string
 	log      *slog.Logger
 	interval time.Duration
-	now      func() time.Time
 
 	tokens atomic.Pointer[tokenSet]
 
@@ -197,7 +196,6 @@ func newTokenAuth(path string, log *slog.Logger) (*tokenAuth, error) {
 		path:     path,
 		log:      log,
 		interval: defaultTokenReloadInterval,
-		now:      time.Now,
 		inflight: make(map[*authedRequest]struct{}),
 		sum:      sum,
 	}
@@ -331,7 +329,7 @@ func sessionMAC(key []byte, expiry int64) []byte {
 // state on the server, so that any replica accepts it and a removed token
 // invalidates it at once.
 func (a *tokenAuth) newSession(set *tokenSet, i int) string {
-	expiry := a.now().Add(sessionLifetime).Unix()
+	expiry := time.Now().Add(sessionLifetime).Unix()
 	return strconv.FormatInt(expiry, 10) + "." + base64.RawURLEncoding.EncodeToString(sessionMAC(set.sessionKeys[i], expiry))
 }
 
@@ -340,7 +338,7 @@ func (a *tokenAuth) newSession(set *tokenSet, i int) string {
 func (a *tokenAuth) verifySession(set *tokenSet, value string) int {
 	e, m, ok := strings.Cut(value, ".")
 	expiry, err := strconv.ParseInt(e, 10, 64)
-	if !ok || err != nil || !isDigits(e) || a.now().Unix() >= expiry {
+	if !ok || err != nil || !isDigits(e) || time.Now().Unix() >= expiry {
 		return -1
 	}
 	got, err := base64.RawURLEncoding.DecodeString(m)

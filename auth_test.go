@@ -26,6 +26,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -816,10 +817,17 @@ func TestAuthBrowserLogin(t *testing.T) {
 	}
 	resp2, body := withCookie("/api/v1/range", &http.Cookie{Name: "vsphere-event-streaming-session", Value: c.Value})
 	checkUnauthorized(t, "the cookie under its plain-HTTP name over TLS", resp2, body)
-	a.now = func() time.Time { return time.Now().Add(sessionLifetime + time.Minute) }
-	resp2, body = withCookie("/api/v1/range", c)
+	// A session made with a listed token but expired.
+	past := time.Now().Add(-time.Second).Unix()
+	expired := strconv.FormatInt(past, 10) + "." + base64.RawURLEncoding.EncodeToString(sessionMAC(a.tokens.Load().sessionKeys[0], past))
+	resp2, body = withCookie("/api/v1/range", &http.Cookie{Name: c.Name, Value: expired})
 	checkUnauthorized(t, "expired session", resp2, body)
-	a.now = time.Now
+	// The same, unexpired, is accepted: the MAC above is right.
+	future := time.Now().Add(time.Hour).Unix()
+	valid := strconv.FormatInt(future, 10) + "." + base64.RawURLEncoding.EncodeToString(sessionMAC(a.tokens.Load().sessionKeys[0], future))
+	if resp, body := withCookie("/api/v1/range", &http.Cookie{Name: c.Name, Value: valid}); resp.StatusCode != http.StatusOK {
+		t.Errorf("a session made with a listed token: %d %s", resp.StatusCode, body)
+	}
 
 	// Login CSRF: a cross-site form post is refused.
 	if resp := post(url.Values{"token": {tokenAlice}}, "Sec-Fetch-Site", "cross-site"); resp.StatusCode != http.StatusForbidden || len(resp.Cookies()) != 0 {
@@ -923,7 +931,7 @@ func TestAuthRevokedRequestEnds(t *testing.T) {
 
 // testTokenAuth admits the given tokens; it reads no file.
 func testTokenAuth(tokens ...string) *tokenAuth {
-	a := &tokenAuth{log: apiLogger(), interval: defaultTokenReloadInterval, now: time.Now, inflight: make(map[*authedRequest]struct{})}
+	a := &tokenAuth{log: apiLogger(), interval: defaultTokenReloadInterval, inflight: make(map[*authedRequest]struct{})}
 	a.tokens.Store(newTokenSet(tokens))
 	return a
 }
