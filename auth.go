@@ -79,20 +79,29 @@ var errNoTokens = errors.New("lists no token (one per line; blank lines and # co
 
 // tokenSet is one version of the token file. It keeps no token itself:
 // digests for the bearer check (fixed length, so that comparing them in
-// constant time reveals no token's length) and per-token keys for the
-// session cookie's MAC.
+// constant time reveals no token's length), and per token a key for the
+// session cookie's MAC and a public id that names the key in the cookie.
 type tokenSet struct {
 	digests     [][sha256.Size]byte
 	sessionKeys [][]byte
+	sessionIDs  [][]byte
 }
+
+// sessionIDSize is the length of a session's token id: enough that two
+// tokens never share one.
+const sessionIDSize = 12
 
 func newTokenSet(tokens []string) *tokenSet {
 	s := &tokenSet{}
+	derive := func(token, purpose string) []byte {
+		mac := hmac.New(sha256.New, []byte(token))
+		mac.Write([]byte("vsphere-event-streaming session " + purpose + " v1"))
+		return mac.Sum(nil)
+	}
 	for _, t := range tokens {
 		s.digests = append(s.digests, sha256.Sum256([]byte(t)))
-		mac := hmac.New(sha256.New, []byte(t))
-		mac.Write([]byte("vsphere-event-streaming session key v1"))
-		s.sessionKeys = append(s.sessionKeys, mac.Sum(nil))
+		s.sessionKeys = append(s.sessionKeys, derive(t, "key"))
+		s.sessionIDs = append(s.sessionIDs, derive(t, "id")[:sessionIDSize])
 	}
 	return s
 }
@@ -291,7 +300,7 @@ func (a *tokenAuth) authenticate(r *http.Request) ([sha256.Size]byte, bool) {
 		return d, set.match(d) >= 0
 	}
 	if c, err := r.Cookie(sessionCookieName(r)); err == nil {
-		if i := a.verifySession(set, c.Value); i >= 0 {
+		if i := verifySession(set, c.Value); i >= 0 {
 			return set.digests[i], true
 		}
 	}
@@ -317,39 +326,60 @@ func sessionCookieName(r *http.Request) string {
 	return sessionCookie
 }
 
-// sessionMAC authenticates a session's expiry with a token's session key.
-func sessionMAC(key []byte, expiry int64) []byte {
+// sessionMAC authenticates a session's expiry and token id with the
+// token's session key.
+func sessionMAC(key []byte, expiry int64, id []byte) []byte {
 	mac := hmac.New(sha256.New, key)
-	mac.Write([]byte("v1|" + strconv.FormatInt(expiry, 10)))
+	mac.Write([]byte("v1|" + strconv.FormatInt(expiry, 10) + "|"))
+	mac.Write(id)
 	return mac.Sum(nil)
 }
 
-// newSession returns a session cookie's value for token i of set: its
-// expiry and a MAC keyed by the token. It holds no token, and needs no
-// state on the server, so that any replica accepts it and a removed token
-// invalidates it at once.
-func (a *tokenAuth) newSession(set *tokenSet, i int) string {
-	expiry := time.Now().Add(sessionLifetime).Unix()
-	return strconv.FormatInt(expiry, 10) + "." + base64.RawURLEncoding.EncodeToString(sessionMAC(set.sessionKeys[i], expiry))
+// sessionValue is a session cookie's value for token i of set, valid until
+// expiry (Unix seconds): "expiry.id.mac". It holds no token and needs no
+// state on the server, so that every replica accepts it, and removing its
+// token from the file invalidates it at once. The id names the token, so
+// that checking a cookie costs one MAC however many tokens are listed (and
+// a forged cookie none).
+func sessionValue(set *tokenSet, i int, expiry int64) string {
+	id := set.sessionIDs[i]
+	return strconv.FormatInt(expiry, 10) + "." + base64.RawURLEncoding.EncodeToString(id) + "." +
+		base64.RawURLEncoding.EncodeToString(sessionMAC(set.sessionKeys[i], expiry, id))
+}
+
+// newSession returns the value of a new session cookie for token i of set.
+func newSession(set *tokenSet, i int) string {
+	return sessionValue(set, i, time.Now().Add(sessionLifetime).Unix())
 }
 
 // verifySession returns the index of the token a session value was made
-// with, checking every token in constant time; -1 if none or expired.
-func (a *tokenAuth) verifySession(set *tokenSet, value string) int {
-	e, m, ok := strings.Cut(value, ".")
-	expiry, err := strconv.ParseInt(e, 10, 64)
-	if !ok || err != nil || !isDigits(e) || time.Now().Unix() >= expiry {
+// with, comparing its id with every token's in constant time; -1 if none,
+// forged or expired.
+func verifySession(set *tokenSet, value string) int {
+	parts := strings.Split(value, ".")
+	if len(parts) != 3 || !isDigits(parts[0]) {
 		return -1
 	}
-	got, err := base64.RawURLEncoding.DecodeString(m)
-	if err != nil || len(got) != sha256.Size {
+	expiry, err := strconv.ParseInt(parts[0], 10, 64)
+	if err != nil || time.Now().Unix() >= expiry {
+		return -1
+	}
+	id, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil || len(id) != sessionIDSize {
+		return -1
+	}
+	mac, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil || len(mac) != sha256.Size {
 		return -1
 	}
 	found := -1
-	for i, key := range set.sessionKeys {
-		if hmac.Equal(got, sessionMAC(key, expiry)) && found < 0 {
+	for i := range set.sessionIDs {
+		if subtle.ConstantTimeCompare(id, set.sessionIDs[i]) == 1 && found < 0 {
 			found = i
 		}
+	}
+	if found < 0 || !hmac.Equal(mac, sessionMAC(set.sessionKeys[found], expiry, id)) {
+		return -1
 	}
 	return found
 }
@@ -537,7 +567,7 @@ func handleLogin(a *tokenAuth, page *loginPage) http.Handler {
 		}
 		http.SetCookie(w, &http.Cookie{
 			Name:     sessionCookieName(r),
-			Value:    a.newSession(set, i),
+			Value:    newSession(set, i),
 			Path:     "/",
 			MaxAge:   int(sessionLifetime.Seconds()),
 			Secure:   r.TLS != nil,

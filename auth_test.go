@@ -26,7 +26,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -400,6 +399,25 @@ func TestAuthTokenRotation(t *testing.T) {
 	if resp, body := authGet(t, client, s.URL+"/api/v1/range", tokenCarol); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("carol before rotation: %d %s", resp.StatusCode, body)
 	}
+	// What the viewer does: an EventSource with Alice's session cookie.
+	sseReq, err := http.NewRequestWithContext(t.Context(), http.MethodGet, s.URL+"/api/v1/events", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sseReq.Header.Set("Accept", "text/event-stream")
+	sse, err := aliceBrowser.Do(sseReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sse.Body.Close() })
+	if sse.StatusCode != http.StatusOK {
+		t.Fatalf("SSE watch with a session: %d", sse.StatusCode)
+	}
+	sseEnded := make(chan error, 1)
+	go func() {
+		_, err := io.Copy(io.Discard, sse.Body)
+		sseEnded <- err
+	}()
 
 	// Rotation: Alice's token removed, Carol's added.
 	vol.update(t, map[string]string{"tokens": tokenBob + "\n" + tokenCarol + "\n"})
@@ -421,9 +439,17 @@ func TestAuthTokenRotation(t *testing.T) {
 		t.Errorf("session of a listed token after rotation: %d %s", resp.StatusCode, body)
 	}
 
-	// The watch of the removed token ended cleanly; the other one goes on.
+	// The watches of the removed token ended cleanly; the other one goes on.
 	if err := watchAlice.end(t); err != nil {
 		t.Errorf("watch of the removed token ended with %v, want a clean end", err)
+	}
+	select {
+	case err := <-sseEnded:
+		if err != nil {
+			t.Errorf("SSE watch of the removed token's session ended with %v, want a clean end", err)
+		}
+	case <-time.After(waitTimeout):
+		t.Error("SSE watch of the removed token's session is still open")
 	}
 	vc.postEvents(t, 1)
 	if got := decodeEvent(t, watchBob.next(t)); got.Data.Key <= before {
@@ -527,6 +553,16 @@ func TestAuthConfigErrors(t *testing.T) {
 	garbage := filepath.Join(dir, "garbage")
 	writeFile(t, garbage, "not PEM\n")
 	missing := filepath.Join(dir, "missing")
+	// Unreadable for anyone but root (root reads it anyway: the directory
+	// case below covers unreadable then).
+	unreadable := filepath.Join(dir, "unreadable")
+	writeFile(t, unreadable, tokenAlice+"\n")
+	if err := os.Chmod(unreadable, 0); err != nil {
+		t.Fatal(err)
+	}
+	if os.Geteuid() == 0 {
+		unreadable = dir
+	}
 
 	for _, tc := range []struct {
 		name     string
@@ -535,6 +571,8 @@ func TestAuthConfigErrors(t *testing.T) {
 	}{
 		{"missing token file", map[string]string{envTokensPath: missing}, envTokensPath},
 		{"token path is a directory", map[string]string{envTokensPath: dir}, envTokensPath},
+		{"unreadable token file", map[string]string{envTokensPath: unreadable}, envTokensPath},
+		{"unreadable key", map[string]string{envTLSCertFile: certFile, envTLSKeyFile: unreadable}, envTLSKeyFile},
 		{"empty token list", map[string]string{envTokensPath: onlyComments}, envTokensPath},
 		{"token with whitespace inside", map[string]string{envTokensPath: spaced}, envTokensPath},
 		{"certificate without key", map[string]string{envTLSCertFile: certFile}, envTLSKeyFile},
@@ -803,14 +841,22 @@ func TestAuthBrowserLogin(t *testing.T) {
 	}
 	sse.Body.Close()
 
-	// Tampered, foreign and expired sessions.
-	expiry, mac, _ := strings.Cut(c.Value, ".")
-	n, _ := new(big.Int).SetString(expiry, 10)
+	// Tampered, forged and expired sessions.
+	parts := strings.Split(c.Value, ".")
+	if len(parts) != 3 {
+		t.Fatalf("session %q is not expiry.id.mac", c.Value)
+	}
+	n, _ := new(big.Int).SetString(parts[0], 10)
+	bobID := base64.RawURLEncoding.EncodeToString(a.tokens.Load().sessionIDs[1])
 	for name, value := range map[string]string{
-		"later expiry":     new(big.Int).Add(n, big.NewInt(1)).String() + "." + mac,
-		"no MAC":           expiry + ".",
-		"the token itself": tokenAlice,
-		"empty":            "",
+		"later expiry":         new(big.Int).Add(n, big.NewInt(1)).String() + "." + parts[1] + "." + parts[2],
+		"another token's id":   parts[0] + "." + bobID + "." + parts[2],
+		"no MAC":               parts[0] + "." + parts[1] + ".",
+		"MAC of another key":   parts[0] + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(sessionMAC([]byte(tokenAlice), n.Int64(), a.tokens.Load().sessionIDs[0])),
+		"the token itself":     tokenAlice,
+		"empty":                "",
+		"extra part":           c.Value + ".x",
+		"signed expiry prefix": "+" + c.Value,
 	} {
 		resp, body := withCookie("/api/v1/range", &http.Cookie{Name: c.Name, Value: value})
 		checkUnauthorized(t, name, resp, body)
@@ -819,12 +865,12 @@ func TestAuthBrowserLogin(t *testing.T) {
 	checkUnauthorized(t, "the cookie under its plain-HTTP name over TLS", resp2, body)
 	// A session made with a listed token but expired.
 	past := time.Now().Add(-time.Second).Unix()
-	expired := strconv.FormatInt(past, 10) + "." + base64.RawURLEncoding.EncodeToString(sessionMAC(a.tokens.Load().sessionKeys[0], past))
+	expired := sessionValue(a.tokens.Load(), 0, past)
 	resp2, body = withCookie("/api/v1/range", &http.Cookie{Name: c.Name, Value: expired})
 	checkUnauthorized(t, "expired session", resp2, body)
 	// The same, unexpired, is accepted: the MAC above is right.
 	future := time.Now().Add(time.Hour).Unix()
-	valid := strconv.FormatInt(future, 10) + "." + base64.RawURLEncoding.EncodeToString(sessionMAC(a.tokens.Load().sessionKeys[0], future))
+	valid := sessionValue(a.tokens.Load(), 0, future)
 	if resp, body := withCookie("/api/v1/range", &http.Cookie{Name: c.Name, Value: valid}); resp.StatusCode != http.StatusOK {
 		t.Errorf("a session made with a listed token: %d %s", resp.StatusCode, body)
 	}
