@@ -410,29 +410,33 @@ func (a *tokenAuth) protect(mux *http.ServeMux) http.Handler {
 			mux.ServeHTTP(w, r)
 			return
 		}
-		digest, ok := a.authenticate(r)
-		var req *authedRequest
-		if ok {
+		if digest, ok := a.authenticate(r); ok {
 			ctx, cancel := context.WithCancelCause(r.Context())
-			defer cancel(nil)
-			req = &authedRequest{digest: digest, cancel: cancel}
-			ok = a.track(req)
-			r2 := r.WithContext(ctx)
-			if ok {
+			req := &authedRequest{digest: digest, cancel: cancel}
+			if a.track(req) {
 				defer a.untrack(req)
+				defer cancel(nil)
+				r2 := r.WithContext(ctx)
 				mux.ServeHTTP(w, r2)
 				// instrument labels the request with the route the mux
 				// matched, on its own copy of the request.
 				r.Pattern = r2.Pattern
 				return
 			}
+			cancel(nil) // the token was removed in the meantime
 		}
 		r.Pattern = pattern
 		if wantsLoginPage(r) {
 			http.Redirect(w, r, loginPath+"?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 			return
 		}
-		writeUnauthorized(w, "a token is required: send \"Authorization: Bearer <token>\" with one of the tokens in "+envTokensPath)
+		detail := "a token is required: send \"Authorization: Bearer <token>\" with one of the tokens in " + envTokensPath
+		if _, presented := bearerToken(r); presented || r.Header.Get("Authorization") != "" {
+			detail = "the token is not (or no longer) accepted: use one of the tokens in " + envTokensPath
+		} else if _, err := r.Cookie(sessionCookieName(r)); err == nil {
+			detail = "the session is not (or no longer) valid: sign in again at " + loginPath
+		}
+		writeUnauthorized(w, detail)
 	})
 }
 
