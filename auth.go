@@ -209,6 +209,7 @@ func newTokenAuth(path string, log *slog.Logger) (*tokenAuth, error) {
 		sum:      sum,
 	}
 	a.tokens.Store(set)
+	log.Info("loaded API tokens", "tokens", len(set.digests), "path", path)
 	return a, nil
 }
 
