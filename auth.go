@@ -365,11 +365,13 @@ func verifySession(set *tokenSet, value string) int {
 	if err != nil || time.Now().Unix() >= expiry {
 		return -1
 	}
-	id, err := base64.RawURLEncoding.DecodeString(parts[1])
+	// Strict: only the one canonical encoding of a value is accepted, so a
+	// session has exactly one spelling.
+	id, err := base64.RawURLEncoding.Strict().DecodeString(parts[1])
 	if err != nil || len(id) != sessionIDSize {
 		return -1
 	}
-	mac, err := base64.RawURLEncoding.DecodeString(parts[2])
+	mac, err := base64.RawURLEncoding.Strict().DecodeString(parts[2])
 	if err != nil || len(mac) != sha256.Size {
 		return -1
 	}

@@ -849,14 +849,15 @@ func TestAuthBrowserLogin(t *testing.T) {
 	n, _ := new(big.Int).SetString(parts[0], 10)
 	bobID := base64.RawURLEncoding.EncodeToString(a.tokens.Load().sessionIDs[1])
 	for name, value := range map[string]string{
-		"later expiry":         new(big.Int).Add(n, big.NewInt(1)).String() + "." + parts[1] + "." + parts[2],
-		"another token's id":   parts[0] + "." + bobID + "." + parts[2],
-		"no MAC":               parts[0] + "." + parts[1] + ".",
-		"MAC of another key":   parts[0] + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(sessionMAC([]byte(tokenAlice), n.Int64(), a.tokens.Load().sessionIDs[0])),
-		"the token itself":     tokenAlice,
-		"empty":                "",
-		"extra part":           c.Value + ".x",
-		"signed expiry prefix": "+" + c.Value,
+		"later expiry":          new(big.Int).Add(n, big.NewInt(1)).String() + "." + parts[1] + "." + parts[2],
+		"another token's id":    parts[0] + "." + bobID + "." + parts[2],
+		"no MAC":                parts[0] + "." + parts[1] + ".",
+		"MAC of another key":    parts[0] + "." + parts[1] + "." + base64.RawURLEncoding.EncodeToString(sessionMAC([]byte(tokenAlice), n.Int64(), a.tokens.Load().sessionIDs[0])),
+		"the token itself":      tokenAlice,
+		"empty":                 "",
+		"extra part":            c.Value + ".x",
+		"MAC spelled otherwise": parts[0] + "." + parts[1] + "." + nonCanonical(parts[2]),
+		"signed expiry prefix":  "+" + c.Value,
 	} {
 		resp, body := withCookie("/api/v1/range", &http.Cookie{Name: c.Name, Value: value})
 		checkUnauthorized(t, name, resp, body)
@@ -980,4 +981,82 @@ func testTokenAuth(tokens ...string) *tokenAuth {
 	a := &tokenAuth{log: apiLogger(), interval: defaultTokenReloadInterval, inflight: make(map[*authedRequest]struct{})}
 	a.tokens.Store(newTokenSet(tokens))
 	return a
+}
+
+// FuzzAuthRequest sends arbitrary requests with arbitrary credentials to
+// the handler with tokens on: nothing but the probes and the login form
+// answers without the listed token or a session made with it, every 401
+// carries the Bearer challenge, and nothing yields a server error.
+func FuzzAuthRequest(f *testing.F) {
+	a := testTokenAuth(tokenAlice)
+	session := newSession(a.tokens.Load(), 0)
+	for _, seed := range [][4]string{
+		{http.MethodGet, "/api/v1/range", "Bearer " + tokenAlice, ""},
+		{http.MethodGet, "/api/v1/events?offset=1", "", sessionCookie + "=" + session},
+		{http.MethodGet, "/api/v1/events/3", "Bearer " + tokenAlice + "x", ""},
+		{http.MethodGet, "/metrics", "bearer  " + tokenAlice, ""},
+		{http.MethodGet, "/metrics", "Basic " + tokenAlice, ""},
+		{http.MethodGet, "/api/v1/range", "", sessionCookie + "=" + session + "x"},
+		{http.MethodGet, "/api/v1/range", "", sessionCookieSecure + "=" + session},
+		{http.MethodGet, "/livez", "", ""},
+		{http.MethodGet, "/readyz?x=1", "Bearer nope", ""},
+		{http.MethodGet, "/ui/login?next=//evil.example", "", ""},
+		{http.MethodPost, "/ui/login", "", ""},
+		{http.MethodPost, "/ui/logout", "", ""},
+		{http.MethodPost, "/api/v1/range", "Bearer " + tokenAlice, ""},
+		{http.MethodGet, "/livez/../api/v1/range", "", ""},
+		{http.MethodGet, "//livez", "", ""},
+		{http.MethodGet, "/", "", ""},
+	} {
+		f.Add(seed[0], seed[1], seed[2], seed[3])
+	}
+	j := NewJournal(4)
+	for _, k := range []int64{1, 2, 3} {
+		if err := j.Append(k, apiRecord(k)); err != nil {
+			f.Fatal(err)
+		}
+	}
+	h := newHandler(j, &CollectorStatus{}, apiLogger(), withAuth(a))
+	// The request context has ended: a watch answers and ends at once.
+	ended, cancel := context.WithCancel(context.Background())
+	cancel()
+
+	f.Fuzz(func(t *testing.T, method, target, authorization, cookie string) {
+		raw := method + " " + target + " HTTP/1.1\r\nHost: example.com\r\n"
+		if authorization != "" {
+			raw += "Authorization: " + authorization + "\r\n"
+		}
+		if cookie != "" {
+			raw += "Cookie: " + cookie + "\r\n"
+		}
+		r, err := http.ReadRequest(bufio.NewReader(strings.NewReader(raw + "\r\n")))
+		if err != nil {
+			return // the server would not get this far
+		}
+		w := httptest.NewRecorder()
+		h.ServeHTTP(w, r.WithContext(ended))
+		what := fmt.Sprintf("%s %.100q (Authorization %.60q, Cookie %.60q)", method, target, authorization, cookie)
+		readyz := w.Code == http.StatusServiceUnavailable && r.URL.Path == "/readyz"
+		if w.Code >= 500 && !readyz {
+			t.Fatalf("%s: status %d: %s", what, w.Code, w.Body)
+		}
+		if w.Code == http.StatusUnauthorized && w.Header().Get("WWW-Authenticate") != wantChallenge {
+			t.Fatalf("%s: 401 without the challenge", what)
+		}
+		open := map[string]bool{"/livez": true, "/readyz": true, loginPath: true, logoutPath: true}[r.URL.Path]
+		credentials := strings.Contains(r.Header.Get("Authorization"), tokenAlice) || strings.Contains(r.Header.Get("Cookie"), session)
+		// Redirects (to the login form, or ServeMux's to a clean path)
+		// show nothing.
+		if w.Code < 300 && !open && !credentials {
+			t.Fatalf("%s: status %d without credentials", what, w.Code)
+		}
+	})
+}
+
+// nonCanonical spells the same bytes as the unpadded base64url s, with the
+// unused low bits of its last character set: lenient decoders accept it.
+func nonCanonical(s string) string {
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	last := strings.IndexByte(alphabet, s[len(s)-1])
+	return s[:len(s)-1] + string(alphabet[last^1])
 }
