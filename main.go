@@ -174,6 +174,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		serve = func() error { return srv.ServeTLS(ln, "", "") }
 	}
 	log.Info("serving HTTP", "addr", ln.Addr().String(), "tls", certs != nil, "tokens", auth != nil)
+	if auth == nil {
+		log.Warn("API_TOKENS_PATH is not set: anyone who reaches this port reads every event")
+	}
 	workers.Go(func() {
 		if err := serve(); !errors.Is(err, http.ErrServerClosed) {
 			cancel(fmt.Errorf("serve HTTP: %w", err))
