@@ -36,6 +36,7 @@ type handlerConfig struct {
 	maxWatches   int           // open watches at most; 0: no limit
 	sseHeartbeat time.Duration // interval of the SSE ": ping" comment
 	sink         *SinkStatus   // delivery to a sink; nil without one
+	auth         *tokenAuth    // nil: no token needed
 }
 
 // handlerOption changes a handlerConfig.
@@ -61,7 +62,11 @@ func newHandler(journal *Journal, status *CollectorStatus, log *slog.Logger, opt
 	metrics := newHTTPMetrics()
 	mux := http.NewServeMux()
 	addRoutes(mux, journal, status, metrics, log, cfg)
-	return instrument(checkRequest(mux), metrics, log)
+	var h http.Handler = mux
+	if cfg.auth != nil {
+		h = cfg.auth.protect(mux)
+	}
+	return instrument(checkRequest(h), metrics, log)
 }
 
 // routeRegistry is where addRoutes registers routes: an *http.ServeMux, or
@@ -80,15 +85,22 @@ func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, met
 	mux.Handle("GET /livez", handleLivez(status))
 	mux.Handle("GET /readyz", handleReadyz(journal, status, cfg.sink))
 	mux.Handle("GET /metrics", handleMetrics(journal, status, metrics, cfg.sink))
+	if cfg.auth != nil {
+		addLoginRoutes(mux, cfg.auth)
+	}
 	mux.Handle("/", handleNotFound())
 }
 
 // checkRequest answers what no route should see: methods other than GET
-// and HEAD (every route is read-only) and overlong request targets.
+// and HEAD (every route is read-only, but for the browser's login form,
+// which takes POST) and overlong request targets.
 func checkRequest(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		if r.Method != http.MethodGet && r.Method != http.MethodHead && !(r.Method == http.MethodPost && acceptsPost(r.URL.Path)) {
 			w.Header().Set("Allow", "GET, HEAD")
+			if acceptsPost(r.URL.Path) {
+				w.Header().Set("Allow", "GET, HEAD, POST")
+			}
 			writeProblem(w, newProblem(http.StatusMethodNotAllowed, "method %s is not allowed: this API is read-only (GET, HEAD)", r.Method))
 			return
 		}

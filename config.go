@@ -42,6 +42,11 @@ const (
 	envSinkFilter         = "SINK_FILTER"
 	envSinkCheckpointFile = "SINK_CHECKPOINT_FILE"
 	envSinkTimeout        = "SINK_TIMEOUT"
+
+	// Securing the API (auth.go, tlsconfig.go).
+	envTokensPath  = "API_TOKENS_PATH"
+	envTLSCertFile = "TLS_CERT_FILE"
+	envTLSKeyFile  = "TLS_KEY_FILE"
 )
 
 // caFile is the name of the file of trusted roots in the credentials
@@ -51,12 +56,13 @@ const caFile = "ca.crt"
 // configVariables lists every variable parseConfig reads, in the order of
 // the README's table.
 func configVariables() []string {
-	return []string{
+	vars := []string{
 		envVCenterURL, envVCenterInsecure, envSecretPath, envStreamBegin,
 		envMaxRecordSize, envMaxSegmentSize, envPort, envDebug,
 		envVCenterThumbprint,
-		envSink, envCEOverrides, envSinkMode, envSinkFilter, envSinkCheckpointFile, envSinkTimeout,
 	}
+	vars = append(vars, sinkVariables()...)
+	return append(vars, envTokensPath, envTLSCertFile, envTLSKeyFile)
 }
 
 // sinkVariables lists the variables of delivery to a sink, a part of
@@ -115,6 +121,13 @@ type Config struct {
 	Debug bool
 	// Sink is where every event is delivered; its URL is nil without K_SINK.
 	Sink SinkConfig
+	// TokensPath is the file of bearer tokens; "" leaves the API open.
+	// Its content is read by newTokenAuth (auth.go), which keeps re-reading it.
+	TokensPath string
+	// TLSCertFile and TLSKeyFile, both set or both empty, switch the server
+	// to HTTPS; they are read by newCertReloader (tlsconfig.go), which
+	// picks up renewed files.
+	TLSCertFile, TLSKeyFile string
 }
 
 // parseConfig reads and validates the environment. With needVCenter false
@@ -158,6 +171,9 @@ func parseConfig(getenv func(string) string, needVCenter bool) (Config, error) {
 		return cfg, err
 	}
 	if cfg.Sink, err = parseSinkConfig(getenv); err != nil {
+		return cfg, err
+	}
+	if err = parseAPISecurity(getenv, &cfg); err != nil {
 		return cfg, err
 	}
 	if !needVCenter {
@@ -263,6 +279,23 @@ func parseThumbprint(v string) (string, error) {
 // oneLine keeps an error message on one line.
 func oneLine(err error) string {
 	return strings.Join(strings.Fields(err.Error()), " ")
+}
+
+// parseAPISecurity reads the paths of the token file and of the TLS
+// certificate and key. Their content is checked at start by their loaders
+// (auth.go, tlsconfig.go), which own them because they re-read them while
+// the server runs; parseConfig only sees that the settings fit together.
+func parseAPISecurity(getenv func(string) string, cfg *Config) error {
+	cfg.TokensPath = strings.TrimSpace(getenv(envTokensPath))
+	cfg.TLSCertFile = strings.TrimSpace(getenv(envTLSCertFile))
+	cfg.TLSKeyFile = strings.TrimSpace(getenv(envTLSKeyFile))
+	switch {
+	case cfg.TLSCertFile != "" && cfg.TLSKeyFile == "":
+		return &configError{envTLSKeyFile, "required when " + envTLSCertFile + " is set (the certificate's private key)"}
+	case cfg.TLSCertFile == "" && cfg.TLSKeyFile != "":
+		return &configError{envTLSCertFile, "required when " + envTLSKeyFile + " is set (the key's certificate)"}
+	}
+	return nil
 }
 
 // parseVCenterURL accepts the vCenter address with or without /sdk and

@@ -421,6 +421,7 @@ func TestConfigVariables(t *testing.T) {
 		"LOG_MAX_RECORD_SIZE_BYTES", "LOG_MAX_SEGMENT_SIZE", "PORT", "DEBUG",
 		"VCENTER_THUMBPRINT",
 		"K_SINK", "K_CE_OVERRIDES", "SINK_MODE", "SINK_FILTER", "SINK_CHECKPOINT_FILE", "SINK_TIMEOUT",
+		"API_TOKENS_PATH", "TLS_CERT_FILE", "TLS_KEY_FILE",
 	}
 	if got := configVariables(); !slices.Equal(got, want) {
 		t.Errorf("configVariables() = %v, want %v", got, want)

@@ -30,17 +30,21 @@ type manifest struct {
 	lines []string
 }
 
-// loadManifests returns every document of deploy/*.yaml.
+// loadManifests returns every document of deploy/*.yaml and of the
+// optional manifests one directory down (deploy/knative/ needs Knative
+// Eventing installed, deploy/tls/ cert-manager, so each is applied on its
+// own), which follow the same rules.
 func loadManifests(t *testing.T) []manifest {
 	t.Helper()
 	files, err := filepath.Glob(filepath.Join("deploy", "*.yaml"))
-	// deploy/knative/ needs Knative Eventing installed, so it is applied
-	// on its own; its manifests follow the same rules.
-	knative, kerr := filepath.Glob(filepath.Join("deploy", "knative", "*.yaml"))
-	files = append(files, knative...)
-	if err != nil || kerr != nil || len(files) == 0 {
+	if err != nil || len(files) == 0 {
 		t.Fatalf("no deploy/*.yaml manifests (err %v)", err)
 	}
+	optional, err := filepath.Glob(filepath.Join("deploy", "*", "*.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	files = append(files, optional...)
 	var docs []manifest
 	for _, file := range files {
 		b, err := os.ReadFile(file)
@@ -187,6 +191,143 @@ func TestDeploySecretMount(t *testing.T) {
 	}
 	if !strings.Contains(string(secret), "# "+caFile+": |") {
 		t.Errorf("example Secret does not show the optional key %s", caFile)
+	}
+}
+
+// deployTokensSecretName is the Secret of the API tokens.
+const deployTokensSecretName = "api-tokens"
+
+func TestDeployTokenSecretMount(t *testing.T) {
+	t.Parallel()
+	doc := findManifest(t, "Deployment", deployName)
+	container := serverContainer(t)
+	tokensPath := containerEnv(t, container)[envTokensPath]
+	if tokensPath == "" {
+		t.Fatalf("the Deployment leaves %s unset: the API would be open to anyone reaching the pod", envTokensPath)
+	}
+	dir, file := filepath.Dir(tokensPath), filepath.Base(tokensPath)
+
+	var volume string
+	for _, item := range yamlItems(yamlPath(doc.lines, "spec", "template", "spec", "volumes")) {
+		if yamlScalar(yamlChild(item, "secret"), "secretName") == deployTokensSecretName {
+			volume = yamlScalar(item, "name")
+		}
+	}
+	if volume == "" {
+		t.Fatalf("no volume of Secret %s", deployTokensSecretName)
+	}
+	var mounted bool
+	for _, item := range yamlItems(yamlChild(container, "volumeMounts")) {
+		if yamlScalar(item, "name") != volume {
+			continue
+		}
+		mounted = true
+		if got := yamlScalar(item, "mountPath"); got != dir {
+			t.Errorf("tokens Secret mounted at %q, but %s is %q", got, envTokensPath, tokensPath)
+		}
+		if got := yamlScalar(item, "readOnly"); got != "true" {
+			t.Errorf("tokens Secret mount has readOnly: %q, want true", got)
+		}
+		// A subPath mount never sees the Secret's updates: no rotation.
+		if got := yamlScalar(item, "subPath"); got != "" {
+			t.Errorf("tokens Secret mounted with subPath %q: kubelet does not update it", got)
+		}
+	}
+	if !mounted {
+		t.Errorf("volume %s is not mounted", volume)
+	}
+
+	// The example Secret carries the file API_TOKENS_PATH names, with
+	// tokens the server accepts.
+	stringData := findManifest(t, "Secret", deployTokensSecretName).lines
+	block := yamlChild(yamlChild(stringData, "stringData"), file)
+	if len(block) == 0 {
+		t.Fatalf("example Secret %s has no stringData %s", deployTokensSecretName, file)
+	}
+	var content strings.Builder
+	for _, line := range block {
+		content.WriteString(strings.TrimSpace(line) + "\n")
+	}
+	if tokens, err := parseTokens([]byte(content.String())); err != nil || len(tokens) == 0 {
+		t.Errorf("example Secret's tokens are refused: %v", err)
+	}
+}
+
+func TestDeployNetworkPolicy(t *testing.T) {
+	t.Parallel()
+	policy := findManifest(t, "NetworkPolicy", deployName)
+	spec := yamlChild(policy.lines, "spec")
+	labels := yamlMapping(yamlPath(findManifest(t, "Deployment", deployName).lines, "spec", "template", "metadata", "labels"))
+	selector := yamlMapping(yamlPath(spec, "podSelector", "matchLabels"))
+	if len(selector) == 0 {
+		t.Error("NetworkPolicy selects no pods by label")
+	}
+	for key, value := range selector {
+		if labels[key] != value {
+			t.Errorf("NetworkPolicy selects %s=%s, which the Deployment's pods do not carry", key, value)
+		}
+	}
+	var types []string
+	for _, item := range yamlItems(yamlChild(spec, "policyTypes")) {
+		types = append(types, strings.TrimSpace(item[0]))
+	}
+	if !slices.Contains(types, "Ingress") {
+		t.Errorf("policyTypes %v lacks Ingress", types)
+	}
+
+	container := serverContainer(t)
+	ports := yamlItems(yamlChild(container, "ports"))
+	portName, portNumber := yamlScalar(ports[0], "name"), yamlScalar(ports[0], "containerPort")
+	rules := yamlItems(yamlChild(spec, "ingress"))
+	if len(rules) == 0 {
+		t.Fatal("NetworkPolicy has no ingress rule: it would drop every client")
+	}
+	for i, rule := range rules {
+		// Every rule admits only labelled pods, and only to the API port.
+		peers := yamlItems(yamlChild(rule, "from"))
+		if len(peers) == 0 {
+			t.Errorf("ingress rule %d has no from: it admits everyone", i)
+		}
+		for j, peer := range peers {
+			if len(yamlMapping(yamlPath(peer, "podSelector", "matchLabels"))) == 0 || yamlChild(peer, "ipBlock") != nil {
+				t.Errorf("ingress rule %d, peer %d admits more than pods carrying a label", i, j)
+			}
+		}
+		rulePorts := yamlItems(yamlChild(rule, "ports"))
+		if len(rulePorts) == 0 {
+			t.Errorf("ingress rule %d admits every port", i)
+		}
+		for _, p := range rulePorts {
+			if got := yamlScalar(p, "port"); got != portName && got != portNumber {
+				t.Errorf("ingress rule %d admits port %q, not the container's (%s/%s)", i, got, portName, portNumber)
+			}
+		}
+	}
+}
+
+func TestDeployCertificateExample(t *testing.T) {
+	t.Parallel()
+	cert := findManifest(t, "Certificate", deployName)
+	spec := yamlChild(cert.lines, "spec")
+	if yamlScalar(spec, "secretName") == "" {
+		t.Error("Certificate has no secretName")
+	}
+	var names []string
+	for _, item := range yamlItems(yamlChild(spec, "dnsNames")) {
+		names = append(names, strings.TrimSpace(item[0]))
+	}
+	// The name clients in the cluster use for the Service.
+	if want := deployName + "." + deployNamespace + ".svc"; !slices.Contains(names, want) {
+		t.Errorf("Certificate dnsNames %v lack %s", names, want)
+	}
+	issuer := yamlScalar(yamlChild(spec, "issuerRef"), "name")
+	if kind := yamlScalar(yamlChild(spec, "issuerRef"), "kind"); kind == "Issuer" {
+		findManifest(t, "Issuer", issuer)
+	}
+	// The Deployment's TLS variables are both set or both empty.
+	env := containerEnv(t, serverContainer(t))
+	if (env[envTLSCertFile] == "") != (env[envTLSKeyFile] == "") {
+		t.Errorf("the Deployment sets only one of %s and %s", envTLSCertFile, envTLSKeyFile)
 	}
 }
 

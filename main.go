@@ -104,6 +104,20 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	handlerOpts := []handlerOption{withMaxWatches(opts.maxWatches)}
+	var auth *tokenAuth
+	if cfg.TokensPath != "" {
+		if auth, err = newTokenAuth(cfg.TokensPath, log); err != nil {
+			return err
+		}
+		handlerOpts = append(handlerOpts, withAuth(auth))
+	}
+	var certs *certReloader
+	if cfg.TLSCertFile != "" {
+		if certs, err = newCertReloader(cfg.TLSCertFile, cfg.TLSKeyFile, log); err != nil {
+			return err
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -142,6 +156,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	handlerOpts = append(handlerOpts, withSink(sink.Status()))
 	if t := sink.ResumeTime(); !t.IsZero() {
 		// The event after the checkpoint may have been logged a little
 		// before it (a later key, an earlier time), as on a reconnect.
@@ -158,7 +173,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	requests, endRequests := context.WithCancel(context.WithoutCancel(ctx))
 	defer endRequests()
 	srv := &http.Server{
-		Handler:           newHandler(journal, status, log, withMaxWatches(opts.maxWatches), withSink(sink.Status())),
+		Handler:           newHandler(journal, status, log, handlerOpts...),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
@@ -168,12 +183,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		DisableGeneralOptionsHandler: true,
 		ErrorLog:                     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
-	log.Info("serving HTTP", "addr", ln.Addr().String())
+	serve := func() error { return srv.Serve(ln) }
+	if certs != nil {
+		srv.TLSConfig = certs.tlsConfig()
+		serve = func() error { return srv.ServeTLS(ln, "", "") }
+	}
+	log.Info("serving HTTP", "addr", ln.Addr().String(), "tls", certs != nil, "tokens", auth != nil)
+	if auth == nil {
+		log.Warn("API_TOKENS_PATH is not set: anyone who reaches this port reads every event")
+	}
 	workers.Go(func() {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+		if err := serve(); !errors.Is(err, http.ErrServerClosed) {
 			cancel(fmt.Errorf("serve HTTP: %w", err))
 		}
 	})
+	if auth != nil {
+		workers.Go(func() { auth.Run(ctx) })
+	}
 	workers.Go(func() { collector.Run(ctx) })
 	if sink != nil {
 		workers.Go(func() { sink.Run(ctx) })

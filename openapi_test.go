@@ -350,11 +350,14 @@ func TestOpenAPIRoutes(t *testing.T) {
 	t.Parallel()
 	doc := openAPIDoc(t)
 	var routes openAPIRouteList
-	addRoutes(&routes, NewJournal(10), &CollectorStatus{}, newHTTPMetrics(), apiLogger(), handlerConfig{})
+	addRoutes(&routes, NewJournal(10), &CollectorStatus{}, newHTTPMetrics(), apiLogger(), handlerConfig{auth: testTokenAuth("x")})
 	registered := make(map[string]bool)
 	for _, pattern := range routes {
 		if pattern == "/" {
 			continue // the catch-all: 404 for unknown paths
+		}
+		if _, path, _ := strings.Cut(pattern, " "); strings.HasPrefix(path, "/ui/") {
+			continue // the browser's pages, not the API (auth_test.go checks the login form)
 		}
 		method, path, ok := strings.Cut(pattern, " ")
 		if !ok || method != http.MethodGet {
@@ -413,16 +416,22 @@ func openAPICases() []openAPICase {
 		return s
 	}
 	stuck := func() *CollectorStatus { return newCollectorStatus(time.Nanosecond) }
+	tokens := []handlerOption{withAuth(testTokenAuth("openapi-test-token"))}
+	challenge := map[string]string{"WWW-Authenticate": `Bearer realm="vsphere-event-streaming"`}
+	bearer := func(token string) map[string]string { return map[string]string{"Authorization": "Bearer " + token} }
 	cases := []openAPICase{
 		{path: "/api/v1/range", status: 200, name: "held", target: "/api/v1/range", mediaType: "application/json"},
+		{path: "/api/v1/range", status: 200, name: "with a token", target: "/api/v1/range", opts: tokens, header: bearer("openapi-test-token"), mediaType: "application/json"},
 		{path: "/api/v1/range", status: 204, name: "empty", target: "/api/v1/range", empty: true},
 		{path: "/api/v1/range", status: 400, name: "parameter", target: "/api/v1/range?offset=1"},
+		{path: "/api/v1/range", status: 401, name: "no token", target: "/api/v1/range", opts: tokens, headers: challenge},
 		{path: "/api/v1/range", status: 405, name: "POST", method: http.MethodPost, target: "/api/v1/range", headers: allow},
 		{path: "/api/v1/range", status: 414, name: "long", target: openAPILongTarget("/api/v1/range")},
 
 		{path: "/api/v1/events/{id}", status: 200, name: "held", target: "/api/v1/events/46", mediaType: "application/json"},
 		{path: "/api/v1/events/{id}", status: 400, name: "malformed", target: "/api/v1/events/-1"},
 		{path: "/api/v1/events/{id}", status: 400, name: "parameter", target: "/api/v1/events/46?watch=true"},
+		{path: "/api/v1/events/{id}", status: 401, name: "wrong token", target: "/api/v1/events/46", opts: tokens, header: bearer("wrong"), headers: challenge},
 		{path: "/api/v1/events/{id}", status: 404, name: "gap", target: "/api/v1/events/45"},
 		{path: "/api/v1/events/{id}", status: 404, name: "not yet", target: "/api/v1/events/49"},
 		{path: "/api/v1/events/{id}", status: 405, name: "DELETE", method: http.MethodDelete, target: "/api/v1/events/46", headers: allow},
@@ -450,6 +459,7 @@ func openAPICases() []openAPICase {
 		{path: "/api/v1/events", status: 400, name: "empty type", target: "/api/v1/events?type="},
 		{path: "/api/v1/events", status: 400, name: "SSE not a watch", target: "/api/v1/events?watch=false", header: sse},
 		{path: "/api/v1/events", status: 400, name: "Last-Event-ID", target: "/api/v1/events", header: map[string]string{"Accept": "text/event-stream", "Last-Event-ID": "x"}},
+		{path: "/api/v1/events", status: 401, name: "watch without a token", target: "/api/v1/events?watch=true", opts: tokens, headers: challenge},
 		{path: "/api/v1/events", status: 405, name: "PUT", method: http.MethodPut, target: "/api/v1/events", headers: allow},
 		{path: "/api/v1/events", status: 410, name: "list", target: "/api/v1/events?offset=10"},
 		{path: "/api/v1/events", status: 410, name: "watch", target: "/api/v1/events?watch=1&offset=43"},
@@ -460,16 +470,19 @@ func openAPICases() []openAPICase {
 
 		{path: "/api/v1/openapi.yaml", status: 200, name: "document", target: "/api/v1/openapi.yaml", mediaType: "application/yaml"},
 		{path: "/api/v1/openapi.yaml", status: 400, name: "parameter", target: "/api/v1/openapi.yaml?format=json"},
+		{path: "/api/v1/openapi.yaml", status: 401, name: "no token", target: "/api/v1/openapi.yaml", opts: tokens, headers: challenge},
 		{path: "/api/v1/openapi.yaml", status: 405, name: "PATCH", method: http.MethodPatch, target: "/api/v1/openapi.yaml", headers: allow},
 		{path: "/api/v1/openapi.yaml", status: 414, name: "long", target: openAPILongTarget("/api/v1/openapi.yaml")},
 
 		{path: "/livez", status: 200, name: "alive", target: "/livez", mediaType: "application/json"},
+		{path: "/livez", status: 200, name: "tokens on, none sent", target: "/livez", opts: tokens, mediaType: "application/json"},
 		{path: "/livez", status: 400, name: "parameter", target: "/livez?verbose"},
 		{path: "/livez", status: 405, name: "POST", method: http.MethodPost, target: "/livez", headers: allow},
 		{path: "/livez", status: 414, name: "long", target: openAPILongTarget("/livez")},
 		{path: "/livez", status: 503, name: "stuck", target: "/livez", collector: stuck, mediaType: "application/json"},
 
 		{path: "/readyz", status: 200, name: "ready", target: "/readyz", collector: ready, mediaType: "application/json"},
+		{path: "/readyz", status: 200, name: "tokens on, none sent", target: "/readyz", opts: tokens, collector: ready, mediaType: "application/json"},
 		{path: "/readyz", status: 400, name: "parameter", target: "/readyz?x=1"},
 		{path: "/readyz", status: 405, name: "OPTIONS", method: http.MethodOptions, target: "/readyz", headers: allow},
 		{path: "/readyz", status: 414, name: "long", target: openAPILongTarget("/readyz")},
@@ -477,6 +490,7 @@ func openAPICases() []openAPICase {
 
 		{path: "/metrics", status: 200, name: "metrics", target: "/metrics", mediaType: "text/plain; version=0.0.4"},
 		{path: "/metrics", status: 400, name: "parameter", target: "/metrics?name=x"},
+		{path: "/metrics", status: 401, name: "no token", target: "/metrics", opts: tokens, headers: challenge},
 		{path: "/metrics", status: 405, name: "POST", method: http.MethodPost, target: "/metrics", headers: allow},
 		{path: "/metrics", status: 414, name: "long", target: openAPILongTarget("/metrics")},
 	}
