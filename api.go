@@ -76,6 +76,12 @@ func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, met
 	mux.Handle("GET /livez", handleLivez(status))
 	mux.Handle("GET /readyz", handleReadyz(journal, status))
 	mux.Handle("GET /metrics", handleMetrics(journal, status, metrics))
+	viewer, err := loadViewerAssets()
+	if err != nil {
+		log.Error("live event viewer unavailable", "error", err)
+	}
+	mux.Handle("GET /{$}", handleViewerPage(viewer))
+	mux.Handle("GET "+viewerAssetPrefix+"{asset}", handleViewerAsset(viewer))
 	mux.Handle("/", handleNotFound())
 }
 

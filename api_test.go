@@ -672,7 +672,8 @@ func TestAPIBadInput(t *testing.T) {
 		{"/api/v1/events?offset=1&x=" + strings.Repeat("a", 9000), 414},
 		{"/" + strings.Repeat("a", 9000), 414},
 		// Unknown paths.
-		{"/", 404},
+		{"/index.html", 404}, // "/" is the live event viewer (viewer.go)
+		{"/ui/", 404},
 		{"/nope", 404},
 		{"/api", 404},
 		{"/api/v1", 404},

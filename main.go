@@ -155,6 +155,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		ErrorLog:                     slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
 	log.Info("serving HTTP", "addr", ln.Addr().String())
+	if opts.simulate {
+		fmt.Fprintf(stdout, "Live event viewer: %s\n", viewerURL(ln.Addr()))
+	}
 	workers.Go(func() {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			cancel(fmt.Errorf("serve HTTP: %w", err))
