@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/chromedp/cdproto/emulation"
+	"github.com/chromedp/cdproto/input"
 	cdplog "github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
@@ -469,7 +470,33 @@ func TestViewerShowsRecentAndLiveEvents(t *testing.T) {
 			/^[\d,]+\/min$/.test(document.getElementById('rate').textContent)`)
 	})
 
-	t.Run("screenshots, light, dark and phone", func(t *testing.T) {
+	t.Run("simulated operations, and screenshots", func(t *testing.T) {
+		// The simulator's own mix (tasks, logins, EventEx, ExtendedEvent)
+		// for a while: at least 40 events.
+		before := vc.latestKey(t)
+		ctx, stop := context.WithCancel(context.Background())
+		done := make(chan error, 1)
+		go func() { done <- sim.generate(ctx, 100, slog.New(slog.DiscardHandler)) }()
+		p.waitFor("40 simulated events", fmt.Sprintf(`Number(document.querySelector('#rows tr')?.dataset.key) >= %d`, before+40))
+		stop()
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		p.waitFor("every simulated event", topKeyIs(vc.latestKey(t)))
+		got := p.rows()
+		want := vc.events(t, got[len(got)-1].Key-1)
+		if len(got) != len(want) {
+			t.Fatalf("page shows %d events, vCenter logged %d", len(got), len(want))
+		}
+		for i, r := range got {
+			ev := want[len(want)-1-i]
+			if name, _ := eventTypeAndClass(ev); r.Key != int64(ev.GetEvent().Key) || r.Type != name {
+				t.Fatalf("row %d: %d %s, vCenter logged %d %s", i, r.Key, r.Type, ev.GetEvent().Key, name)
+			}
+			if r.Entity == "" && ev.GetEvent().Vm != nil {
+				t.Errorf("row %d (%s) names no entity", i, r.Type)
+			}
+		}
 		viewerScreenshots(t, p)
 	})
 }
@@ -514,6 +541,9 @@ func viewerScreenshots(t *testing.T, p *viewerPage) {
 			return err
 		})
 	}
+	// No focus ring, no hover, no fading highlight of new rows.
+	p.do(chromedp.MouseEvent(input.DispatchMouseEventTypeMouseMoved, 1, 1))
+	_ = eval[bool](p, `document.activeElement.blur(), Promise.all(document.getAnimations().map(a => a.finished)).then(() => true)`)
 	shot("viewer.png", chromedp.EmulateViewport(1280, 760), media("light"))
 	if bg := eval[string](p, `getComputedStyle(document.body).backgroundColor`); bg != "rgb(255, 255, 255)" {
 		t.Errorf("light background %s", bg)

@@ -84,6 +84,15 @@
     ['ComputeResource', 'Cluster'], ['Datacenter', 'Datacenter'],
   ];
 
+  // Kinds of managed objects, as people call them.
+  const KINDS = {
+    VirtualMachine: 'VM', HostSystem: 'Host', Datastore: 'Datastore', Network: 'Network',
+    DistributedVirtualPortgroup: 'Network', VmwareDistributedVirtualSwitch: 'Switch',
+    ClusterComputeResource: 'Cluster', ComputeResource: 'Compute', Datacenter: 'Datacenter',
+    ResourcePool: 'Pool', Folder: 'Folder',
+  };
+  const kindOf = (type) => KINDS[type] || type || '';
+
   // entityOf is the most specific inventory object the event concerns.
   function entityOf(d) {
     for (const [field, kind] of ENTITIES) {
@@ -95,9 +104,9 @@
         return { kind, name: e.Name };
       }
     }
-    if (d.ObjectName) return { kind: d.ObjectType || '', name: d.ObjectName };
-    if (d.ManagedObject && d.ManagedObject.Value) return { kind: d.ManagedObject.Type || '', name: d.ManagedObject.Value };
-    if (d.ObjectId) return { kind: d.ObjectType || '', name: d.ObjectId };
+    if (d.ObjectName) return { kind: kindOf(d.ObjectType), name: d.ObjectName };
+    if (d.ManagedObject && d.ManagedObject.Value) return { kind: kindOf(d.ManagedObject.Type), name: d.ManagedObject.Value };
+    if (d.ObjectId) return { kind: kindOf(d.ObjectType), name: d.ObjectId };
     return null;
   }
 
@@ -289,12 +298,14 @@
 
   // ---- events per minute (by event time), drawn as a sparkline ----
 
-  const perMinute = new Map(); // minute number -> count
+  const perSecond = new Map(); // second number -> events
 
   function countRate(ce) {
+    const now = Date.now();
     const t = Date.parse(ce.time);
-    const m = Math.floor((isNaN(t) ? Date.now() : Math.min(t, Date.now())) / 60000);
-    if (m > Math.floor(Date.now() / 60000) - SPARK_MINUTES) perMinute.set(m, (perMinute.get(m) || 0) + 1);
+    // A clock ahead of the browser's counts as now.
+    const sec = Math.floor((isNaN(t) ? now : Math.min(t, now)) / 1000);
+    if (sec > Math.floor(now / 1000) - SPARK_MINUTES * 60) perSecond.set(sec, (perSecond.get(sec) || 0) + 1);
     if (!sparkTimer) sparkTimer = setTimeout(drawSpark, 1000);
   }
 
@@ -302,10 +313,19 @@
 
   function drawSpark() {
     sparkTimer = 0;
-    const now = Math.floor(Date.now() / 60000);
-    for (const m of perMinute.keys()) if (m <= now - SPARK_MINUTES) perMinute.delete(m);
-    const counts = [];
-    for (let m = now - SPARK_MINUTES + 1; m <= now; m++) counts.push(perMinute.get(m) || 0);
+    const nowSec = Math.floor(Date.now() / 1000);
+    const nowMin = Math.floor(nowSec / 60);
+    const counts = new Array(SPARK_MINUTES).fill(0);
+    let lastMinute = 0; // the 60 seconds up to now
+    for (const [sec, n] of perSecond) {
+      const i = SPARK_MINUTES - 1 - (nowMin - Math.floor(sec / 60));
+      if (i < 0) {
+        perSecond.delete(sec);
+        continue;
+      }
+      counts[i] += n;
+      if (sec > nowSec - 60) lastMinute += n;
+    }
     const max = Math.max(1, ...counts);
     const svg = $('spark');
     const ns = 'http://www.w3.org/2000/svg';
@@ -321,10 +341,7 @@
       if (!c) r.setAttribute('class', 'base');
       svg.appendChild(r);
     });
-    // The current minute is still filling: rate over the last full one,
-    // or the current one if it is all there is.
-    const rate = counts[counts.length - 2] || counts[counts.length - 1];
-    $('rate').textContent = rate.toLocaleString() + '/min';
+    $('rate').textContent = lastMinute.toLocaleString() + '/min';
     svg.setAttribute('aria-label', 'events per minute, last ' + SPARK_MINUTES + ' minutes: ' + counts.join(', '));
   }
 
