@@ -24,6 +24,7 @@ import (
 	"github.com/chromedp/cdproto/emulation"
 	"github.com/chromedp/cdproto/input"
 	cdplog "github.com/chromedp/cdproto/log"
+	"github.com/chromedp/cdproto/page"
 	"github.com/chromedp/cdproto/runtime"
 	"github.com/chromedp/chromedp"
 	"github.com/chromedp/chromedp/kb"
@@ -134,6 +135,8 @@ type viewerPage struct {
 
 	mu       sync.Mutex
 	problems []string // uncaught exceptions and CSP violations
+
+	navigated chan string // the URLs the tab's top frame went to
 }
 
 // openViewer opens url in a new tab of the shared browser; the tab closes
@@ -141,7 +144,7 @@ type viewerPage struct {
 // its Content-Security-Policy.
 func openViewer(t testing.TB, url string) *viewerPage {
 	t.Helper()
-	p := &viewerPage{t: t}
+	p := &viewerPage{t: t, navigated: make(chan string, 16)}
 	ctx, cancel := chromedp.NewContext(browser(t), chromedp.WithListener(p.listen))
 	t.Cleanup(func() {
 		cancel()
@@ -166,6 +169,13 @@ func openViewer(t testing.TB, url string) *viewerPage {
 func (p *viewerPage) listen(ev any) {
 	var problem string
 	switch ev := ev.(type) {
+	case *page.EventFrameNavigated:
+		if ev.Frame.ParentID == "" {
+			select {
+			case p.navigated <- ev.Frame.URL:
+			default:
+			}
+		}
 	case *runtime.EventExceptionThrown:
 		d := ev.ExceptionDetails
 		problem = "uncaught exception: " + d.Text
@@ -699,6 +709,44 @@ func TestViewerResumesAcrossServerRestart(t *testing.T) {
 	}
 }
 
+// TestViewerFellBehindAcrossRestart: with a tiny journal, a restarted
+// server no longer holds the events after the page's last one; the page's
+// resume gets a 410, and the page says what was missed.
+func TestViewerFellBehindAcrossRestart(t *testing.T) {
+	t.Parallel()
+	browser(t)
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	env := map[string]string{envMaxSegmentSize: "5"}
+	s1 := startServer(t, sim, env)
+	waitForKey(t, s1, vc.latestKey(t))
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(s1.URL, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := openViewer(t, s1.URL+"/")
+	p.waitFor("live", `document.getElementById('state').dataset.state === 'live'`)
+	last := vc.latestKey(t)
+	p.waitFor("the newest event", topKeyIs(last))
+
+	s1.shutdown(t)
+	vc.postEvents(t, 20) // more than the 10 the next server holds
+	env[envPort] = port
+	s2 := startServer(t, sim, env)
+	if earliest, _ := serverRange(t, s2); earliest <= last+1 {
+		t.Fatalf("the new server holds %d, after the page's last event %d: nothing to miss", earliest, last)
+	}
+	p.waitFor("fell behind", `document.getElementById('state').dataset.state === 'behind'`)
+	// The range missed ends where the journal began when the page came
+	// back, which the replay may still have been moving.
+	msg := eval[string](p, `document.getElementById('banner-text').textContent`)
+	if want := fmt.Sprintf("Events #%d–#", last+1); !strings.HasPrefix(msg, want) || !strings.Contains(msg, " were purged before this page could read them") {
+		t.Errorf("banner %q, want it to begin %q", msg, want)
+	}
+	p.do(chromedp.Click("#banner-action"))
+	p.waitFor("the events held", topKeyIs(vc.latestKey(t)))
+}
+
 // journalServer serves the real handler over a journal the test fills, so
 // that a test controls exactly what the page receives. Its handler can be
 // swapped, with every connection cut, as a restart would.
@@ -930,6 +978,37 @@ func TestViewerSecurityHeaders(t *testing.T) {
 	resp.Body.Close()
 	if resp.StatusCode != http.StatusMethodNotAllowed {
 		t.Errorf("POST /: %d", resp.StatusCode)
+	}
+}
+
+// TestViewerSignsInOn401 checks the page's part of bearer-token auth: an
+// API call answered 401 sends the browser to the login page, with the
+// page's own path and query to come back to (and no token in any URL).
+func TestViewerSignsInOn401(t *testing.T) {
+	t.Parallel()
+	browser(t)
+	viewer := newHandler(NewJournal(10), &CollectorStatus{}, slog.New(slog.DiscardHandler))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasPrefix(r.URL.Path, "/api/") || r.URL.Path == "/readyz" {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="vsphere-event-streaming"`)
+			writeProblem(w, newProblem(http.StatusUnauthorized, "a bearer token is needed"))
+			return
+		}
+		viewer.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	p := openViewer(t, srv.URL+"/?type=VmPoweredOnEvent&q=vm")
+	want := srv.URL + "/ui/login?next=%2F%3Ftype%3DVmPoweredOnEvent%26q%3Dvm"
+	deadline := time.After(waitTimeout)
+	for {
+		select {
+		case u := <-p.navigated:
+			if u == want {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("the page did not go to %s", want)
+		}
 	}
 }
 
