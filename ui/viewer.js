@@ -15,7 +15,7 @@
 (() => {
   const MAX_ROWS = 2000;       // rows kept in the page, newest first
   const PAGE = 100;            // events of the first page and of each "Older"
-  const FLUSH_MS = 40;         // arriving events are drawn in batches
+  const FLUSH_MS = 16;         // arriving events are drawn in batches, at most one a frame
   const STATUS_MS = 10000;     // /readyz refresh
   const SPARK_MINUTES = 15;
   const MAX_RETRY_MS = 30000;
