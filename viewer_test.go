@@ -457,6 +457,13 @@ func TestViewerShowsRecentAndLiveEvents(t *testing.T) {
 		p.waitFor("copied", `document.getElementById('d-copied').textContent === 'JSON copied.'`)
 		p.do(chromedp.KeyEvent(kb.Escape))
 		p.waitFor("the detail closed", `!document.getElementById('detail').open`)
+		// A click anywhere on a row opens it too.
+		second := p.rows()[1]
+		p.do(chromedp.Click("#rows tr:nth-child(2) .c-msg"))
+		p.waitFor("the second row's detail", fmt.Sprintf(`document.getElementById('detail').open &&
+			document.getElementById('d-title').textContent.startsWith('Event #%d ')`, second.Key))
+		p.do(chromedp.Click("#d-close"))
+		p.waitFor("the detail closed", `!document.getElementById('detail').open`)
 		// Every control is reachable with Tab.
 		reached := eval[[]string](p, `(() => {
 			const ids = [];
@@ -872,6 +879,9 @@ func TestViewerPurgedEvents(t *testing.T) {
 		}
 		p.do(chromedp.Click("#banner-action")) // Continue from #30
 		p.waitFor("30", topKeyIs(30))
+		if msg := eval[string](p, `document.getElementById('banner-text').textContent`); msg != "Events #26–#29 were purged before this page could read them; the page went on from #30." {
+			t.Errorf("after continuing, banner %q", msg)
+		}
 		appendRecords(t, j2, 31, 32)
 		p.waitFor("live on", topKeyIs(32))
 		if got := keysOfRows(p.rows())[:4]; fmt.Sprint(got) != "[32 31 30 25]" {

@@ -542,7 +542,8 @@
     }
     banner(missed + detail + ' The journal now holds #' + earliest + (p.latest != null ? '–#' + p.latest : '') + '.',
       'Continue from #' + earliest, () => {
-        banner('');
+        // What was missed stays said, above the rows that follow the gap.
+        banner(missed + '; the page went on from #' + earliest + '.');
         lastId = null;
         fromOffset = earliest;
         setState('connecting', 'connecting…');
