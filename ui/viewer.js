@@ -375,8 +375,13 @@
   }
 
   let statusTimer = 0;
+  let statusBusy = false;
 
+  // refreshStatus reads /readyz now and every STATUS_MS (one chain of
+  // timers, however often a reconnect asks for a refresh).
   async function refreshStatus() {
+    if (statusBusy) return;
+    statusBusy = true;
     clearTimeout(statusTimer);
     try {
       const resp = await api('/readyz');
@@ -392,6 +397,8 @@
       const v = $('vcenter');
       v.dataset.connected = 'false';
       v.textContent = 'server unreachable';
+    } finally {
+      statusBusy = false;
     }
     statusTimer = setTimeout(refreshStatus, STATUS_MS);
   }
@@ -410,7 +417,6 @@
   let lastId = null;   // the last SSE id seen: where a reconnect resumes
   let fromOffset = null; // the offset of a watch that has no lastId yet
   let retryMs = 3000;  // the server's retry: hint
-  let watchAbort = null;
 
   // watch keeps the SSE watch open. Its modes: live (reading), reconnecting
   // (waiting to retry after the stream ended or the server was
@@ -420,15 +426,13 @@
   async function watch() {
     let failures = 0;
     for (;;) {
-      const ctrl = new AbortController();
-      watchAbort = ctrl;
       let outcome; // {mode, message?, wait?, problem?}
       try {
         const headers = { Accept: 'text/event-stream' };
         const extra = { watch: 'true' };
         if (lastId !== null) headers['Last-Event-ID'] = lastId;
         else if (fromOffset !== null) extra.offset = fromOffset;
-        const resp = await fetch(apiURL('/api/v1/events', extra), { headers, cache: 'no-store', signal: ctrl.signal });
+        const resp = await fetch(apiURL('/api/v1/events', extra), { headers, cache: 'no-store' });
         if (resp.ok) {
           failures = 0;
           setState('live', 'live');
@@ -438,8 +442,7 @@
           const after = Number(resp.headers.get('Retry-After'));
           outcome = { status: resp.status, problem: p, wait: after > 0 ? after * 1000 : 0 };
         }
-      } catch (e) {
-        if (ctrl.signal.aborted) return;
+      } catch {
         outcome = { status: 0, problem: { detail: 'server unreachable' } };
       }
       // Decide the next mode.
