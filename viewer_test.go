@@ -790,21 +790,27 @@ func (js *journalServer) swap(j *Journal) {
 // records it.
 func viewerRecord(t testing.TB, key int64, created time.Time) Record {
 	t.Helper()
+	return viewerRecordOf(t, key, created, "VmPoweredOnEvent")
+}
+
+// viewerRecordOf is a VM event of the type name with the given key.
+func viewerRecordOf(t testing.TB, key int64, created time.Time, name string) Record {
+	t.Helper()
 	data, err := json.Marshal(map[string]any{
 		"specversion": "1.0", "id": strconv.FormatInt(key, 10), "source": "https://vc.example.com/sdk",
-		"type": "vmware.vsphere.VmPoweredOnEvent.v0", "datacontenttype": "application/json",
+		"type": cloudEventType(name), "datacontenttype": "application/json",
 		"time": created.UTC().Format(time.RFC3339Nano),
 		"data": map[string]any{
 			"Key": key, "UserName": "VSPHERE.LOCAL\\Administrator",
 			"Vm":                   map[string]any{"Name": "vm-" + strconv.FormatInt(key%7, 10)},
-			"FullFormattedMessage": fmt.Sprintf("event %d is powered on", key),
+			"FullFormattedMessage": fmt.Sprintf("event %d: %s", key, name),
 		},
 		"eventclass": "event",
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Record{Offset: key, Data: data, Type: "vmware.vsphere.VmPoweredOnEvent.v0", Class: ClassEvent}
+	return Record{Offset: key, Data: data, Type: cloudEventType(name), Class: ClassEvent}
 }
 
 func appendRecords(t testing.TB, j *Journal, from, to int64) {
@@ -860,6 +866,38 @@ func TestViewerPurgedEvents(t *testing.T) {
 		}
 		p.do(chromedp.Click("#older"))
 		p.waitFor("the end", `document.getElementById('older-note').textContent.startsWith('Older events were purged: the journal now begins at #1,')`)
+	})
+
+	t.Run("Older with a type filter", func(t *testing.T) {
+		// Odd keys powered on, even keys powered off: 125 of each.
+		j := NewJournal(200)
+		now := time.Now()
+		for key := int64(1); key <= 250; key++ {
+			if err := j.AppendRecord(viewerRecordOf(t, key, now, map[bool]string{true: "VmPoweredOnEvent", false: "VmPoweredOffEvent"}[key%2 == 1])); err != nil {
+				t.Fatal(err)
+			}
+		}
+		srv := startJournalServer(t, j)
+		p := openViewer(t, srv.srv.URL+"/?type=VmPoweredOnEvent")
+		p.waitFor("the newest 100 powered on", `document.querySelectorAll('#rows tr').length === 100`)
+		for clicks := 0; p.rows()[len(p.rows())-1].Key > 1; clicks++ {
+			if clicks == 10 {
+				t.Fatalf("10 clicks on Older and the page shows %d rows down to %d", len(p.rows()), p.rows()[len(p.rows())-1].Key)
+			}
+			n := len(p.rows())
+			p.do(chromedp.Click("#older"))
+			p.waitFor("older powered-on events", fmt.Sprintf(`document.querySelectorAll('#rows tr').length > %d ||
+				document.getElementById('older-note').textContent.startsWith('No matching')`, n))
+		}
+		got := keysOfRows(p.rows())
+		if len(got) != 125 {
+			t.Fatalf("%d rows, want the 125 powered-on events", len(got))
+		}
+		for i, k := range got {
+			if k != int64(249-2*i) {
+				t.Fatalf("row %d is %d, want %d", i, k, 249-2*i)
+			}
+		}
 	})
 
 	t.Run("the watch's error event: fell behind", func(t *testing.T) {
