@@ -88,6 +88,12 @@ func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, met
 	if cfg.auth != nil {
 		addLoginRoutes(mux, cfg.auth)
 	}
+	viewer, err := loadViewerAssets()
+	if err != nil {
+		log.Error("live event viewer unavailable", "error", err)
+	}
+	mux.Handle("GET /{$}", handleViewerPage(viewer))
+	mux.Handle("GET "+viewerAssetPrefix+"{asset}", handleViewerAsset(viewer))
 	mux.Handle("/", handleNotFound())
 }
 

@@ -672,7 +672,8 @@ func TestAPIBadInput(t *testing.T) {
 		{"/api/v1/events?offset=1&x=" + strings.Repeat("a", 9000), 414},
 		{"/" + strings.Repeat("a", 9000), 414},
 		// Unknown paths.
-		{"/", 404},
+		{"/index.html", 404}, // "/" is the live event viewer (viewer.go)
+		{"/ui/", 404},
 		{"/nope", 404},
 		{"/api", 404},
 		{"/api/v1", 404},
@@ -1066,6 +1067,11 @@ func TestAPIWatchLagging(t *testing.T) {
 	s := &apiServer{t: t, journal: j, status: &CollectorStatus{}, srv: srv, client: &http.Client{Transport: transport}}
 
 	w := s.watch("&offset=1")
+	// The watch is under way before the flood: a handler not yet scheduled
+	// would otherwise find its offset purged before its first event.
+	if key := apiRecordKey(t, w.line()); key != 1 {
+		t.Fatalf("watch: first key %d, want 1", key)
+	}
 	const last = 260
 	for k := int64(5); k <= last; k++ {
 		if err := j.Append(k, apiBigRecord(k, 64<<10)); err != nil {
@@ -1074,7 +1080,7 @@ func TestAPIWatchLagging(t *testing.T) {
 	}
 	// The error line tells the range when the watch found itself purged,
 	// which may be before the last append.
-	next := int64(1)
+	next := int64(2)
 	for {
 		line := w.line()
 		if bytes.HasPrefix(line, []byte(`{"error"`)) {
@@ -1103,9 +1109,6 @@ func TestAPIWatchLagging(t *testing.T) {
 			t.Fatalf("watch: key %d, want %d", key, next)
 		}
 		next++
-	}
-	if next == 1 {
-		t.Error("watch: no event before the error")
 	}
 	w.end()
 }

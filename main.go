@@ -192,6 +192,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if auth == nil {
 		log.Warn("API_TOKENS_PATH is not set: anyone who reaches this port reads every event")
 	}
+	if opts.simulate {
+		fmt.Fprintf(stdout, "Live event viewer: %s\n", viewerURL(ln.Addr(), certs != nil))
+	}
 	workers.Go(func() {
 		if err := serve(); !errors.Is(err, http.ErrServerClosed) {
 			cancel(fmt.Errorf("serve HTTP: %w", err))

@@ -356,14 +356,15 @@ func TestOpenAPIRoutes(t *testing.T) {
 		if pattern == "/" {
 			continue // the catch-all: 404 for unknown paths
 		}
-		if _, path, _ := strings.Cut(pattern, " "); strings.HasPrefix(path, "/ui/") {
-			continue // the browser's pages, not the API (auth_test.go checks the login form)
+		if _, path, _ := strings.Cut(pattern, " "); path == "/ui/login" || path == "/ui/logout" {
+			continue // the browser's login form, not the API (auth_test.go checks it)
 		}
 		method, path, ok := strings.Cut(pattern, " ")
 		if !ok || method != http.MethodGet {
 			t.Errorf("route %q is not a GET route", pattern)
 			continue
 		}
+		path = strings.TrimSuffix(path, "{$}") // "/{$}" is the exact path "/"
 		registered[path] = true
 		if doc.at("paths", path, "get") == nil {
 			t.Errorf("route %q is not described in openapi.yaml", pattern)
@@ -493,6 +494,17 @@ func openAPICases() []openAPICase {
 		{path: "/metrics", status: 401, name: "no token", target: "/metrics", opts: tokens, headers: challenge},
 		{path: "/metrics", status: 405, name: "POST", method: http.MethodPost, target: "/metrics", headers: allow},
 		{path: "/metrics", status: 414, name: "long", target: openAPILongTarget("/metrics")},
+
+		{path: "/", status: 200, name: "page", target: "/", mediaType: "text/html", headers: map[string]string{"Content-Security-Policy": ""}},
+		{path: "/", status: 200, name: "filtered page", target: "/?type=VmPoweredOnEvent&q=vm", mediaType: "text/html"},
+		{path: "/", status: 405, name: "POST", method: http.MethodPost, target: "/", headers: allow},
+		{path: "/", status: 414, name: "long", target: openAPILongTarget("/")},
+		{path: "/ui/{asset}", status: 200, name: "script", target: "/ui/viewer.js", mediaType: "text/javascript", headers: map[string]string{"Content-Security-Policy": ""}},
+		{path: "/ui/{asset}", status: 200, name: "style", target: "/ui/viewer.css", mediaType: "text/css"},
+		{path: "/ui/{asset}", status: 200, name: "icon", target: "/ui/icon.svg", mediaType: "image/svg+xml"},
+		{path: "/ui/{asset}", status: 404, name: "unknown", target: "/ui/nothing.js"},
+		{path: "/ui/{asset}", status: 405, name: "PUT", method: http.MethodPut, target: "/ui/viewer.js", headers: allow},
+		{path: "/ui/{asset}", status: 414, name: "long", target: openAPILongTarget("/ui/viewer.js")},
 	}
 	return cases
 }

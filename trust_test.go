@@ -11,6 +11,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
+	"hash"
 	"math/big"
 	"net"
 	"net/http"
@@ -116,24 +117,40 @@ func fingerprint(sum []byte, colons bool) string {
 	return strings.Join(parts, ":")
 }
 
+// pinned returns the settings that pin vCenter's certificate by its
+// fingerprint of the given hash, written in the given case, with or
+// without colons.
+func pinned(h func() hash.Hash, letterCase func(string) string, colons bool) func(t *testing.T, vc *privateCAVCenter) map[string]string {
+	return func(t *testing.T, vc *privateCAVCenter) map[string]string {
+		sum := h()
+		sum.Write(vc.leaf.Raw)
+		return map[string]string{
+			envSecretPath:        vc.secrets(t, nil),
+			envVCenterThumbprint: letterCase(fingerprint(sum.Sum(nil), colons)),
+		}
+	}
+}
+
 // TestTrustPrivateCA: with verification on, vCenter's certificate is
 // trusted through ca.crt, or through its SHA-256 or SHA-1 fingerprint.
 func TestTrustPrivateCA(t *testing.T) {
 	t.Parallel()
-	vc := startPrivateCAVCenter(t)
-	sha256Sum := sha256.Sum256(vc.leaf.Raw)
-	sha1Sum := sha1.Sum(vc.leaf.Raw)
-	// An unrelated certificate too: ca.crt may hold several.
-	bundle := append(newPrivateCA(t).pem, vc.ca.pem...)
-	for name, env := range map[string]map[string]string{
-		"ca.crt":         {envSecretPath: vc.secrets(t, bundle)},
-		"sha256":         {envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: strings.ToUpper(fingerprint(sha256Sum[:], true))},
-		"sha256 bare":    {envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: fingerprint(sha256Sum[:], false)},
-		"sha1 as govc":   {envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: strings.ToUpper(fingerprint(sha1Sum[:], true))},
-		"sha1 lowercase": {envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: fingerprint(sha1Sum[:], false)},
+	for name, trust := range map[string]func(t *testing.T, vc *privateCAVCenter) map[string]string{
+		"ca.crt": func(t *testing.T, vc *privateCAVCenter) map[string]string {
+			// An unrelated certificate too: ca.crt may hold several.
+			return map[string]string{envSecretPath: vc.secrets(t, append(newPrivateCA(t).pem, vc.ca.pem...))}
+		},
+		"sha256":         pinned(sha256.New, strings.ToUpper, true),
+		"sha256 bare":    pinned(sha256.New, strings.ToLower, false),
+		"sha1 as govc":   pinned(sha1.New, strings.ToUpper, true),
+		"sha1 lowercase": pinned(sha1.New, strings.ToLower, false),
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
+			// A simulator each: servers that create and destroy history
+			// collectors at once race inside the simulator.
+			vc := startPrivateCAVCenter(t)
+			env := trust(t, vc)
 			env[envVCenterInsecure] = "false"
 			s := startServer(t, vc.sim, env)
 			if code, _ := get(t, s.URL+"/readyz"); code != http.StatusOK {
@@ -148,15 +165,22 @@ func TestTrustPrivateCA(t *testing.T) {
 // how to fix it, with the fingerprint vCenter presented.
 func TestTrustUntrusted(t *testing.T) {
 	t.Parallel()
-	vc := startPrivateCAVCenter(t)
 	wrongSum := sha256.Sum256([]byte("another certificate"))
-	for name, env := range map[string]map[string]string{
-		"nothing":     {envSecretPath: vc.secrets(t, nil)},
-		"another CA":  {envSecretPath: vc.secrets(t, newPrivateCA(t).pem)},
-		"fingerprint": {envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: fingerprint(wrongSum[:], true)},
+	for name, trust := range map[string]func(t *testing.T, vc *privateCAVCenter) map[string]string{
+		"nothing": func(t *testing.T, vc *privateCAVCenter) map[string]string {
+			return map[string]string{envSecretPath: vc.secrets(t, nil)}
+		},
+		"another CA": func(t *testing.T, vc *privateCAVCenter) map[string]string {
+			return map[string]string{envSecretPath: vc.secrets(t, newPrivateCA(t).pem)}
+		},
+		"fingerprint": func(t *testing.T, vc *privateCAVCenter) map[string]string {
+			return map[string]string{envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: fingerprint(wrongSum[:], true)}
+		},
 	} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
+			vc := startPrivateCAVCenter(t)
+			env := trust(t, vc)
 			env[envVCenterInsecure] = "false"
 			s := launchServer(t, vc.sim, env)
 			msg := "vCenter's certificate is not trusted; reconnecting. Fix one of three ways: put the CA that signed it (PEM) in the file ca.crt in VCENTER_SECRET_PATH, set VCENTER_THUMBPRINT to the certificate's fingerprint, or set VCENTER_INSECURE=true to skip verification"
