@@ -8,85 +8,35 @@ import (
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/pem"
 	"hash"
-	"math/big"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 )
 
-// privateCA is a certificate authority of a test's own, like a vCenter's VMCA.
-type privateCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newPrivateCA(t *testing.T) *privateCA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "Test VMCA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &privateCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-// issue returns a server certificate for 127.0.0.1 signed by the CA.
-func (ca *privateCA) issue(t *testing.T) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "vcenter.test"},
-		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, &key.PublicKey, ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}
+// pem returns the CA's certificate in PEM, as a ca.crt file holds it.
+func (ca *testCA) pem() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ca.cert.Raw})
 }
 
 // privateCAVCenter is a simulated vCenter whose certificate a private CA signed.
 type privateCAVCenter struct {
 	sim  *simulation
-	ca   *privateCA
+	ca   *testCA
 	leaf *x509.Certificate
 }
 
 func startPrivateCAVCenter(t *testing.T) *privateCAVCenter {
 	t.Helper()
-	ca := newPrivateCA(t)
-	cert := ca.issue(t)
+	ca := newTestCA(t)
+	cert, err := tls.X509KeyPair(ca.issue(t, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
 	sim := startTestSimulationTLS(t, &tls.Config{Certificates: []tls.Certificate{cert}})
 	return &privateCAVCenter{sim: sim, ca: ca, leaf: cert.Leaf}
 }
@@ -138,7 +88,7 @@ func TestTrustPrivateCA(t *testing.T) {
 	for name, trust := range map[string]func(t *testing.T, vc *privateCAVCenter) map[string]string{
 		"ca.crt": func(t *testing.T, vc *privateCAVCenter) map[string]string {
 			// An unrelated certificate too: ca.crt may hold several.
-			return map[string]string{envSecretPath: vc.secrets(t, append(newPrivateCA(t).pem, vc.ca.pem...))}
+			return map[string]string{envSecretPath: vc.secrets(t, append(newTestCA(t).pem(), vc.ca.pem()...))}
 		},
 		"sha256":         pinned(sha256.New, strings.ToUpper, true),
 		"sha256 bare":    pinned(sha256.New, strings.ToLower, false),
@@ -171,7 +121,7 @@ func TestTrustUntrusted(t *testing.T) {
 			return map[string]string{envSecretPath: vc.secrets(t, nil)}
 		},
 		"another CA": func(t *testing.T, vc *privateCAVCenter) map[string]string {
-			return map[string]string{envSecretPath: vc.secrets(t, newPrivateCA(t).pem)}
+			return map[string]string{envSecretPath: vc.secrets(t, newTestCA(t).pem())}
 		},
 		"fingerprint": func(t *testing.T, vc *privateCAVCenter) map[string]string {
 			return map[string]string{envSecretPath: vc.secrets(t, nil), envVCenterThumbprint: fingerprint(wrongSum[:], true)}
@@ -203,17 +153,17 @@ func TestTrustUntrusted(t *testing.T) {
 // program at start with one line naming it.
 func TestTrustConfigErrors(t *testing.T) {
 	t.Parallel()
-	ca := newPrivateCA(t)
+	ca := newTestCA(t)
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	keyDER, _ := x509.MarshalECPrivateKey(key)
 	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER})
 	for name, caPEM := range map[string]string{
 		"empty":        "",
 		"not PEM":      "this is not a certificate\n",
-		"trailing":     string(ca.pem) + "garbage",
+		"trailing":     string(ca.pem()) + "garbage",
 		"private key":  string(keyPEM),
 		"bad DER":      string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: []byte("nope")})),
-		"key and cert": string(ca.pem) + string(keyPEM),
+		"key and cert": string(ca.pem()) + string(keyPEM),
 	} {
 		t.Run("ca.crt "+name, func(t *testing.T) {
 			t.Parallel()
@@ -239,7 +189,7 @@ func TestTrustConfigErrors(t *testing.T) {
 	}
 	// A readable ca.crt and a good fingerprint are taken.
 	env := validVCenterEnv(t)
-	writeFile(t, filepath.Join(env[envSecretPath], caFile), string(ca.pem))
+	writeFile(t, filepath.Join(env[envSecretPath], caFile), string(ca.pem()))
 	env[envVCenterThumbprint] = " " + strings.Repeat("aB:", 31) + "aB\n"
 	cfg, err := parseConfig(configEnv(env), true)
 	if err != nil {

@@ -106,6 +106,10 @@ func browser(t testing.TB) context.Context {
 			chromedp.Flag("disable-backgrounding-occluded-windows", true),
 			chromedp.Flag("metrics-recording-only", true),
 			chromedp.Flag("password-store", "basic"),
+			// HTTPS tests use certificates of their own making: the origin
+			// is still https, so Secure and __Host- cookies behave as in
+			// production.
+			chromedp.IgnoreCertErrors,
 		)
 		ctx, cancel := chromedp.NewContext(allocCtx)
 		sharedBrowser.stop = func() {
