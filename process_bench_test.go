@@ -1,0 +1,316 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"runtime/metrics"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The benchmarks of this file run the server as a child process (this test
+// binary again, in TestChildServer) against a simulator in the benchmark's
+// own process, so that the server's RSS and CPU are its own: the simulator,
+// the clients and the benchmark are in the parent.
+
+// childServerEnv makes TestChildServer run the server; its value is the
+// flags, separated by spaces.
+const childServerEnv = "VES_CHILD_SERVER_ARGS"
+
+// TestChildServer is the server process of the benchmarks below; it is
+// skipped in a normal test run.
+func TestChildServer(t *testing.T) {
+	args, ok := os.LookupEnv(childServerEnv)
+	if !ok {
+		t.Skip("runs only as a benchmark's child process")
+	}
+	raiseFileLimit(t)
+	// SIGUSR1 asks for a line of memory figures on stderr.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	go func() {
+		for range usr1 {
+			reportMemory(os.Stderr)
+		}
+	}()
+	err := run(context.Background(), append([]string{"vsphere-event-streaming"}, strings.Fields(args)...), os.Getenv, io.Discard, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// memoryReport is the line of memory figures of a child server.
+type memoryReport struct {
+	Msg          string
+	HeapObjects  uint64 // bytes of live and not yet swept heap objects
+	HeapLive     uint64 // bytes of live heap after the last GC
+	Stacks       uint64
+	HeapGoal     uint64
+	HeapReleased uint64
+	Goroutines   uint64
+	OtherRuntime uint64 // runtime metadata, buffers, ...
+	HeapFree     uint64 // free heap memory not yet returned to the OS
+	StackScanned uint64 // stack in use by goroutines at the last GC
+}
+
+// reportMemory writes the process's memory figures as one JSON line.
+func reportMemory(w io.Writer) {
+	samples := []metrics.Sample{
+		{Name: "/memory/classes/heap/objects:bytes"},
+		{Name: "/gc/heap/live:bytes"},
+		{Name: "/memory/classes/heap/stacks:bytes"},
+		{Name: "/gc/heap/goal:bytes"},
+		{Name: "/memory/classes/heap/released:bytes"},
+		{Name: "/sched/goroutines:goroutines"},
+		{Name: "/memory/classes/other:bytes"},
+		{Name: "/memory/classes/heap/free:bytes"},
+		{Name: "/gc/scan/stack:bytes"},
+	}
+	metrics.Read(samples)
+	v := func(i int) uint64 { return samples[i].Value.Uint64() }
+	line, _ := json.Marshal(memoryReport{Msg: "memory", HeapObjects: v(0), HeapLive: v(1), Stacks: v(2),
+		HeapGoal: v(3), HeapReleased: v(4), Goroutines: v(5), OtherRuntime: v(6), HeapFree: v(7), StackScanned: v(8)})
+	fmt.Fprintf(w, "%s\n", line)
+}
+
+// raiseFileLimit raises the soft limit of open files to the hard limit:
+// 10,000 watches over loopback are 10,000 descriptors on each side.
+func raiseFileLimit(tb testing.TB) uint64 {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		tb.Fatal(err)
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return lim.Cur
+}
+
+// childServer is a server running as a child process.
+type childServer struct {
+	cmd    *exec.Cmd
+	URL    string // http://127.0.0.1:port
+	addr   string // 127.0.0.1:port
+	memory chan memoryReport
+}
+
+// startChildServer runs the server in a child process against sim, with
+// args as its flags, and waits until it has caught up with vCenter.
+func startChildServer(b *testing.B, sim *simulation, args ...string) *childServer {
+	b.Helper()
+	secrets := b.TempDir()
+	writeFile(b, filepath.Join(secrets, "username"), sim.Username)
+	writeFile(b, filepath.Join(secrets, "password"), sim.Password)
+	cmd := exec.Command(os.Args[0], "-test.run=^TestChildServer$", "-test.count=1")
+	cmd.Env = append(os.Environ(),
+		childServerEnv+"="+strings.Join(args, " "),
+		envVCenterURL+"="+sim.URL.String(),
+		envVCenterInsecure+"=true",
+		envSecretPath+"="+secrets,
+		envPort+"=0",
+		envDebug+"=false",
+	)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	s := &childServer{cmd: cmd, memory: make(chan memoryReport, 1)}
+	b.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		_ = cmd.Wait()
+	})
+	ready := make(chan error, 1)
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			var line struct{ Msg, Addr string }
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				continue
+			}
+			switch line.Msg {
+			case "memory":
+				var m memoryReport
+				_ = json.Unmarshal(sc.Bytes(), &m)
+				s.memory <- m
+			case "serving HTTP":
+				_, port, _ := net.SplitHostPort(line.Addr)
+				s.addr = "127.0.0.1:" + port
+			case "caught up with vCenter":
+				ready <- nil
+			}
+		}
+		ready <- fmt.Errorf("child server ended before catching up with vCenter")
+		_, _ = io.Copy(io.Discard, stderr)
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			b.Fatal(err)
+		}
+	case <-time.After(waitTimeout):
+		b.Fatal("child server did not catch up with vCenter in time")
+	}
+	s.URL = "http://" + s.addr
+	return s
+}
+
+// procStatus returns a field of /proc/<pid>/status in bytes (for kB values).
+func procStatusBytes(b *testing.B, pid int, field string) float64 {
+	b.Helper()
+	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Skip("no /proc:", err)
+	}
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, field+":"); ok {
+			kb, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(rest), "kB")), 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return kb * 1024
+		}
+	}
+	b.Fatalf("no %s in /proc/%d/status", field, pid)
+	return 0
+}
+
+// memoryFigures asks the child for its runtime's memory figures.
+func (s *childServer) memoryFigures(b *testing.B) memoryReport {
+	b.Helper()
+	if err := s.cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+		b.Fatal(err)
+	}
+	select {
+	case m := <-s.memory:
+		return m
+	case <-time.After(waitTimeout):
+		b.Fatal("no memory figures from the child server")
+		return memoryReport{}
+	}
+}
+
+// rss is the child's resident set size.
+func (s *childServer) rss(b *testing.B) float64 {
+	return procStatusBytes(b, s.cmd.Process.Pid, "VmRSS")
+}
+
+// cpu is the CPU time (user and system, all threads) the child has used,
+// from /proc/<pid>/stat, in clock ticks of 10 ms.
+func (s *childServer) cpu(b *testing.B) time.Duration {
+	return procCPU(b, s.cmd.Process.Pid)
+}
+
+// procCPU is the CPU time of process pid from /proc/<pid>/stat.
+func procCPU(b *testing.B, pid int) time.Duration {
+	b.Helper()
+	stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		b.Skip("no /proc:", err)
+	}
+	// The command name, in parentheses, may hold spaces: count fields
+	// after its closing parenthesis. utime and stime are fields 14 and 15.
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		b.Fatalf("cannot parse /proc/%d/stat: %s", pid, stat)
+	}
+	const tick = 10 * time.Millisecond // USER_HZ is 100 on Linux
+	return time.Duration(utime+stime) * tick
+}
+
+// openTCPWatch opens a watch on a bare TCP connection and reads the
+// response's header: the client side costs one descriptor and no goroutine.
+func openTCPWatch(b *testing.B, addr string, sse bool) net.Conn {
+	b.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		b.Fatal(err)
+	}
+	req := "GET /api/v1/events?watch=true HTTP/1.1\r\nHost: " + addr + "\r\n"
+	if sse {
+		req += "Accept: text/event-stream\r\n"
+	}
+	if _, err := io.WriteString(conn, req+"\r\n"); err != nil {
+		b.Fatal(err)
+	}
+	// The header comes in one flush; read until its blank line.
+	var head []byte
+	buf := make([]byte, 1024)
+	_ = conn.SetReadDeadline(time.Now().Add(waitTimeout))
+	for !strings.Contains(string(head), "\r\n\r\n") {
+		n, err := conn.Read(buf)
+		if err != nil {
+			b.Fatalf("watch header: %v (%q)", err, head)
+		}
+		head = append(head, buf[:n]...)
+	}
+	_ = conn.SetReadDeadline(time.Time{})
+	if !strings.HasPrefix(string(head), "HTTP/1.1 200 ") {
+		b.Fatalf("watch: %q", head)
+	}
+	return conn
+}
+
+// BenchmarkIdleWatchMemory: the server's RSS and CPU with 1,000 and then
+// 10,000 idle watches open (half NDJSON, half SSE), the server in a child
+// process. Each step waits idleWindow (one SSE heartbeat included) and
+// reports the CPU used meanwhile and the RSS at its end.
+func BenchmarkIdleWatchMemory(b *testing.B) {
+	const idleWindow = 16 * time.Second // > the 15 s SSE heartbeat
+	const kib, mib = 1 << 10, 1 << 20
+	if limit := raiseFileLimit(b); limit < 10100 {
+		b.Skipf("open files limited to %d: 10,000 watches need more", limit)
+	}
+	sim := startTestSimulation(b)
+	for range b.N {
+		srv := startChildServer(b, sim, "--max-watches=0")
+		// The server's own: caught up, idle for a moment.
+		idle(idleWindow / 4)
+		base := srv.rss(b)
+		baseMem := srv.memoryFigures(b)
+		b.Logf("base: rss %.1f MiB, %+v", base/mib, baseMem)
+		b.ReportMetric(base/mib, "base-rss-MiB")
+		var conns []net.Conn
+		for _, n := range []int{1000, 10000} {
+			for len(conns) < n {
+				conns = append(conns, openTCPWatch(b, srv.addr, len(conns)%2 == 1))
+			}
+			before := srv.cpu(b)
+			idle(idleWindow)
+			used := srv.cpu(b) - before
+			rss := srv.rss(b)
+			m := srv.memoryFigures(b)
+			b.Logf("%d watches: rss %.1f MiB, %+v", n, rss/mib, m)
+			b.ReportMetric(100*used.Seconds()/idleWindow.Seconds(), fmt.Sprintf("cpu-%%-of-core-%d", n))
+			b.ReportMetric((rss-base)/float64(n)/kib, fmt.Sprintf("rss-KiB/watch-%d", n))
+			b.ReportMetric((rss-base)/mib, fmt.Sprintf("rss-above-base-MiB-%d", n))
+			b.ReportMetric(float64(m.Stacks-baseMem.Stacks)/float64(n)/kib, fmt.Sprintf("stack-KiB/watch-%d", n))
+			b.ReportMetric(float64(m.HeapObjects-baseMem.HeapObjects)/float64(n)/kib, fmt.Sprintf("heap-KiB/watch-%d", n))
+		}
+		for _, c := range conns {
+			c.Close()
+		}
+	}
+}
+
+// idle waits for d: the measurement is of doing nothing for this long.
+func idle(d time.Duration) { time.Sleep(d) }
