@@ -7,16 +7,23 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"runtime/metrics"
+	"runtime/pprof"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vmware/govmomi/event"
+	"github.com/vmware/govmomi/vim25/types"
 )
 
 // The benchmarks of this file run the server as a child process (this test
@@ -45,13 +52,28 @@ func TestChildServer(t *testing.T) {
 			reportMemory(os.Stderr)
 		}
 	}()
+	// VES_CPUPROFILE=file profiles the server (the last child started
+	// writes it).
+	if path := os.Getenv("VES_CPUPROFILE"); path != "" {
+		out, err := os.Create(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer out.Close()
+		// A finer rate than the default 100 Hz: an idle server's few ms.
+		runtime.SetCPUProfileRate(2000)
+		if err := pprof.StartCPUProfile(out); err != nil {
+			t.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
+	}
 	err := run(context.Background(), append([]string{"vsphere-event-streaming"}, strings.Fields(args)...), os.Getenv, io.Discard, os.Stderr)
 	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-// memoryReport is the line of memory figures of a child server.
+// memoryReport is the line of memory and CPU figures of a child server.
 type memoryReport struct {
 	Msg          string
 	HeapObjects  uint64 // bytes of live and not yet swept heap objects
@@ -60,9 +82,11 @@ type memoryReport struct {
 	HeapGoal     uint64
 	HeapReleased uint64
 	Goroutines   uint64
-	OtherRuntime uint64 // runtime metadata, buffers, ...
-	HeapFree     uint64 // free heap memory not yet returned to the OS
-	StackScanned uint64 // stack in use by goroutines at the last GC
+	OtherRuntime uint64        // runtime metadata, buffers, ...
+	HeapFree     uint64        // free heap memory not yet returned to the OS
+	StackScanned uint64        // stack in use by goroutines at the last GC
+	CPU          time.Duration // user and system time of the process so far
+	System       time.Duration // of which system time
 }
 
 // reportMemory writes the process's memory figures as one JSON line.
@@ -79,9 +103,12 @@ func reportMemory(w io.Writer) {
 		{Name: "/gc/scan/stack:bytes"},
 	}
 	metrics.Read(samples)
+	var ru syscall.Rusage
+	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 	v := func(i int) uint64 { return samples[i].Value.Uint64() }
 	line, _ := json.Marshal(memoryReport{Msg: "memory", HeapObjects: v(0), HeapLive: v(1), Stacks: v(2),
-		HeapGoal: v(3), HeapReleased: v(4), Goroutines: v(5), OtherRuntime: v(6), HeapFree: v(7), StackScanned: v(8)})
+		HeapGoal: v(3), HeapReleased: v(4), Goroutines: v(5), OtherRuntime: v(6), HeapFree: v(7), StackScanned: v(8),
+		CPU: time.Duration(ru.Utime.Nano() + ru.Stime.Nano()), System: time.Duration(ru.Stime.Nano())})
 	fmt.Fprintf(w, "%s\n", line)
 }
 
@@ -314,3 +341,129 @@ func BenchmarkIdleWatchMemory(b *testing.B) {
 
 // idle waits for d: the measurement is of doing nothing for this long.
 func idle(d time.Duration) { time.Sleep(d) }
+
+// ownCPU is the CPU time this process has used.
+func ownCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// eventCost is what one mode of the collector spent on a paced run.
+type eventCost struct {
+	server    time.Duration // the server's CPU per event
+	simulator time.Duration // the benchmark process's (simulator, poster, watcher) per event
+	latencies []time.Duration
+}
+
+// measureEventCost runs a child server with args against sim, posts n
+// events at rate per second, waits until a watcher received all of them,
+// and returns the CPU per event of the server and of this process.
+func measureEventCost(b *testing.B, sim *simulation, n int, rate float64, args ...string) eventCost {
+	b.Helper()
+	vc := connectVCenter(b, sim)
+	srv := startChildServer(b, sim, args...)
+	defer func() {
+		_ = srv.cmd.Process.Signal(syscall.SIGTERM)
+		_ = srv.cmd.Wait()
+	}()
+	first := newestKey(b, vc) + 1
+	w := openLightWatch(b, http.DefaultClient, srv.URL+fmt.Sprintf("/api/v1/events?watch=true&offset=%d", first))
+	defer w.body.Close()
+	// Let the start settle: the collector's first wait, the watch.
+	idle(time.Second)
+	before, ownBefore := srv.memoryFigures(b), ownCPU(b)
+	serverBefore := before.CPU
+	received := make([]time.Time, n)
+	var returned []time.Time
+	var postErr error
+	posted := make(chan struct{})
+	go func() {
+		defer close(posted)
+		returned, postErr = paced(context.Background(), vc, n, rate)
+	}()
+	for range n {
+		key, err := w.nextKey()
+		if err != nil {
+			b.Fatal(err)
+		}
+		if i := key - first; i >= 0 && i < int64(n) {
+			received[i] = time.Now()
+		} else {
+			b.Fatalf("unexpected key %d", key)
+		}
+	}
+	<-posted
+	if postErr != nil {
+		b.Fatal(postErr)
+	}
+	after := srv.memoryFigures(b)
+	b.Logf("%v: server user %v, system %v", args, after.CPU-after.System-(before.CPU-before.System), after.System-before.System)
+	cost := eventCost{
+		server:    (after.CPU - serverBefore) / time.Duration(n),
+		simulator: (ownCPU(b) - ownBefore) / time.Duration(n),
+		latencies: make([]time.Duration, n),
+	}
+	for i := range n {
+		cost.latencies[i] = max(0, received[i].Sub(returned[i]))
+	}
+	return cost
+}
+
+// newestKey is the key of vCenter's newest event.
+func newestKey(b *testing.B, vc *vcenter) int64 {
+	b.Helper()
+	page, err := event.NewManager(vc.client.Client).QueryEvents(context.Background(), types.EventFilterSpec{MaxCount: 1})
+	if err != nil || len(page) == 0 {
+		b.Fatalf("newest event: %v", err)
+	}
+	return int64(page[0].GetEvent().Key)
+}
+
+// median returns the median of ds.
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
+}
+
+// BenchmarkEventCPU: the server's CPU per event, pushed (default) and
+// polled (--push=false --poll-interval=1s), at 5, 20, 100 and 1,000 events
+// per second, with the server in a child process (its CPU from getrusage)
+// and the simulator in this one. The modes alternate, eventRuns times
+// each; the figures are medians, the ratio the median of the runs' ratios.
+// The push latency is PostEvent returning to the watcher's line.
+func BenchmarkEventCPU(b *testing.B) {
+	const eventRuns = 3
+	for _, rate := range []int{5, 20, 100, 1000} {
+		b.Run(fmt.Sprintf("rate=%d", rate), func(b *testing.B) {
+			// About 10 s of events, at least 100.
+			n := max(100, 10*rate)
+			if rate >= 1000 {
+				n = 3 * rate
+			}
+			sim := startTestSimulation(b)
+			var push, poll, pushSim, pollSim, ratios []time.Duration
+			var latencies []time.Duration
+			for range b.N * eventRuns {
+				p := measureEventCost(b, sim, n, float64(rate))
+				q := measureEventCost(b, sim, n, float64(rate), "--push=false", "--poll-interval=1s")
+				push, pushSim = append(push, p.server), append(pushSim, p.simulator)
+				poll, pollSim = append(poll, q.server), append(pollSim, q.simulator)
+				// The ratio in thousandths, as a Duration to share median.
+				ratios = append(ratios, time.Duration(1000*p.server/max(1, q.server)))
+				latencies = append(latencies, p.latencies...)
+			}
+			us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
+			b.ReportMetric(us(median(push)), "push-µs/event")
+			b.ReportMetric(us(median(poll)), "poll-µs/event")
+			b.ReportMetric(float64(median(ratios))/1000, "push/poll")
+			b.ReportMetric(us(median(pushSim)), "push-sim-µs/event")
+			b.ReportMetric(us(median(pollSim)), "poll-sim-µs/event")
+			quantiles(b, latencies, "-push")
+			b.Logf("push %v, poll %v, ratios %v", push, poll, ratios)
+		})
+	}
+}
