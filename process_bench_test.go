@@ -480,9 +480,9 @@ func newestKey(b *testing.B, vc *vcenter) int64 {
 	return int64(page[0].GetEvent().Key)
 }
 
-// median returns the median of ds.
-func median(ds []time.Duration) time.Duration {
-	s := slices.Clone(ds)
+// median returns the median of xs (the upper one of an even count).
+func median[T time.Duration | float64](xs []T) T {
+	s := slices.Clone(xs)
 	slices.Sort(s)
 	return s[len(s)/2]
 }
@@ -509,21 +509,21 @@ func BenchmarkEventCPU(b *testing.B) {
 				pollInterval = 500 * time.Millisecond
 			}
 			sim := startTestSimulation(b)
-			var push, poll, pushSim, pollSim, ratios []time.Duration
+			var push, poll, pushSim, pollSim []time.Duration
+			var ratios []float64
 			var latencies []time.Duration
 			for range b.N * eventRuns {
 				p := measureEventCost(b, sim, n, float64(rate))
 				q := measureEventCost(b, sim, n, float64(rate), "--push=false", "--poll-interval="+pollInterval.String())
 				push, pushSim = append(push, p.server), append(pushSim, p.simulator)
 				poll, pollSim = append(poll, q.server), append(pollSim, q.simulator)
-				// The ratio in thousandths, as a Duration to share median.
-				ratios = append(ratios, time.Duration(1000*p.server/max(1, q.server)))
+				ratios = append(ratios, float64(p.server)/float64(max(1, q.server)))
 				latencies = append(latencies, p.latencies...)
 			}
 			us := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1000 }
 			b.ReportMetric(us(median(push)), "push-µs/event")
 			b.ReportMetric(us(median(poll)), "poll-µs/event")
-			b.ReportMetric(float64(median(ratios))/1000, "push/poll")
+			b.ReportMetric(median(ratios), "push/poll")
 			b.ReportMetric(us(median(pushSim)), "push-sim-µs/event")
 			b.ReportMetric(us(median(pollSim)), "poll-sim-µs/event")
 			quantiles(b, latencies, "-push")

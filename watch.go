@@ -205,7 +205,10 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 	// returns and the response ends: give the end a fresh one.
 	defer func() { _ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout)) }()
 	// Send the status at once, so the client knows the watch is established.
-	if !writeStart(w, rc, s, next) {
+	// The header goes on its own: net/http's path that writes it with the
+	// first bytes of a body grows the goroutine's stack to 16 KiB, which
+	// the watch would then hold while it waits (8 KiB more per SSE watch).
+	if !writeFlush(w, rc, nil) || !writeStart(w, rc, s, next) {
 		return
 	}
 
@@ -294,26 +297,42 @@ func sendBatch(w http.ResponseWriter, rc *http.ResponseController, j *Journal, f
 
 // waitOrBeat waits for a record at or above next; while none comes it
 // sends the format's heartbeat every interval. It reports whether the watch
-// goes on.
+// goes on. One timer serves all the heartbeats of a wait.
 func waitOrBeat(ctx context.Context, j *Journal, next int64, w http.ResponseWriter, rc *http.ResponseController, s watchSettings) bool {
 	beat := s.format.heartbeat()
 	if beat == nil || s.heartbeat <= 0 {
 		return j.Wait(ctx, next) == nil
 	}
+	heartbeat := time.NewTimer(s.heartbeat)
+	defer heartbeat.Stop()
 	for {
-		waitCtx, cancel := context.WithTimeout(ctx, s.heartbeat)
-		err := j.Wait(waitCtx, next)
-		cancel()
-		if err == nil {
+		appended := j.appendedAfter(next)
+		if appended == nil {
 			return true
 		}
-		if next > 0 {
-			beat = s.format.position(append(beat[:0:0], beat...), next-1)
-		}
-		if ctx.Err() != nil || !writeFlush(w, rc, beat) {
+		select {
+		case <-appended:
+		case <-ctx.Done():
 			return false
+		case <-heartbeat.C:
+			if !writeHeartbeat(w, rc, s, beat, next) {
+				return false
+			}
+			heartbeat.Reset(s.heartbeat)
 		}
 	}
+}
+
+// writeHeartbeat writes the format's heartbeat, with the position before
+// next if there is one; it reports whether that worked.
+func writeHeartbeat(w http.ResponseWriter, rc *http.ResponseController, s watchSettings, beat []byte, next int64) bool {
+	buf := s.buffers.buffer()
+	defer s.buffers.putBuffer(buf)
+	*buf = append((*buf)[:0], beat...)
+	if next > 0 {
+		*buf = s.format.position(*buf, next-1)
+	}
+	return writeFlush(w, rc, *buf)
 }
 
 // writeFlush writes b and flushes it to the client, within the write
