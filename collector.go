@@ -252,9 +252,13 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 	mode := modePoll
 	if c.opts.push {
 		// Before the first read: the simulator's collector starts its page
-		// over when it is resized.
+		// over when it is resized. Only the announcements' size depends on
+		// it, so a vCenter that refuses it costs CPU, not events.
 		if err := hc.SetPageSize(ctx, announcedPageSize); err != nil {
-			return fail("set the event collector's page size", err)
+			if ctx.Err() != nil {
+				return fail("set the event collector's page size", err)
+			}
+			c.log.Warn("cannot set the event collector's page size; announcements carry vCenter's default page", "error", err)
 		}
 		if updates, err = watchLatestPage(ctx, client, hc, c.opts.safetyInterval); err != nil {
 			return fail("watch the event collector", err)

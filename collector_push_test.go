@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/event"
+	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -133,5 +134,25 @@ func TestCollectorPushModes(t *testing.T) {
 	}
 	wg.Wait()
 	vc.postEvents(t, 1)
+	expectEvents(t, w, vc.events(t, before))
+}
+
+// TestCollectorPageSizeRefused: a vCenter that refuses to resize the
+// latest page costs larger announcements, not events.
+func TestCollectorPageSizeRefused(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	sim.model.Service.AddFaultRule(&simulator.FaultInjectionRule{
+		MethodName: "SetCollectorPageSize", ObjectType: "*", ObjectName: "*",
+		Probability: 1, FaultType: simulator.FaultTypeGeneric, Message: "injected", Enabled: true,
+	})
+	vc := connectVCenter(t, sim)
+	srv := startServer(t, sim, nil)
+	srv.logs.wait(t, "cannot set the event collector's page size; announcements carry vCenter's default page", srv.stopped)
+	before, w := watchFromNow(t, vc, srv)
+	for range 3 {
+		vc.postEvents(t, 1)
+	}
+	vc.postEvents(t, 10)
 	expectEvents(t, w, vc.events(t, before))
 }
