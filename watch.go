@@ -140,9 +140,10 @@ const maxPooledBytes = 2 * watchBufferSize
 func (p *watchBuffers) batch() *[]Record { return p.batches.Get().(*[]Record) }
 
 // putBatch returns a batch, first dropping its records: a pooled batch
-// must not keep purged records' data alive.
+// must not keep purged records' data alive. Beyond its length a batch is
+// already clear.
 func (p *watchBuffers) putBatch(b *[]Record) {
-	clear((*b)[:cap(*b)])
+	clear(*b)
 	*b = (*b)[:0]
 	p.batches.Put(b)
 }
