@@ -273,6 +273,7 @@ func acceptsEventStream(r *http.Request) bool {
 }
 
 func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handlerConfig) http.Handler {
+	buffers := newWatchBuffers()
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q, p := parseEventsQuery(r, j)
 		if p != nil {
@@ -290,9 +291,9 @@ func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handle
 			return
 		}
 		defer metrics.watchers.Add(-1)
-		s := watchSettings{format: ndjson{}, log: log}
+		s := watchSettings{format: ndjson{}, buffers: buffers, log: log}
 		if q.sse {
-			s = watchSettings{format: serverSentEvents{}, heartbeat: cfg.sseHeartbeat, log: log}
+			s = watchSettings{format: serverSentEvents{}, heartbeat: cfg.sseHeartbeat, buffers: buffers, log: log}
 		}
 		serveWatch(w, r, j, q, s)
 	})

@@ -49,6 +49,56 @@ const (
 // session fall back to polling.
 const updateWaitFailures = 3
 
+// announcedPageSize is the size of the history collector's latestPage,
+// which every announcement carries whole: the newest event is all it needs
+// to tell, the reads fetch the rest. (vCenter's default is 10, each
+// decoded on every announcement.)
+const announcedPageSize = 1
+
+// collectMode is how a session learns of new events.
+type collectMode int
+
+const (
+	// modePush waits for vCenter to announce a new event, then reads up
+	// to the event announced.
+	modePush collectMode = iota
+	// modeFlood reads back to back, every floodPause, without
+	// announcements: in a flood they cost more than they save, since
+	// vCenter queues one per event (the simulator with a copy of the
+	// latest page each) while every read finds many events anyway.
+	modeFlood
+	// modePoll reads every poll interval: push is off, or waiting for
+	// announcements keeps failing.
+	modePoll
+)
+
+func (m collectMode) String() string {
+	switch m {
+	case modePush:
+		return "push"
+	case modeFlood:
+		return "flood"
+	}
+	return "poll"
+}
+
+// nextMode decides a session's next mode from its current one, the number
+// of events its last read found and its failed waits for announcements in
+// a row. It is the one place where the mode changes.
+func nextMode(m collectMode, read, waitFailures int) collectMode {
+	switch {
+	case m == modePoll:
+		return modePoll
+	case m == modePush && waitFailures >= updateWaitFailures:
+		return modePoll
+	case m == modePush && read >= floodEvents:
+		return modeFlood
+	case m == modeFlood && read < floodEvents/10:
+		return modePush
+	}
+	return m
+}
+
 // errStalled ends a session whose vCenter calls stopped succeeding.
 var errStalled = errors.New("vCenter stalled: no call succeeded within the watchdog bound")
 
@@ -230,40 +280,53 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 	succeeded()
 	c.status.connected.Store(true)
 
+	mode := modePoll
 	if c.opts.push {
+		// Before the first read: the simulator's collector starts its page
+		// over when it is resized. Only the announcements' size depends on
+		// it, so a vCenter that refuses it costs CPU, not events.
+		if err := hc.SetPageSize(ctx, announcedPageSize); err != nil {
+			if ctx.Err() != nil {
+				return fail("set the event collector's page size", err)
+			}
+			c.log.Warn("cannot set the event collector's page size; announcements carry vCenter's default page", "error", err)
+		}
 		if updates, err = watchLatestPage(ctx, client, hc, c.opts.safetyInterval); err != nil {
 			return fail("watch the event collector", err)
 		}
 		succeeded()
+		mode = modePush
 	}
-	c.log.Info("collecting vCenter events", "begin", begin, "push", updates != nil)
+	c.log.Info("collecting vCenter events", "begin", begin, "push", mode == modePush)
 
 	lastKeepAlive := time.Now()
 	waitFailures := 0
-	polling := updates == nil
-	flooding := false
+	// announced is the newest key the last announcement carried: a read
+	// that reaches it need not be confirmed by an empty one. -1: read
+	// until a read finds nothing.
+	announced := int64(-1)
 	for {
 		c.status.beat()
-		n, err := c.drain(ctx, hc, succeeded)
+		n, err := c.drain(ctx, hc, announced, succeeded)
 		if err != nil {
 			return fail("read events", err)
 		}
 		succeeded()
-		// In a flood, announcements cost more than they save: vCenter
-		// queues one per event (the simulator with a copy of the latest
-		// page each), while every read finds many events anyway. Read back
-		// to back without them until caught up, then wait for them again.
-		switch {
-		case !polling && !flooding && n >= floodEvents:
-			c.log.Debug("flood of events: reading without announcements", "events", n)
-			c.destroyPageUpdates(ctx, client, updates)
-			updates, flooding = nil, true
-		case flooding && n < floodEvents/10:
-			if updates, err = watchLatestPage(ctx, client, hc, c.opts.safetyInterval); err != nil {
-				return fail("watch the event collector", err)
+		if next := nextMode(mode, n, waitFailures); next != mode {
+			c.log.Debug("collector mode changes", "from", mode.String(), "to", next.String(), "events", n)
+			if mode == modePush {
+				c.destroyPageUpdates(ctx, client, updates)
+				updates = nil
 			}
-			flooding = false
-			c.log.Debug("flood over: waiting for announcements again", "events", n)
+			if next == modePoll {
+				c.log.Warn("falling back to polling vCenter", "interval", c.opts.pollInterval.String())
+			}
+			if next == modePush {
+				if updates, err = watchLatestPage(ctx, client, hc, c.opts.safetyInterval); err != nil {
+					return fail("watch the event collector", err)
+				}
+			}
+			mode = next
 		}
 		progressed = true
 		if c.status.setReady() {
@@ -279,9 +342,10 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 			lastKeepAlive = time.Now()
 		}
 
-		if polling || flooding {
+		announced = -1
+		if mode != modePush {
 			pause := c.opts.pollInterval
-			if flooding {
+			if mode == modeFlood {
 				pause = floodPause
 			}
 			if !sleep(ctx, pause) {
@@ -289,7 +353,8 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 			}
 			continue
 		}
-		if err := updates.wait(ctx); err != nil {
+		newest, err := updates.wait(ctx)
+		if err != nil {
 			if ctx.Err() != nil {
 				if parent.Err() != nil {
 					return progressed, nil
@@ -300,14 +365,13 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 			// wait; only the latter leads to polling.
 			waitFailures++
 			c.log.Warn("waiting for new events failed", "error", err, "failures", waitFailures)
-			if waitFailures >= updateWaitFailures {
-				c.log.Warn("falling back to polling vCenter", "interval", c.opts.pollInterval.String())
-				polling = true
-			}
 			continue
 		}
 		waitFailures = 0
 		succeeded()
+		// A wait that ended without news (the safety interval) reads
+		// until a read finds nothing, in case an announcement was missed.
+		announced = newest
 	}
 }
 
@@ -380,8 +444,13 @@ func (c *Collector) destroyPageUpdates(ctx context.Context, client *vim25.Client
 // and returns how many events it appended; each page read is reported to
 // succeeded (a long backlog is progress, not a stall). Reading whole pages
 // back to back, rather than one page per interval, keeps up with any burst
-// vCenter can produce.
-func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, succeeded func()) (int, error) {
+// vCenter can produce. With an announced key (>= 0) it stops once it has
+// read that event, and reads nothing if the journal holds it already:
+// every later event has an announcement of its own.
+func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, announced int64, succeeded func()) (int, error) {
+	if _, latest, ok := c.journal.Range(); announced >= 0 && ok && latest >= announced {
+		return 0, nil
+	}
 	n := 0
 	for {
 		size := readPageSize
@@ -410,10 +479,13 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, succe
 			c.readSingly = 0
 			return n, nil
 		}
-		appended := 0
+		appended, lastRead := 0, int64(-1)
 		for _, ev := range events {
 			if c.ingest(ev) {
 				appended++
+			}
+			if ev != nil { // nil: a type govmomi cannot map
+				lastRead = int64(ev.GetEvent().Key)
 			}
 		}
 		// Events re-read after a reconnect do not count: the single reads
@@ -421,6 +493,9 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, succe
 		c.readSingly = max(0, c.readSingly-appended)
 		n += appended
 		c.status.beat()
+		if announced >= 0 && lastRead >= announced {
+			return n, nil
+		}
 	}
 }
 
@@ -633,20 +708,45 @@ func watchLatestPage(ctx context.Context, client *vim25.Client, hc *event.Histor
 	}}, nil
 }
 
-// wait returns when latestPage changed or the safety interval passed.
-func (u *pageUpdates) wait(ctx context.Context) (err error) {
-	// The announcement carries the latest page of events: an event that
-	// govmomi cannot decode makes the wait fail, and repeated failures
-	// make the collector poll instead.
+// wait returns when latestPage changed or the safety interval passed. It
+// returns the newest key the announcement carried, -1 if none (the safety
+// interval passed). The announcement carries the latest page of events: an
+// event that govmomi cannot decode makes the wait fail, and repeated
+// failures make the collector poll instead.
+func (u *pageUpdates) wait(ctx context.Context) (newest int64, err error) {
 	defer recoverAsError(&err)
 	res, err := methods.WaitForUpdatesEx(ctx, u.client, &u.req)
 	if err != nil {
-		return err
+		return -1, err
 	}
-	if set := res.Returnval; set != nil {
-		u.req.Version = set.Version
+	set := res.Returnval
+	if set == nil {
+		return -1, nil
 	}
-	return nil
+	u.req.Version = set.Version
+	return newestAnnounced(set), nil
+}
+
+// newestAnnounced returns the newest event key among the latestPage
+// values of set, -1 if it has none.
+func newestAnnounced(set *types.UpdateSet) int64 {
+	newest := int64(-1)
+	for _, filter := range set.FilterSet {
+		for _, object := range filter.ObjectSet {
+			for _, change := range object.ChangeSet {
+				page, ok := change.Val.(types.ArrayOfEvent)
+				if change.Name != "latestPage" || !ok {
+					continue
+				}
+				for _, ev := range page.Event {
+					if ev != nil { // a type govmomi cannot map
+						newest = max(newest, int64(ev.GetEvent().Key))
+					}
+				}
+			}
+		}
+	}
+	return newest
 }
 
 // backoff returns the pause before attempt (from 1): exponential from

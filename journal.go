@@ -227,23 +227,32 @@ func (j *Journal) ReadLast(limit int, dst []Record) []Record {
 // channel closed by Append: no polling, and an idle reader costs nothing.
 func (j *Journal) Wait(ctx context.Context, offset int64) error {
 	for {
-		j.mu.Lock()
-		if _, latest, ok := j.rangeLocked(); ok && latest >= offset {
-			j.mu.Unlock()
+		appended := j.appendedAfter(offset)
+		if appended == nil {
 			return nil
 		}
-		if j.appended == nil {
-			j.appended = make(chan struct{})
-		}
-		appended := j.appended
-		j.mu.Unlock()
-
 		select {
 		case <-appended:
 		case <-ctx.Done():
 			return ctx.Err()
 		}
 	}
+}
+
+// appendedAfter returns nil if the journal holds a record with an offset
+// >= offset, else a channel that the next append closes (which may still
+// be below offset: ask again). It lets a waiter also wait for other things
+// (a heartbeat's timer) without a context of its own per wait.
+func (j *Journal) appendedAfter(offset int64) <-chan struct{} {
+	j.mu.Lock()
+	defer j.mu.Unlock()
+	if _, latest, ok := j.rangeLocked(); ok && latest >= offset {
+		return nil
+	}
+	if j.appended == nil {
+		j.appended = make(chan struct{})
+	}
+	return j.appended
 }
 
 func (j *Journal) segmentsLocked() [2][]Record {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -112,8 +113,53 @@ func (serverSentEvents) failure(b []byte, line []byte) []byte {
 type watchSettings struct {
 	format    streamFormat
 	heartbeat time.Duration // interval of the format's heartbeat
+	buffers   *watchBuffers
 	log       *slog.Logger
 }
+
+// watchBuffers lends watches what they need only while they write: the
+// records of one batch and the bytes of one write. A waiting watch holds
+// neither, so that an idle watch costs little more than its connection
+// and its goroutine. Its pools are the handler's, shared by its watches.
+type watchBuffers struct {
+	batches sync.Pool // *[]Record of capacity watchBatch
+	bytes   sync.Pool // *[]byte
+}
+
+func newWatchBuffers() *watchBuffers {
+	return &watchBuffers{
+		batches: sync.Pool{New: func() any { b := make([]Record, 0, watchBatch); return &b }},
+		bytes:   sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }},
+	}
+}
+
+// maxPooledBytes is the largest write buffer kept for reuse: a batch with
+// one very large record does not pin its buffer.
+const maxPooledBytes = 2 * watchBufferSize
+
+func (p *watchBuffers) batch() *[]Record { return p.batches.Get().(*[]Record) }
+
+// putBatch returns a batch, first dropping its records: a pooled batch
+// must not keep purged records' data alive. Beyond its length a batch is
+// already clear.
+func (p *watchBuffers) putBatch(b *[]Record) {
+	clear(*b)
+	*b = (*b)[:0]
+	p.batches.Put(b)
+}
+
+func (p *watchBuffers) buffer() *[]byte { return p.bytes.Get().(*[]byte) }
+
+func (p *watchBuffers) putBuffer(b *[]byte) {
+	if cap(*b) > maxPooledBytes {
+		return
+	}
+	*b = (*b)[:0]
+	p.bytes.Put(b)
+}
+
+// errWriteFailed ends a watch whose client cannot be written to.
+var errWriteFailed = errors.New("watch: write to the client failed")
 
 // serveWatch streams the events that match q's filter, from q.offset or
 // from the next event to arrive, until the client leaves, the server shuts
@@ -160,16 +206,14 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 	// returns and the response ends: give the end a fresh one.
 	defer func() { _ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout)) }()
 	// Send the status at once, so the client knows the watch is established.
-	buf := s.format.start(make([]byte, 0, 4096))
-	if next > 0 {
-		buf = s.format.position(buf, next-1)
-	}
-	if !writeFlush(w, rc, buf) {
+	// The header goes on its own: net/http's path that writes it with the
+	// first bytes of a body grows the goroutine's stack to 16 KiB, which
+	// the watch would then hold while it waits (8 KiB more per SSE watch).
+	if !writeFlush(w, rc, nil) || !writeStart(w, rc, s, next) {
 		return
 	}
 
 	s.log.Debug("watch started", "remote", r.RemoteAddr, "offset", next)
-	batch := make([]Record, 0, watchBatch)
 	for {
 		// A watch that always has a backlog never waits: end it here when
 		// the timeout passes, the client leaves or the server shuts down.
@@ -183,66 +227,113 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 				next = first
 			}
 		}
-		var err error
-		batch, err = j.ReadNext(next, watchBatch, batch[:0])
-		if errors.Is(err, ErrPurged) {
+		sent, err := sendBatch(w, rc, j, q.filter, s, &next)
+		switch {
+		case errors.Is(err, ErrPurged):
 			line, _ := json.Marshal(watchFailure(offsetProblem(j, next, err)))
-			writeFlush(w, rc, s.format.failure(buf[:0], line))
+			buf := s.buffers.buffer()
+			writeFlush(w, rc, s.format.failure((*buf)[:0], line))
+			s.buffers.putBuffer(buf)
 			s.log.Info("watch ended: client fell behind the journal", "remote", r.RemoteAddr, "offset", next)
 			return
-		}
-		if len(batch) == 0 {
+		case err != nil:
+			return
+		case !sent:
 			if !waitOrBeat(ctx, j, next, w, rc, s) {
 				return
 			}
-			continue
-		}
-		buf = buf[:0]
-		for _, rec := range batch {
-			if !q.filter.match(rec) {
-				continue
-			}
-			buf = s.format.event(buf, rec)
-			if len(buf) >= watchBufferSize {
-				if !write(w, rc, buf) {
-					return
-				}
-				buf = buf[:0]
-			}
-		}
-		last := batch[len(batch)-1]
-		if !q.filter.match(last) {
-			buf = s.format.position(buf, last.Offset)
-		}
-		next = last.Offset + 1
-		if len(buf) > 0 && !writeFlush(w, rc, buf) {
-			return
 		}
 	}
 }
 
+// writeStart writes and flushes what a stream begins with, and the
+// position before next if there is one.
+func writeStart(w http.ResponseWriter, rc *http.ResponseController, s watchSettings, next int64) bool {
+	buf := s.buffers.buffer()
+	defer s.buffers.putBuffer(buf)
+	*buf = s.format.start((*buf)[:0])
+	if next > 0 {
+		*buf = s.format.position(*buf, next-1)
+	}
+	return writeFlush(w, rc, *buf)
+}
+
+// sendBatch writes the records from *next on, at most watchBatch of them,
+// that match filter, flushes them, and moves *next past them. It reports
+// whether there were any records; the error is ErrPurged if *next was
+// purged, errWriteFailed if the client could not be written to. The batch
+// and the bytes are borrowed for the call only.
+func sendBatch(w http.ResponseWriter, rc *http.ResponseController, j *Journal, filter eventFilter, s watchSettings, next *int64) (bool, error) {
+	batch := s.buffers.batch()
+	defer s.buffers.putBatch(batch)
+	var err error
+	*batch, err = j.ReadNext(*next, watchBatch, (*batch)[:0])
+	if err != nil || len(*batch) == 0 {
+		return false, err
+	}
+	buf := s.buffers.buffer()
+	defer s.buffers.putBuffer(buf)
+	for _, rec := range *batch {
+		if !filter.match(rec) {
+			continue
+		}
+		*buf = s.format.event(*buf, rec)
+		if len(*buf) >= watchBufferSize {
+			if !write(w, rc, *buf) {
+				return true, errWriteFailed
+			}
+			*buf = (*buf)[:0]
+		}
+	}
+	last := (*batch)[len(*batch)-1]
+	if !filter.match(last) {
+		*buf = s.format.position(*buf, last.Offset)
+	}
+	*next = last.Offset + 1
+	if len(*buf) > 0 && !writeFlush(w, rc, *buf) {
+		return true, errWriteFailed
+	}
+	return true, nil
+}
+
 // waitOrBeat waits for a record at or above next; while none comes it
 // sends the format's heartbeat every interval. It reports whether the watch
-// goes on.
+// goes on. One timer serves all the heartbeats of a wait.
 func waitOrBeat(ctx context.Context, j *Journal, next int64, w http.ResponseWriter, rc *http.ResponseController, s watchSettings) bool {
 	beat := s.format.heartbeat()
 	if beat == nil || s.heartbeat <= 0 {
 		return j.Wait(ctx, next) == nil
 	}
+	heartbeat := time.NewTimer(s.heartbeat)
+	defer heartbeat.Stop()
 	for {
-		waitCtx, cancel := context.WithTimeout(ctx, s.heartbeat)
-		err := j.Wait(waitCtx, next)
-		cancel()
-		if err == nil {
+		appended := j.appendedAfter(next)
+		if appended == nil {
 			return true
 		}
-		if next > 0 {
-			beat = s.format.position(append(beat[:0:0], beat...), next-1)
-		}
-		if ctx.Err() != nil || !writeFlush(w, rc, beat) {
+		select {
+		case <-appended:
+		case <-ctx.Done():
 			return false
+		case <-heartbeat.C:
+			if !writeHeartbeat(w, rc, s, beat, next) {
+				return false
+			}
+			heartbeat.Reset(s.heartbeat)
 		}
 	}
+}
+
+// writeHeartbeat writes the format's heartbeat, with the position before
+// next if there is one; it reports whether that worked.
+func writeHeartbeat(w http.ResponseWriter, rc *http.ResponseController, s watchSettings, beat []byte, next int64) bool {
+	buf := s.buffers.buffer()
+	defer s.buffers.putBuffer(buf)
+	*buf = append((*buf)[:0], beat...)
+	if next > 0 {
+		*buf = s.format.position(*buf, next-1)
+	}
+	return writeFlush(w, rc, *buf)
 }
 
 // writeFlush writes b and flushes it to the client, within the write
