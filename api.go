@@ -260,11 +260,14 @@ func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 }
 
 // acceptsEventStream reports whether the client asks for Server-Sent Events.
-func acceptsEventStream(r *http.Request) bool {
+func acceptsEventStream(r *http.Request) bool { return accepts(r, "text/event-stream") }
+
+// accepts reports whether the request's Accept headers name mediaType.
+func accepts(r *http.Request, mediaType string) bool {
 	for _, accept := range r.Header.Values("Accept") {
 		for _, media := range strings.Split(accept, ",") {
 			media, _, _ = strings.Cut(media, ";")
-			if strings.EqualFold(strings.TrimSpace(media), "text/event-stream") {
+			if strings.EqualFold(strings.TrimSpace(media), mediaType) {
 				return true
 			}
 		}

@@ -453,15 +453,7 @@ func wantsLoginPage(r *http.Request) bool {
 	if p == "/api" || strings.HasPrefix(p, "/api/") || p == "/metrics" {
 		return false
 	}
-	for _, accept := range r.Header.Values("Accept") {
-		for _, media := range strings.Split(accept, ",") {
-			media, _, _ = strings.Cut(media, ";")
-			if strings.EqualFold(strings.TrimSpace(media), "text/html") {
-				return true
-			}
-		}
-	}
-	return false
+	return accepts(r, "text/html")
 }
 
 // writeUnauthorized answers 401 with the Bearer challenge of RFC 6750.

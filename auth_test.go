@@ -313,45 +313,7 @@ func TestAuthTokensOverHTTPS(t *testing.T) {
 // authWatch opens a watch with a bearer token; it is closed when the test ends.
 func authWatch(t *testing.T, client *http.Client, url, token string) *watchStream {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	req.Header.Set("Authorization", "Bearer "+token)
-	resp, err := client.Do(req)
-	if err != nil {
-		cancel()
-		t.Fatal(err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		body, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		cancel()
-		t.Fatalf("watch: %d %s", resp.StatusCode, body)
-	}
-	w := &watchStream{resp: resp, lines: make(chan []byte, 1024)}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		defer close(w.lines)
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 0, 64<<10), 4<<20)
-		for sc.Scan() {
-			select {
-			case w.lines <- bytes.Clone(sc.Bytes()):
-			case <-ctx.Done():
-				return
-			}
-		}
-		w.err = sc.Err()
-	}()
-	t.Cleanup(func() {
-		cancel()
-		resp.Body.Close()
-		<-done
-	})
-	return w
+	return openWatchWith(t, client, url, http.Header{"Authorization": {"Bearer " + token}})
 }
 
 // browserLogin signs in through the login form and returns the client,

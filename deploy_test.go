@@ -151,31 +151,7 @@ func TestDeploySecretMount(t *testing.T) {
 		secretPath = defaultSecretPath
 	}
 
-	var volume string
-	for _, item := range yamlItems(yamlPath(doc.lines, "spec", "template", "spec", "volumes")) {
-		if yamlScalar(yamlChild(item, "secret"), "secretName") == deploySecretName {
-			volume = yamlScalar(item, "name")
-		}
-	}
-	if volume == "" {
-		t.Fatalf("no volume of Secret %s", deploySecretName)
-	}
-	var mounted bool
-	for _, item := range yamlItems(yamlChild(container, "volumeMounts")) {
-		if yamlScalar(item, "name") != volume {
-			continue
-		}
-		mounted = true
-		if got := yamlScalar(item, "mountPath"); got != secretPath {
-			t.Errorf("Secret mounted at %q, but %s is %q", got, envSecretPath, secretPath)
-		}
-		if got := yamlScalar(item, "readOnly"); got != "true" {
-			t.Errorf("Secret mount has readOnly: %q, want true", got)
-		}
-	}
-	if !mounted {
-		t.Errorf("volume %s is not mounted", volume)
-	}
+	checkSecretMount(t, doc, container, deploySecretName, secretPath)
 
 	// The example Secret must carry the file names readSecret reads.
 	stringData := yamlChild(findManifest(t, "Secret", deploySecretName).lines, "stringData")
@@ -194,6 +170,35 @@ func TestDeploySecretMount(t *testing.T) {
 	}
 }
 
+// checkSecretMount checks that the Deployment's container mounts the
+// Secret secretName read-only at path, and returns the mount.
+func checkSecretMount(t *testing.T, doc manifest, container []string, secretName, path string) []string {
+	t.Helper()
+	var volume string
+	for _, item := range yamlItems(yamlPath(doc.lines, "spec", "template", "spec", "volumes")) {
+		if yamlScalar(yamlChild(item, "secret"), "secretName") == secretName {
+			volume = yamlScalar(item, "name")
+		}
+	}
+	if volume == "" {
+		t.Fatalf("no volume of Secret %s", secretName)
+	}
+	for _, item := range yamlItems(yamlChild(container, "volumeMounts")) {
+		if yamlScalar(item, "name") != volume {
+			continue
+		}
+		if got := yamlScalar(item, "mountPath"); got != path {
+			t.Errorf("Secret %s mounted at %q, want %q", secretName, got, path)
+		}
+		if got := yamlScalar(item, "readOnly"); got != "true" {
+			t.Errorf("Secret %s mount has readOnly: %q, want true", secretName, got)
+		}
+		return item
+	}
+	t.Errorf("volume %s is not mounted", volume)
+	return nil
+}
+
 // deployTokensSecretName is the Secret of the API tokens.
 const deployTokensSecretName = "api-tokens"
 
@@ -207,34 +212,10 @@ func TestDeployTokenSecretMount(t *testing.T) {
 	}
 	dir, file := filepath.Dir(tokensPath), filepath.Base(tokensPath)
 
-	var volume string
-	for _, item := range yamlItems(yamlPath(doc.lines, "spec", "template", "spec", "volumes")) {
-		if yamlScalar(yamlChild(item, "secret"), "secretName") == deployTokensSecretName {
-			volume = yamlScalar(item, "name")
-		}
-	}
-	if volume == "" {
-		t.Fatalf("no volume of Secret %s", deployTokensSecretName)
-	}
-	var mounted bool
-	for _, item := range yamlItems(yamlChild(container, "volumeMounts")) {
-		if yamlScalar(item, "name") != volume {
-			continue
-		}
-		mounted = true
-		if got := yamlScalar(item, "mountPath"); got != dir {
-			t.Errorf("tokens Secret mounted at %q, but %s is %q", got, envTokensPath, tokensPath)
-		}
-		if got := yamlScalar(item, "readOnly"); got != "true" {
-			t.Errorf("tokens Secret mount has readOnly: %q, want true", got)
-		}
-		// A subPath mount never sees the Secret's updates: no rotation.
-		if got := yamlScalar(item, "subPath"); got != "" {
-			t.Errorf("tokens Secret mounted with subPath %q: kubelet does not update it", got)
-		}
-	}
-	if !mounted {
-		t.Errorf("volume %s is not mounted", volume)
+	mount := checkSecretMount(t, doc, container, deployTokensSecretName, dir)
+	// A subPath mount never sees the Secret's updates: no rotation.
+	if got := yamlScalar(mount, "subPath"); got != "" {
+		t.Errorf("tokens Secret mounted with subPath %q: kubelet does not update it", got)
 	}
 
 	// The example Secret carries the file API_TOKENS_PATH names, with

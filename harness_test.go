@@ -255,12 +255,22 @@ type watchStream struct {
 // openWatch opens a watch on the server; it is closed when the test ends.
 func openWatch(t testing.TB, s *testServer, query string) *watchStream {
 	t.Helper()
+	return openWatchWith(t, http.DefaultClient, s.URL+"/api/v1/events?watch=true"+query, nil)
+}
+
+// openWatchWith opens the watch at url with client, sending header, and
+// reads its lines until the test ends.
+func openWatchWith(t testing.TB, client *http.Client, url string, header http.Header) *watchStream {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, s.URL+"/api/v1/events?watch=true"+query, nil)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	resp, err := http.DefaultClient.Do(req)
+	for k, v := range header {
+		req.Header[k] = v
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -269,7 +279,7 @@ func openWatch(t testing.TB, s *testServer, query string) *watchStream {
 		body, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
 		cancel()
-		t.Fatalf("watch%s: %d %s", query, resp.StatusCode, body)
+		t.Fatalf("watch %s: %d %s", url, resp.StatusCode, body)
 	}
 	w := &watchStream{resp: resp, lines: make(chan []byte, 1024)}
 	done := make(chan struct{})
