@@ -37,6 +37,7 @@ type handlerConfig struct {
 	sseHeartbeat time.Duration // interval of the SSE ": ping" comment
 	sink         *SinkStatus   // delivery to a sink; nil without one
 	auth         *tokenAuth    // nil: no token needed
+	taken        *takenWatches // counts watches on connections taken from net/http; may be nil
 }
 
 // handlerOption changes a handlerConfig.
@@ -291,9 +292,9 @@ func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handle
 			return
 		}
 		defer metrics.watchers.Add(-1)
-		s := watchSettings{format: ndjson{}, buffers: buffers, log: log}
+		s := watchSettings{format: ndjson{}, buffers: buffers, log: log, taken: cfg.taken}
 		if q.sse {
-			s = watchSettings{format: serverSentEvents{}, heartbeat: cfg.sseHeartbeat, buffers: buffers, log: log}
+			s.format, s.heartbeat = serverSentEvents{}, cfg.sseHeartbeat
 		}
 		serveWatch(w, r, j, q, s)
 	})
