@@ -275,6 +275,7 @@ func acceptsEventStream(r *http.Request) bool {
 
 func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handlerConfig) http.Handler {
 	buffers := newWatchBuffers()
+	waker := newWatchWaker(j)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q, p := parseEventsQuery(r, j)
 		if p != nil {
@@ -292,7 +293,7 @@ func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handle
 			return
 		}
 		defer metrics.watchers.Add(-1)
-		s := watchSettings{format: ndjson{}, buffers: buffers, log: log, taken: cfg.taken}
+		s := watchSettings{format: ndjson{}, buffers: buffers, log: log, taken: cfg.taken, waker: waker}
 		if q.sse {
 			s.format, s.heartbeat = serverSentEvents{}, cfg.sseHeartbeat
 		}

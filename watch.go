@@ -116,6 +116,7 @@ type watchSettings struct {
 	buffers   *watchBuffers
 	log       *slog.Logger
 	taken     *takenWatches // counts the watches on connections taken from net/http; may be nil
+	waker     *watchWaker   // wakes the watches on taken connections; the handler's
 }
 
 // watchBuffers lends watches what they need only while they write: the
@@ -172,6 +173,10 @@ type watchOutput interface {
 	// within watchWriteTimeout; it reports whether that worked. A b with
 	// nothing after the room is not written.
 	send(b []byte) bool
+	// wait waits for a record at or above next, sending the format's
+	// heartbeats meanwhile; it reports whether the watch goes on (false
+	// once ctx ends, the client leaves or a write fails).
+	wait(ctx context.Context, j *Journal, next int64, s watchSettings) bool
 }
 
 // responseOutput writes through net/http: HTTP/2, and any ResponseWriter
@@ -182,6 +187,10 @@ type responseOutput struct {
 }
 
 func (responseOutput) begin(b []byte) []byte { return b[:0] }
+
+func (o responseOutput) wait(ctx context.Context, j *Journal, next int64, s watchSettings) bool {
+	return waitOrBeat(ctx, j, next, o, s)
+}
 
 func (o responseOutput) send(b []byte) bool {
 	if len(b) == 0 {
@@ -234,7 +243,7 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 	ctx := r.Context()
 	if c := takeConn(w, r, s); c != nil {
 		defer c.close()
-		out, ctx = c, c.ctx
+		out = c
 		if s.taken != nil {
 			s.taken.add()
 			defer s.taken.done()
@@ -289,7 +298,7 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 		case err != nil:
 			return
 		case !sent:
-			if !waitOrBeat(ctx, j, next, out, s) {
+			if !out.wait(ctx, j, next, s) {
 				return
 			}
 		}

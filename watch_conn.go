@@ -5,8 +5,10 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"math"
 	"net"
 	"net/http"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -20,10 +22,16 @@ import (
 // buffer and a 2 KiB chunking buffer, none of which a watch needs: 24 KiB
 // of RSS per idle connection in all, measured (BENCHMARKS.md). Over
 // HTTP/1.x a watch therefore takes its connection over once its request is
-// validated (http.ResponseController.Hijack), drops those buffers, writes
-// the response head and the chunked body itself straight to the net.Conn,
-// and notices the client leaving with a goroutine of its own blocked in a
-// one-byte read.
+// validated (http.ResponseController.Hijack), drops those buffers, and
+// writes the response head and the chunked body itself, straight to the
+// net.Conn.
+//
+// While it waits, the watch's own goroutine (the handler's) blocks in a
+// one-byte read of the connection: that read ends when the client leaves,
+// and the watch needs no second goroutine to notice it. The read's
+// deadline is the next heartbeat; whatever else must wake the watch sets
+// the deadline to the past: the end of its context (context.AfterFunc) and
+// the journal's appends (watchWaker, one goroutine for all the watches).
 //
 // The body stays chunked, as net/http sends it: a client tells a stream
 // that ended (the last chunk: timeoutSeconds, shutdown, a revoked token)
@@ -45,25 +53,25 @@ const chunkRoom = 16 + 2
 // lastChunk ends a chunked body with no trailer.
 var lastChunk = []byte("0\r\n\r\n")
 
-// errClientLeft ends the context of a watch whose client closed its
-// connection.
-var errClientLeft = errors.New("watch: the client closed the connection")
-
-// connOutput is a watch's connection, taken over from net/http.
+// connOutput is a watch's connection, taken over from net/http. Only the
+// watch's goroutine uses it, but for wake and the end of the request's
+// context, which only set deadlines.
 type connOutput struct {
 	conn    net.Conn
 	chunked bool
-	// ctx is the request's, ended also when the client leaves.
-	ctx    context.Context
-	cancel context.CancelCauseFunc
 	// endBy bounds every write once the request's context has ended
 	// (Unix nanoseconds; 0 while it has not).
 	endBy     atomic.Int64
 	stopGrace func() bool
-	failed    bool          // a write failed: the stream is broken
-	readDone  chan struct{} // closed when readUntilGone returns
-	one       [1]byte       // what readUntilGone reads into
+	stopWake  func() bool // of the wake at the end of the watch's context
+	failed    bool        // a write failed: the stream is broken
+	gone      bool        // the client closed the connection
+	one       [1]byte     // what a waiting watch reads into
+	drop      []byte      // what it reads into once the client sent something
 }
+
+// longAgo is a deadline in the past: it ends a blocked read at once.
+var longAgo = time.Unix(1, 0)
 
 // statusSetter is a ResponseWriter that records the status of a response
 // its handler wrote itself (instrument's statusRecorder).
@@ -103,8 +111,7 @@ func takeConn(w http.ResponseWriter, r *http.Request, s watchSettings) *connOutp
 		u = unwrapper.Unwrap()
 	}
 
-	c := &connOutput{conn: conn, chunked: r.ProtoAtLeast(1, 1), readDone: make(chan struct{})}
-	c.ctx, c.cancel = context.WithCancelCause(r.Context())
+	c := &connOutput{conn: conn, chunked: r.ProtoAtLeast(1, 1)}
 	// The request's context ends at shutdown (the server's BaseContext) and
 	// when the token is revoked (auth.go): what the watch still writes
 	// then, it writes in a short time.
@@ -113,7 +120,6 @@ func takeConn(w http.ResponseWriter, r *http.Request, s watchSettings) *connOutp
 		c.endBy.Store(end.UnixNano())
 		_ = c.conn.SetWriteDeadline(end)
 	})
-	go c.readUntilGone()
 
 	h := w.Header()
 	h.Set("Connection", "close")
@@ -129,32 +135,79 @@ func takeConn(w http.ResponseWriter, r *http.Request, s watchSettings) *connOutp
 	_ = h.Write(head) // sorted, invalid names dropped, line breaks in values blanked: as net/http does
 	head.WriteString("\r\n")
 	*buf = head.Bytes()
-	if !c.write(*buf) {
-		c.cancel(errWriteFailed)
-	}
+	c.write(*buf)
 	return c
 }
 
-// readUntilGone notices the client leaving: a read from the connection
-// ends only when the connection does, or when the client half-closes it,
-// which net/http also takes for leaving. The client has nothing to send
-// during a watch; what it sends anyway is read and dropped. It returns
-// once the connection is closed (connOutput.close), at the latest.
-func (c *connOutput) readUntilGone() {
-	defer close(c.readDone)
-	defer c.cancel(errClientLeft)
-	if _, err := c.conn.Read(c.one[:]); err != nil {
-		return
+// wait blocks in a read of the connection until the journal holds a
+// record at or above next (watchWaker), ctx ends (context.AfterFunc), the
+// client leaves (the read fails) or, for a format with heartbeats, the
+// next one is due (the read's deadline). Each of them comes after what it
+// tells is visible, and each but the client's departure only sets the
+// read's deadline to the past: the deadline is set first, the conditions
+// are looked at next, then the read. A wake that comes before the deadline
+// is set comes after its condition holds, which the look then sees.
+func (c *connOutput) wait(ctx context.Context, j *Journal, next int64, s watchSettings) bool {
+	if c.failed {
+		return false
 	}
-	// A client that sends anyway: read on with a buffer of its own, not
-	// a system call per byte.
-	drop := make([]byte, 512)
+	if c.stopWake == nil {
+		// Once per watch: ctx is the same at every wait.
+		c.stopWake = context.AfterFunc(ctx, c.wake)
+	}
+	beat := s.format.heartbeat()
+	var due time.Time // zero: no heartbeat
+	if beat != nil && s.heartbeat > 0 {
+		due = time.Now().Add(s.heartbeat)
+	}
 	for {
-		if _, err := c.conn.Read(drop); err != nil {
-			return
+		_ = c.conn.SetReadDeadline(due)
+		s.waker.add(c, next)
+		if ctx.Err() != nil {
+			s.waker.remove(c)
+			return false
+		}
+		if j.appendedAfter(next) == nil {
+			s.waker.remove(c)
+			return true
+		}
+		buf := c.one[:]
+		if c.drop != nil {
+			buf = c.drop
+		}
+		_, err := c.conn.Read(buf)
+		s.waker.remove(c)
+		switch {
+		case err == nil:
+			// The client has nothing to send during a watch; what it
+			// sends anyway is dropped, read with a buffer of its own
+			// rather than a system call per byte.
+			if c.drop == nil {
+				c.drop = make([]byte, 512)
+			}
+		case !errors.Is(err, os.ErrDeadlineExceeded):
+			// The client closed the connection, or half-closed it, which
+			// net/http also takes for leaving.
+			c.gone = true
+			return false
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		if j.appendedAfter(next) == nil {
+			return true
+		}
+		if !due.IsZero() && !time.Now().Before(due) {
+			if !writeHeartbeat(c, s, beat, next) {
+				return false
+			}
+			due = time.Now().Add(s.heartbeat)
 		}
 	}
 }
+
+// wake ends the watch's read, if it is in one, and its next one.
+func (c *connOutput) wake() { _ = c.conn.SetReadDeadline(longAgo) }
 
 func (c *connOutput) begin(b []byte) []byte {
 	if c.chunked {
@@ -205,16 +258,91 @@ func (c *connOutput) write(b []byte) bool {
 }
 
 // close ends the response: with the last chunk if the stream is whole and
-// the client still there, then by closing the connection. It returns once
-// readUntilGone has.
+// the client still there, then by closing the connection.
 func (c *connOutput) close() {
-	if c.chunked && !errors.Is(context.Cause(c.ctx), errClientLeft) {
+	if c.chunked && !c.gone {
 		c.write(lastChunk)
 	}
 	c.stopGrace()
+	if c.stopWake != nil {
+		c.stopWake()
+	}
 	_ = c.conn.Close()
-	<-c.readDone
-	c.cancel(nil)
+}
+
+// watchWaker wakes the watches that wait on taken connections (each
+// blocked in a read, connOutput.wait) when the journal holds what they
+// wait for: one goroutine for all of them, which runs while any waits. It
+// is safe for concurrent use.
+type watchWaker struct {
+	j *Journal
+
+	mu      sync.Mutex
+	waiting map[*connOutput]int64 // the offset each waits for
+	running bool                  // run is running
+	empty   chan struct{}         // takes a value when waiting empties
+}
+
+func newWatchWaker(j *Journal) *watchWaker {
+	return &watchWaker{j: j, waiting: make(map[*connOutput]int64), empty: make(chan struct{}, 1)}
+}
+
+// add has c woken once the journal holds a record at or above next.
+func (w *watchWaker) add(c *connOutput, next int64) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.waiting[c] = next
+	if !w.running {
+		w.running = true
+		go w.run()
+	}
+}
+
+func (w *watchWaker) remove(c *connOutput) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	delete(w.waiting, c)
+	if len(w.waiting) == 0 {
+		select {
+		case w.empty <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// run wakes, at every append, the watches whose record is there, until
+// none waits.
+func (w *watchWaker) run() {
+	for {
+		w.mu.Lock()
+		if len(w.waiting) == 0 {
+			w.running = false
+			w.mu.Unlock()
+			return
+		}
+		_, latest, ok := w.j.Range()
+		low := int64(math.MaxInt64)
+		for c, next := range w.waiting {
+			if ok && next <= latest {
+				c.wake()
+				delete(w.waiting, c)
+			} else {
+				low = min(low, next)
+			}
+		}
+		w.mu.Unlock()
+		if low == math.MaxInt64 {
+			continue
+		}
+		// Any append closes the channel: one below low too, which the
+		// next round sees.
+		if appended := w.j.appendedAfter(low); appended != nil {
+			select {
+			case <-appended:
+			case <-w.empty:
+			}
+		}
+	}
 }
 
 // takenWatches counts the watches running on connections taken over from
