@@ -157,8 +157,15 @@ func (c *connOutput) wait(ctx context.Context, j *Journal, next int64, s watchSe
 	}
 	beat := s.format.heartbeat()
 	var due time.Time // zero: no heartbeat
+	nextBeat := func() time.Time {
+		// Rounded down to a sixteenth of the interval (under a second for
+		// 15 s), so that the heartbeats of many watches come due together
+		// and share the process's wake-up: each of its own would cost
+		// about as much as the heartbeat itself.
+		return time.Now().Add(s.heartbeat).Truncate(s.heartbeat / 16)
+	}
 	if beat != nil && s.heartbeat > 0 {
-		due = time.Now().Add(s.heartbeat)
+		due = nextBeat()
 	}
 	for {
 		_ = c.conn.SetReadDeadline(due)
@@ -201,7 +208,7 @@ func (c *connOutput) wait(ctx context.Context, j *Journal, next int64, s watchSe
 			if !writeHeartbeat(c, s, beat, next) {
 				return false
 			}
-			due = time.Now().Add(s.heartbeat)
+			due = nextBeat()
 		}
 	}
 }
