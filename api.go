@@ -25,7 +25,7 @@ const (
 
 // Defaults of the handler's options.
 const (
-	defaultMaxWatches   = 5000
+	defaultMaxWatches   = 10000
 	defaultSSEHeartbeat = 15 * time.Second
 	// watchRetryAfter is the Retry-After of a watch refused for the cap.
 	watchRetryAfter = 5 * time.Second

@@ -241,13 +241,16 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 	// the client knows the watch is established.
 	var out watchOutput
 	ctx := r.Context()
+	if s.taken != nil {
+		// Counted before the connection is taken: http.Server.Shutdown
+		// waits for the request until then, the server for the count
+		// after (run).
+		s.taken.add()
+		defer s.taken.done()
+	}
 	if c := takeConn(w, r, s); c != nil {
 		defer c.close()
 		out = c
-		if s.taken != nil {
-			s.taken.add()
-			defer s.taken.done()
-		}
 	} else {
 		rc := http.NewResponseController(w)
 		// The deadline of the last write would still hold when the handler

@@ -81,8 +81,8 @@ type statusSetter interface{ setStatus(code int) }
 // and writes the response head (status 200, w's header); it returns nil,
 // having written nothing, where that cannot be done (HTTP/2, a
 // ResponseWriter that is not net/http's), and then the caller answers
-// through w. If the head cannot be written the watch is over: the result
-// has failed and ctx has ended. The caller closes the result.
+// through w. If the head cannot be written the result has failed: its
+// sends and waits fail at once. The caller closes the result.
 func takeConn(w http.ResponseWriter, r *http.Request, s watchSettings) *connOutput {
 	if r.ProtoMajor != 1 {
 		return nil
@@ -352,9 +352,12 @@ func (w *watchWaker) run() {
 	}
 }
 
-// takenWatches counts the watches running on connections taken over from
-// net/http, which http.Server.Shutdown neither waits for nor closes: the
-// server waits for them itself (run). It is safe for concurrent use.
+// takenWatches counts the watches that run, or may run, on connections
+// taken over from net/http, which http.Server.Shutdown neither waits for
+// nor closes: the server waits for them itself (run). A watch counts from
+// just before it takes its connection (so that Shutdown waits for it until
+// then) to its end; one served by net/http counts too, at no harm. It is
+// safe for concurrent use.
 type takenWatches struct {
 	mu    sync.Mutex
 	n     int
