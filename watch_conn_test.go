@@ -298,3 +298,34 @@ func TestTakenWatchHTTP2(t *testing.T) {
 		t.Errorf("%d connections taken over, want the HTTP/1.1 one", taken)
 	}
 }
+
+// TestTakenWatchRevoked: removing a token ends the watches opened with it
+// on taken connections cleanly (the last chunk), and only those.
+func TestTakenWatchRevoked(t *testing.T) {
+	t.Parallel()
+	a, path, _ := newTestAuth(t, tokenAlice+"\n"+tokenBob+"\n")
+	s := startTakenServer(t, false, withAuth(a))
+	addr := s.srv.Listener.Addr().String()
+	open := func(token string) *bufio.Reader {
+		t.Helper()
+		_, br, _, status, head := rawTakenWatch(t, addr, "GET /api/v1/events?watch=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+token)
+		if status != "HTTP/1.1 200 OK" || head.Get("Connection") != "close" {
+			t.Fatalf("watch: %q %v", status, head)
+		}
+		return br
+	}
+	alice, bob := open(tokenAlice), open(tokenBob)
+	writeFile(t, path, tokenBob+"\n"+tokenCarol+"\n")
+	a.reload()
+	if rest, err := io.ReadAll(alice); err != nil || string(rest) != "0\r\n\r\n" {
+		t.Errorf("watch of the removed token: %q, %v; want the last chunk and the end", rest, err)
+	}
+	if err := s.j.Append(1, apiRecord(1)); err != nil {
+		t.Fatal(err)
+	}
+	want := fmt.Sprintf("%x\r\n%s\n\r\n", len(apiRecord(1))+1, apiRecord(1))
+	got := make([]byte, len(want))
+	if _, err := io.ReadFull(bob, got); err != nil || string(got) != want {
+		t.Errorf("watch of a listed token: %q, %v; want %q", got, err, want)
+	}
+}
