@@ -25,7 +25,7 @@ const (
 
 // Defaults of the handler's options.
 const (
-	defaultMaxWatches   = 5000
+	defaultMaxWatches   = 10000
 	defaultSSEHeartbeat = 15 * time.Second
 	// watchRetryAfter is the Retry-After of a watch refused for the cap.
 	watchRetryAfter = 5 * time.Second
@@ -37,6 +37,7 @@ type handlerConfig struct {
 	sseHeartbeat time.Duration // interval of the SSE ": ping" comment
 	sink         *SinkStatus   // delivery to a sink; nil without one
 	auth         *tokenAuth    // nil: no token needed
+	taken        *takenWatches // counts watches on connections taken from net/http; may be nil
 }
 
 // handlerOption changes a handlerConfig.
@@ -277,6 +278,7 @@ func accepts(r *http.Request, mediaType string) bool {
 
 func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handlerConfig) http.Handler {
 	buffers := newWatchBuffers()
+	waker := newWatchWaker(j)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q, p := parseEventsQuery(r, j)
 		if p != nil {
@@ -294,9 +296,9 @@ func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handle
 			return
 		}
 		defer metrics.watchers.Add(-1)
-		s := watchSettings{format: ndjson{}, buffers: buffers, log: log}
+		s := watchSettings{format: ndjson{}, buffers: buffers, log: log, taken: cfg.taken, waker: waker}
 		if q.sse {
-			s = watchSettings{format: serverSentEvents{}, heartbeat: cfg.sseHeartbeat, buffers: buffers, log: log}
+			s.format, s.heartbeat = serverSentEvents{}, cfg.sseHeartbeat
 		}
 		serveWatch(w, r, j, q, s)
 	})

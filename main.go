@@ -104,7 +104,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
-	handlerOpts := []handlerOption{withMaxWatches(opts.maxWatches)}
+	// Watches on connections taken over from net/http: srv.Shutdown does
+	// not wait for them, run does.
+	taken := new(takenWatches)
+	handlerOpts := []handlerOption{withMaxWatches(opts.maxWatches), withTakenWatches(taken)}
 	var auth *tokenAuth
 	if cfg.TokensPath != "" {
 		if auth, err = newTokenAuth(cfg.TokensPath, log); err != nil {
@@ -218,6 +221,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err := srv.Shutdown(shutdownCtx); err != nil {
 		_ = srv.Close()
 	}
+	// Ended with the requests' context, they write their last chunk and
+	// close their connections within watchEndTimeout.
+	_ = taken.wait(shutdownCtx)
 	if err := context.Cause(ctx); !errors.Is(err, context.Canceled) {
 		return err
 	}

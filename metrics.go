@@ -63,6 +63,14 @@ func (r *statusRecorder) Write(p []byte) (int, error) {
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
+// setStatus records the status of a response that the handler wrote itself
+// on a connection it took over from net/http (a watch, watch_conn.go).
+func (r *statusRecorder) setStatus(code int) {
+	if r.code == 0 {
+		r.code = code
+	}
+}
+
 // instrument counts every request by route and status, and logs it at
 // debug level once it is answered (a watch when it ends); a handler's panic
 // is answered with 500.

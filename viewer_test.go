@@ -764,17 +764,43 @@ func TestViewerFellBehindAcrossRestart(t *testing.T) {
 type journalServer struct {
 	srv     *httptest.Server
 	handler atomic.Pointer[http.Handler]
+
+	mu    sync.Mutex
+	taken map[net.Conn]struct{} // the connections watches took over
 }
 
 func startJournalServer(t testing.TB, j *Journal) *journalServer {
 	t.Helper()
-	js := &journalServer{}
+	js := &journalServer{taken: make(map[net.Conn]struct{})}
 	js.swap(j)
-	js.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	js.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		(*js.handler.Load()).ServeHTTP(w, r)
 	}))
-	t.Cleanup(js.srv.Close)
+	// httptest forgets the connections that watches take over from
+	// net/http (watch_conn.go): remember them, to cut them too.
+	js.srv.Config.ConnState = func(c net.Conn, state http.ConnState) {
+		if state == http.StateHijacked {
+			js.mu.Lock()
+			js.taken[c] = struct{}{}
+			js.mu.Unlock()
+		}
+	}
+	js.srv.Start()
+	t.Cleanup(func() {
+		js.srv.Close()
+		js.closeTaken()
+	})
 	return js
+}
+
+// closeTaken closes the connections watches took over.
+func (js *journalServer) closeTaken() {
+	js.mu.Lock()
+	defer js.mu.Unlock()
+	for c := range js.taken {
+		_ = c.Close()
+		delete(js.taken, c)
+	}
 }
 
 // swap serves j from now on and cuts every open connection, as a restart
@@ -787,6 +813,7 @@ func (js *journalServer) swap(j *Journal) {
 	js.handler.Store(&h)
 	if js.srv != nil {
 		js.srv.CloseClientConnections()
+		js.closeTaken()
 	}
 }
 

@@ -115,6 +115,8 @@ type watchSettings struct {
 	heartbeat time.Duration // interval of the format's heartbeat
 	buffers   *watchBuffers
 	log       *slog.Logger
+	taken     *takenWatches // counts the watches on connections taken from net/http; may be nil
+	waker     *watchWaker   // wakes the watches on taken connections; the handler's
 }
 
 // watchBuffers lends watches what they need only while they write: the
@@ -161,6 +163,44 @@ func (p *watchBuffers) putBuffer(b *[]byte) {
 // errWriteFailed ends a watch whose client cannot be written to.
 var errWriteFailed = errors.New("watch: write to the client failed")
 
+// watchOutput is where a watch writes: the http.ResponseWriter, or the
+// connection the watch took over from net/http (watch_conn.go).
+type watchOutput interface {
+	// begin empties b for the bytes of one write, keeping at its start
+	// the room the output's framing needs.
+	begin(b []byte) []byte
+	// send writes b, begun by begin, so that it reaches the client now,
+	// within watchWriteTimeout; it reports whether that worked. A b with
+	// nothing after the room is not written.
+	send(b []byte) bool
+	// wait waits for a record at or above next, sending the format's
+	// heartbeats meanwhile; it reports whether the watch goes on (false
+	// once ctx ends, the client leaves or a write fails).
+	wait(ctx context.Context, j *Journal, next int64, s watchSettings) bool
+}
+
+// responseOutput writes through net/http: HTTP/2, and any ResponseWriter
+// whose connection cannot be taken over.
+type responseOutput struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+}
+
+func (responseOutput) begin(b []byte) []byte { return b[:0] }
+
+func (o responseOutput) wait(ctx context.Context, j *Journal, next int64, s watchSettings) bool {
+	return waitOrBeat(ctx, j, next, o, s)
+}
+
+func (o responseOutput) send(b []byte) bool {
+	if len(b) == 0 {
+		return true
+	}
+	_ = o.rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
+	_, err := o.w.Write(b)
+	return err == nil && o.rc.Flush() == nil
+}
+
 // serveWatch streams the events that match q's filter, from q.offset or
 // from the next event to arrive, until the client leaves, the server shuts
 // down (the request's context ends) or the timeout passes.
@@ -184,32 +224,54 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 		next = latest + 1
 	}
 
-	ctx := r.Context()
-	if q.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, q.timeout)
-		defer cancel()
-	}
-
 	h := w.Header()
 	h.Set("Content-Type", s.format.contentType())
 	h.Set("Cache-Control", "no-store")
 	h.Set("X-Content-Type-Options", "nosniff")
 	// Tell nginx-style proxies not to buffer the stream.
 	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
 	if r.Method == http.MethodHead {
+		w.WriteHeader(http.StatusOK)
 		return
 	}
-	// The deadline of the last write would still hold when the handler
-	// returns and the response ends: give the end a fresh one.
-	defer func() { _ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout)) }()
-	// Send the status at once, so the client knows the watch is established.
-	// The header goes on its own: net/http's path that writes it with the
-	// first bytes of a body grows the goroutine's stack to 16 KiB, which
-	// the watch would then hold while it waits (8 KiB more per SSE watch).
-	if !writeFlush(w, rc, nil) || !writeStart(w, rc, s, next) {
+
+	// Over HTTP/1.x the watch takes the connection over from net/http
+	// (watch_conn.go): an idle watch then holds little more than its
+	// goroutine. The status and headers go out at once either way, so
+	// the client knows the watch is established.
+	var out watchOutput
+	ctx := r.Context()
+	if s.taken != nil {
+		// Counted before the connection is taken: http.Server.Shutdown
+		// waits for the request until then, the server for the count
+		// after (run).
+		s.taken.add()
+		defer s.taken.done()
+	}
+	if c := takeConn(w, r, s); c != nil {
+		defer c.close()
+		out = c
+	} else {
+		rc := http.NewResponseController(w)
+		// The deadline of the last write would still hold when the handler
+		// returns and the response ends: give the end a fresh one.
+		defer func() { _ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout)) }()
+		w.WriteHeader(http.StatusOK)
+		// The header goes on its own: net/http's path that writes it with
+		// the first bytes of a body grows the goroutine's stack to 16 KiB,
+		// which the watch would then hold while it waits (8 KiB more per
+		// SSE watch).
+		if rc.Flush() != nil {
+			return
+		}
+		out = responseOutput{w: w, rc: rc}
+	}
+	if q.timeout > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, q.timeout)
+		defer cancel()
+	}
+	if !writeStart(out, s, next) {
 		return
 	}
 
@@ -227,43 +289,43 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 				next = first
 			}
 		}
-		sent, err := sendBatch(w, rc, j, q.filter, s, &next)
+		sent, err := sendBatch(out, j, q.filter, s, &next)
 		switch {
 		case errors.Is(err, ErrPurged):
 			line, _ := json.Marshal(watchFailure(offsetProblem(j, next, err)))
 			buf := s.buffers.buffer()
-			writeFlush(w, rc, s.format.failure((*buf)[:0], line))
+			out.send(s.format.failure(out.begin(*buf), line))
 			s.buffers.putBuffer(buf)
 			s.log.Info("watch ended: client fell behind the journal", "remote", r.RemoteAddr, "offset", next)
 			return
 		case err != nil:
 			return
 		case !sent:
-			if !waitOrBeat(ctx, j, next, w, rc, s) {
+			if !out.wait(ctx, j, next, s) {
 				return
 			}
 		}
 	}
 }
 
-// writeStart writes and flushes what a stream begins with, and the
-// position before next if there is one.
-func writeStart(w http.ResponseWriter, rc *http.ResponseController, s watchSettings, next int64) bool {
+// writeStart writes what a stream begins with, and the position before
+// next if there is one.
+func writeStart(out watchOutput, s watchSettings, next int64) bool {
 	buf := s.buffers.buffer()
 	defer s.buffers.putBuffer(buf)
-	*buf = s.format.start((*buf)[:0])
+	*buf = s.format.start(out.begin(*buf))
 	if next > 0 {
 		*buf = s.format.position(*buf, next-1)
 	}
-	return writeFlush(w, rc, *buf)
+	return out.send(*buf)
 }
 
 // sendBatch writes the records from *next on, at most watchBatch of them,
-// that match filter, flushes them, and moves *next past them. It reports
-// whether there were any records; the error is ErrPurged if *next was
-// purged, errWriteFailed if the client could not be written to. The batch
-// and the bytes are borrowed for the call only.
-func sendBatch(w http.ResponseWriter, rc *http.ResponseController, j *Journal, filter eventFilter, s watchSettings, next *int64) (bool, error) {
+// that match filter, and moves *next past them. It reports whether there
+// were any records; the error is ErrPurged if *next was purged,
+// errWriteFailed if the client could not be written to. The batch and the
+// bytes are borrowed for the call only.
+func sendBatch(out watchOutput, j *Journal, filter eventFilter, s watchSettings, next *int64) (bool, error) {
 	batch := s.buffers.batch()
 	defer s.buffers.putBatch(batch)
 	var err error
@@ -273,16 +335,17 @@ func sendBatch(w http.ResponseWriter, rc *http.ResponseController, j *Journal, f
 	}
 	buf := s.buffers.buffer()
 	defer s.buffers.putBuffer(buf)
+	*buf = out.begin(*buf)
 	for _, rec := range *batch {
 		if !filter.match(rec) {
 			continue
 		}
 		*buf = s.format.event(*buf, rec)
 		if len(*buf) >= watchBufferSize {
-			if !write(w, rc, *buf) {
+			if !out.send(*buf) {
 				return true, errWriteFailed
 			}
-			*buf = (*buf)[:0]
+			*buf = out.begin(*buf)
 		}
 	}
 	last := (*batch)[len(*batch)-1]
@@ -290,7 +353,7 @@ func sendBatch(w http.ResponseWriter, rc *http.ResponseController, j *Journal, f
 		*buf = s.format.position(*buf, last.Offset)
 	}
 	*next = last.Offset + 1
-	if len(*buf) > 0 && !writeFlush(w, rc, *buf) {
+	if !out.send(*buf) {
 		return true, errWriteFailed
 	}
 	return true, nil
@@ -299,7 +362,7 @@ func sendBatch(w http.ResponseWriter, rc *http.ResponseController, j *Journal, f
 // waitOrBeat waits for a record at or above next; while none comes it
 // sends the format's heartbeat every interval. It reports whether the watch
 // goes on. One timer serves all the heartbeats of a wait.
-func waitOrBeat(ctx context.Context, j *Journal, next int64, w http.ResponseWriter, rc *http.ResponseController, s watchSettings) bool {
+func waitOrBeat(ctx context.Context, j *Journal, next int64, out watchOutput, s watchSettings) bool {
 	beat := s.format.heartbeat()
 	if beat == nil || s.heartbeat <= 0 {
 		return j.Wait(ctx, next) == nil
@@ -316,7 +379,7 @@ func waitOrBeat(ctx context.Context, j *Journal, next int64, w http.ResponseWrit
 		case <-ctx.Done():
 			return false
 		case <-heartbeat.C:
-			if !writeHeartbeat(w, rc, s, beat, next) {
+			if !writeHeartbeat(out, s, beat, next) {
 				return false
 			}
 			heartbeat.Reset(s.heartbeat)
@@ -326,30 +389,14 @@ func waitOrBeat(ctx context.Context, j *Journal, next int64, w http.ResponseWrit
 
 // writeHeartbeat writes the format's heartbeat, with the position before
 // next if there is one; it reports whether that worked.
-func writeHeartbeat(w http.ResponseWriter, rc *http.ResponseController, s watchSettings, beat []byte, next int64) bool {
+func writeHeartbeat(out watchOutput, s watchSettings, beat []byte, next int64) bool {
 	buf := s.buffers.buffer()
 	defer s.buffers.putBuffer(buf)
-	*buf = append((*buf)[:0], beat...)
+	*buf = append(out.begin(*buf), beat...)
 	if next > 0 {
 		*buf = s.format.position(*buf, next-1)
 	}
-	return writeFlush(w, rc, *buf)
-}
-
-// writeFlush writes b and flushes it to the client, within the write
-// timeout; it reports whether that worked.
-func writeFlush(w http.ResponseWriter, rc *http.ResponseController, b []byte) bool {
-	return write(w, rc, b) && rc.Flush() == nil
-}
-
-// write writes b within the write timeout; it reports whether that worked.
-func write(w http.ResponseWriter, rc *http.ResponseController, b []byte) bool {
-	_ = rc.SetWriteDeadline(time.Now().Add(watchWriteTimeout))
-	if len(b) == 0 {
-		return true
-	}
-	_, err := w.Write(b)
-	return err == nil
+	return out.send(*buf)
 }
 
 // watchFailure is the final message of a watch that cannot go on.
