@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -295,8 +296,9 @@ func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handle
 			writeProblem(w, newProblem(http.StatusServiceUnavailable, "too many watches: %d are open, the limit is %d; retry later", n-1, cfg.maxWatches))
 			return
 		}
-		defer metrics.watchers.Add(-1)
-		s := watchSettings{format: ndjson{}, buffers: buffers, log: log, taken: cfg.taken, waker: waker}
+		release := sync.OnceFunc(func() { metrics.watchers.Add(-1) })
+		defer release()
+		s := watchSettings{format: ndjson{}, buffers: buffers, log: log, taken: cfg.taken, waker: waker, release: release}
 		if q.sse {
 			s.format, s.heartbeat = serverSentEvents{}, cfg.sseHeartbeat
 		}

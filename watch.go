@@ -117,6 +117,11 @@ type watchSettings struct {
 	log       *slog.Logger
 	taken     *takenWatches // counts the watches on connections taken from net/http; may be nil
 	waker     *watchWaker   // wakes the watches on taken connections; the handler's
+	// release, if set, frees the watch's place under the cap (idempotent).
+	// A watch on a taken connection calls it before it writes its end, so
+	// that a client that saw the end can open another watch at once, as
+	// with net/http, which writes the end after the handler returned.
+	release func()
 }
 
 // watchBuffers lends watches what they need only while they write: the
@@ -249,7 +254,12 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 		defer s.taken.done()
 	}
 	if c := takeConn(w, r, s); c != nil {
-		defer c.close()
+		defer func() {
+			if s.release != nil {
+				s.release()
+			}
+			c.close()
+		}()
 		out = c
 	} else {
 		rc := http.NewResponseController(w)
