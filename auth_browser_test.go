@@ -1,7 +1,6 @@
 package main
 
 import (
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -19,12 +18,7 @@ func TestAuthBrowserLoginChromium(t *testing.T) {
 	browser(t)
 	sim := startTestSimulation(t)
 	vc := connectVCenter(t, sim)
-	ca := newTestCA(t)
-	dir := t.TempDir()
-	certFile, keyFile := writeKeyPair(t, ca, dir, 10)
-	tokens := filepath.Join(dir, "tokens")
-	writeFile(t, tokens, tokenAlice+"\n"+tokenBob+"\n")
-	s := startSecureServer(t, sim, map[string]string{envTokensPath: tokens, envTLSCertFile: certFile, envTLSKeyFile: keyFile})
+	s, _, _ := startHTTPSServer(t, sim, tokenAlice+"\n"+tokenBob+"\n")
 
 	p := openViewer(t, s.URL+"/?type=VmPoweredOnEvent")
 	var visited []string

@@ -234,6 +234,19 @@ func startSecureServer(t *testing.T, sim *simulation, env map[string]string) *te
 	return s
 }
 
+// startHTTPSServer runs the program over HTTPS, with a certificate of a CA
+// of its own and the token file holding tokens, both in the directory it
+// returns (tls.crt, tls.key, tokens).
+func startHTTPSServer(t *testing.T, sim *simulation, tokens string) (*testServer, *testCA, string) {
+	t.Helper()
+	ca := newTestCA(t)
+	dir := t.TempDir()
+	certFile, keyFile := writeKeyPair(t, ca, dir, 10)
+	writeFile(t, filepath.Join(dir, "tokens"), tokens)
+	s := startSecureServer(t, sim, map[string]string{envTokensPath: filepath.Join(dir, "tokens"), envTLSCertFile: certFile, envTLSKeyFile: keyFile})
+	return s, ca, dir
+}
+
 // writeKeyPair writes a new pair of ca into dir and returns the paths.
 func writeKeyPair(t testing.TB, ca *testCA, dir string, serial int64) (certFile, keyFile string) {
 	t.Helper()
@@ -247,12 +260,7 @@ func writeKeyPair(t testing.TB, ca *testCA, dir string, serial int64) (certFile,
 func TestAuthTokensOverHTTPS(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
-	ca := newTestCA(t)
-	dir := t.TempDir()
-	certFile, keyFile := writeKeyPair(t, ca, dir, 10)
-	tokens := filepath.Join(dir, "tokens")
-	writeFile(t, tokens, "# API clients\n"+tokenAlice+"\n\n  "+tokenBob+"  \n# "+tokenCarol+" is not yet admitted\n")
-	s := startSecureServer(t, sim, map[string]string{envTokensPath: tokens, envTLSCertFile: certFile, envTLSKeyFile: keyFile})
+	s, ca, _ := startHTTPSServer(t, sim, "# API clients\n"+tokenAlice+"\n\n  "+tokenBob+"  \n# "+tokenCarol+" is not yet admitted\n")
 	client := httpsClient(ca)
 
 	protected := []string{
@@ -431,12 +439,8 @@ func TestAuthTokenRotation(t *testing.T) {
 func TestAuthCertificateRenewal(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
-	ca := newTestCA(t)
-	dir := t.TempDir()
-	certFile, keyFile := writeKeyPair(t, ca, dir, 10)
-	tokens := filepath.Join(dir, "tokens")
-	writeFile(t, tokens, tokenAlice+"\n")
-	s := startSecureServer(t, sim, map[string]string{envTokensPath: tokens, envTLSCertFile: certFile, envTLSKeyFile: keyFile})
+	s, ca, dir := startHTTPSServer(t, sim, tokenAlice+"\n")
+	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
 	addr := strings.TrimPrefix(s.URL, "https://")
 
 	// served returns the serial number of the certificate a new connection gets.
