@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/vmware/govmomi/event"
-	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -142,10 +141,7 @@ func TestCollectorPushModes(t *testing.T) {
 func TestCollectorPageSizeRefused(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
-	sim.model.Service.AddFaultRule(&simulator.FaultInjectionRule{
-		MethodName: "SetCollectorPageSize", ObjectType: "*", ObjectName: "*",
-		Probability: 1, FaultType: simulator.FaultTypeGeneric, Message: "injected", Enabled: true,
-	})
+	sim.failMethod("SetCollectorPageSize")
 	vc := connectVCenter(t, sim)
 	srv := startServer(t, sim, nil)
 	srv.logs.wait(t, "cannot set the event collector's page size; announcements carry vCenter's default page", srv.stopped)

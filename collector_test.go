@@ -15,7 +15,6 @@ import (
 
 	"github.com/vmware/govmomi/property"
 	"github.com/vmware/govmomi/session"
-	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/mo"
 )
 
@@ -250,10 +249,7 @@ func BenchmarkWatchLatency(b *testing.B) {
 func TestCollectorPollingFallback(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
-	sim.model.Service.AddFaultRule(&simulator.FaultInjectionRule{
-		MethodName: "WaitForUpdatesEx", ObjectType: "*", ObjectName: "*",
-		Probability: 1, FaultType: simulator.FaultTypeGeneric, Message: "injected", Enabled: true,
-	})
+	sim.failMethod("WaitForUpdatesEx")
 	vc := connectVCenter(t, sim)
 	srv := startServer(t, sim, nil)
 	srv.logs.wait(t, "falling back to polling vCenter", srv.stopped)

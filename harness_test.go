@@ -20,6 +20,7 @@ import (
 
 	"github.com/vmware/govmomi"
 	"github.com/vmware/govmomi/event"
+	"github.com/vmware/govmomi/simulator"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -140,6 +141,14 @@ func startTestSimulationTLS(t testing.TB, config *tls.Config) *simulation {
 	}
 	t.Cleanup(sim.Close)
 	return sim
+}
+
+// failMethod makes every call of the vCenter method fail with a fault.
+func (s *simulation) failMethod(method string) {
+	s.model.Service.AddFaultRule(&simulator.FaultInjectionRule{
+		MethodName: method, ObjectType: "*", ObjectName: "*",
+		Probability: 1, FaultType: simulator.FaultTypeGeneric, Message: "injected", Enabled: true,
+	})
 }
 
 // startServer runs the program against sim with env added to a working
