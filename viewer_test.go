@@ -336,15 +336,27 @@ func serverPage(t testing.TB, base, query string) []pageEvent {
 	return events
 }
 
+// startViewerServer starts a simulator, has it log powerCycles VM power
+// cycles and posts events, and starts the server with env, holding them.
+func startViewerServer(t *testing.T, powerCycles, posts int, env map[string]string) (*simulation, *vcenter, *testServer) {
+	t.Helper()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	if powerCycles > 0 {
+		vc.powerCycleVMs(t, powerCycles)
+	}
+	if posts > 0 {
+		vc.postEvents(t, posts)
+	}
+	s := startServer(t, sim, env)
+	waitForKey(t, s, vc.latestKey(t))
+	return sim, vc, s
+}
+
 func TestViewerShowsRecentAndLiveEvents(t *testing.T) {
 	t.Parallel()
 	browser(t)
-	sim := startTestSimulation(t)
-	vc := connectVCenter(t, sim)
-	vc.powerCycleVMs(t, 1)
-	vc.postEvents(t, 2)
-	s := startServer(t, sim, nil)
-	waitForKey(t, s, vc.latestKey(t))
+	sim, vc, s := startViewerServer(t, 1, 2, nil)
 	want := serverPage(t, s.URL, "")
 
 	p := openViewer(t, s.URL+"/")
@@ -583,12 +595,7 @@ func viewerScreenshots(t *testing.T, p *viewerPage) {
 func TestViewerFilters(t *testing.T) {
 	t.Parallel()
 	browser(t)
-	sim := startTestSimulation(t)
-	vc := connectVCenter(t, sim)
-	vc.powerCycleVMs(t, 2)
-	vc.postEvents(t, 2)
-	s := startServer(t, sim, nil)
-	waitForKey(t, s, vc.latestKey(t))
+	_, vc, s := startViewerServer(t, 2, 2, nil)
 
 	p := openViewer(t, s.URL+"/")
 	p.waitFor("rows", `document.querySelectorAll('#rows tr').length > 10`)
@@ -682,11 +689,7 @@ func TestViewerFilters(t *testing.T) {
 func TestViewerResumesAcrossServerRestart(t *testing.T) {
 	t.Parallel()
 	browser(t)
-	sim := startTestSimulation(t)
-	vc := connectVCenter(t, sim)
-	vc.postEvents(t, 3)
-	s1 := startServer(t, sim, nil)
-	waitForKey(t, s1, vc.latestKey(t))
+	sim, vc, s1 := startViewerServer(t, 0, 3, nil)
 	_, port, err := net.SplitHostPort(strings.TrimPrefix(s1.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
@@ -726,11 +729,8 @@ func TestViewerResumesAcrossServerRestart(t *testing.T) {
 func TestViewerFellBehindAcrossRestart(t *testing.T) {
 	t.Parallel()
 	browser(t)
-	sim := startTestSimulation(t)
-	vc := connectVCenter(t, sim)
 	env := map[string]string{envMaxSegmentSize: "5"}
-	s1 := startServer(t, sim, env)
-	waitForKey(t, s1, vc.latestKey(t))
+	sim, vc, s1 := startViewerServer(t, 0, 0, env)
 	_, port, err := net.SplitHostPort(strings.TrimPrefix(s1.URL, "http://"))
 	if err != nil {
 		t.Fatal(err)
