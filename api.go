@@ -279,7 +279,7 @@ func accepts(r *http.Request, mediaType string) bool {
 
 func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handlerConfig) http.Handler {
 	buffers := newWatchBuffers()
-	waker := newWatchWaker(j)
+	waker := newWatchWaker(j, log)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q, p := parseEventsQuery(r, j)
 		if p != nil {

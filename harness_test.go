@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,6 +35,11 @@ type logRecorder struct {
 	lines   []map[string]any
 	raw     bytes.Buffer
 	changed chan struct{} // closed and replaced on every line
+
+	// panicOn, if set, makes the first write of a line with that message
+	// panic: a fault injected into whichever loop logs it.
+	panicOn  string
+	panicked atomic.Bool
 }
 
 func newLogRecorder() *logRecorder {
@@ -42,6 +48,9 @@ func newLogRecorder() *logRecorder {
 
 // Write takes whole lines, as slog's JSON handler writes them.
 func (l *logRecorder) Write(p []byte) (int, error) {
+	if l.panicOn != "" && bytes.Contains(p, []byte(`"msg":"`+l.panicOn+`"`)) && l.panicked.CompareAndSwap(false, true) {
+		panic("injected: logging " + l.panicOn)
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.raw.Write(p)
@@ -164,6 +173,12 @@ func startServer(t testing.TB, sim *simulation, env map[string]string, args ...s
 // launchServer runs the program and waits only until it serves HTTP.
 func launchServer(t testing.TB, sim *simulation, env map[string]string, args ...string) *testServer {
 	t.Helper()
+	return launchServerLogging(t, sim, env, newLogRecorder(), args...)
+}
+
+// launchServerLogging is launchServer with the log written to logs.
+func launchServerLogging(t testing.TB, sim *simulation, env map[string]string, logs *logRecorder, args ...string) *testServer {
+	t.Helper()
 	secrets := t.TempDir()
 	// Trailing newlines, as `echo user > username` leaves them.
 	writeFile(t, filepath.Join(secrets, "username"), sim.Username+"\n")
@@ -181,7 +196,7 @@ func launchServer(t testing.TB, sim *simulation, env map[string]string, args ...
 	getenv := func(k string) string { return vars[k] }
 
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &testServer{logs: newLogRecorder(), stop: cancel, stopped: make(chan struct{})}
+	s := &testServer{logs: logs, stop: cancel, stopped: make(chan struct{})}
 	go func() {
 		defer close(s.stopped)
 		s.err = run(ctx, append([]string{"vsphere-event-streaming", "--poll-interval=10ms"}, args...), getenv, io.Discard, s.logs)

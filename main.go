@@ -204,11 +204,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	})
 	if auth != nil {
-		workers.Go(func() { auth.Run(ctx) })
+		workers.Go(func() { keepRunning(ctx, log, "token reload", auth.Run) })
 	}
 	workers.Go(func() { collector.Run(ctx) })
 	if sink != nil {
-		workers.Go(func() { sink.Run(ctx) })
+		workers.Go(func() { keepRunning(ctx, log, "sink delivery", sink.Run) })
 	}
 
 	<-ctx.Done()

@@ -1,11 +1,13 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"time"
 )
 
 // errPanic is wrapped by the errors that recovered panics become.
@@ -17,6 +19,33 @@ var errPanic = errors.New("panic")
 func recoverAsError(err *error) {
 	if p := recover(); p != nil {
 		*err = fmt.Errorf("%w: %v", errPanic, p)
+	}
+}
+
+// loopRestartPause is the pause before a loop that panicked runs again, so
+// that a panic at every turn does not spin.
+const loopRestartPause = time.Second
+
+// keepRunning runs loop until ctx is done, and runs it again after a pause
+// whenever it panics: a bug met in one of the server's long-lived loops
+// (delivery to the sink, the token file's reload) is logged, with its
+// stack, instead of ending the process. A loop must keep its progress in
+// its own fields, so that it resumes where it was.
+func keepRunning(ctx context.Context, log *slog.Logger, name string, loop func(context.Context)) {
+	for {
+		panicked := func() (panicked bool) {
+			defer func() {
+				if p := recover(); p != nil {
+					log.Error("loop panicked; running it again", "loop", name, "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+					panicked = true
+				}
+			}()
+			loop(ctx)
+			return false
+		}()
+		if !panicked || !sleep(ctx, loopRestartPause) {
+			return
+		}
 	}
 }
 

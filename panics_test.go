@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -123,4 +124,55 @@ func TestCollectorSessionPanic(t *testing.T) {
 	if !status.Ready() {
 		t.Error("collector not ready after the panic")
 	}
+}
+
+// TestKeepRunning: a loop that panics runs again after a pause, logged with
+// its stack, and stops for good with its context.
+func TestKeepRunning(t *testing.T) {
+	t.Parallel()
+	logs := newLogRecorder()
+	log := slog.New(slog.NewJSONHandler(logs, nil))
+	runs := 0
+	keepRunning(t.Context(), log, "test loop", func(context.Context) {
+		if runs++; runs < 3 {
+			panic(fmt.Sprint("run ", runs))
+		}
+	})
+	if runs != 3 || logs.count("loop panicked; running it again") != 2 {
+		t.Errorf("%d runs, log:\n%s", runs, logs)
+	}
+	rec := logs.wait(t, "loop panicked; running it again", nil)
+	if rec["loop"] != "test loop" || rec["panic"] != "run 1" || !strings.Contains(rec["stack"].(string), "panics_test.go") {
+		t.Errorf("log line %v", rec)
+	}
+
+	// Cancelled during the pause, it does not run again.
+	ctx, cancel := context.WithCancel(t.Context())
+	runs = 0
+	keepRunning(ctx, log, "test loop", func(context.Context) {
+		runs++
+		cancel()
+		panic("always")
+	})
+	if runs != 1 {
+		t.Errorf("ran %d times after its context ended", runs)
+	}
+}
+
+// TestSinkLoopPanic: a panic in the sink's delivery loop is logged and the
+// loop runs again: every event is still delivered.
+func TestSinkLoopPanic(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
+	logs := newLogRecorder()
+	logs.panicOn = "delivering events to the sink"
+	s := launchServerLogging(t, sim, map[string]string{envSink: sink.URL}, logs)
+	rec := s.logs.wait(t, "loop panicked; running it again", s.stopped)
+	if rec["loop"] != "sink delivery" {
+		t.Errorf("log line %v", rec)
+	}
+	vc.postEvents(t, 2)
+	sink.waitAcked(t, vc.latestKey(t))
 }

@@ -234,6 +234,8 @@ func (d *Deliverer) checkResume(ctx context.Context) bool {
 					"checkpoint", d.resume.Offset, "latest", latest)
 				d.next = -1
 			}
+			// Checked once: a Run started again (keepRunning) goes on.
+			d.resume = checkpoint{}
 			return true
 		}
 		if d.journal.Wait(ctx, math.MinInt64) != nil {

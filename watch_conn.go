@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"log/slog"
 	"math"
 	"net"
 	"net/http"
@@ -282,7 +283,8 @@ func (c *connOutput) close() {
 // wait for: one goroutine for all of them, which runs while any waits. It
 // is safe for concurrent use.
 type watchWaker struct {
-	j *Journal
+	j   *Journal
+	log *slog.Logger
 
 	mu      sync.Mutex
 	waiting map[*connOutput]int64 // the offset each waits for
@@ -290,8 +292,8 @@ type watchWaker struct {
 	empty   chan struct{}         // takes a value when waiting empties
 }
 
-func newWatchWaker(j *Journal) *watchWaker {
-	return &watchWaker{j: j, waiting: make(map[*connOutput]int64), empty: make(chan struct{}, 1)}
+func newWatchWaker(j *Journal, log *slog.Logger) *watchWaker {
+	return &watchWaker{j: j, log: log, waiting: make(map[*connOutput]int64), empty: make(chan struct{}, 1)}
 }
 
 // add has c woken once the journal holds a record at or above next.
@@ -301,7 +303,7 @@ func (w *watchWaker) add(c *connOutput, next int64) {
 	w.waiting[c] = next
 	if !w.running {
 		w.running = true
-		go w.run()
+		go keepRunning(context.Background(), w.log, "watch waker", w.run)
 	}
 }
 
@@ -319,25 +321,12 @@ func (w *watchWaker) remove(c *connOutput) {
 
 // run wakes, at every append, the watches whose record is there, until
 // none waits.
-func (w *watchWaker) run() {
+func (w *watchWaker) run(context.Context) {
 	for {
-		w.mu.Lock()
-		if len(w.waiting) == 0 {
-			w.running = false
-			w.mu.Unlock()
+		low, done := w.wakeReady()
+		if done {
 			return
 		}
-		_, latest, ok := w.j.Range()
-		low := int64(math.MaxInt64)
-		for c, next := range w.waiting {
-			if ok && next <= latest {
-				c.wake()
-				delete(w.waiting, c)
-			} else {
-				low = min(low, next)
-			}
-		}
-		w.mu.Unlock()
 		if low == math.MaxInt64 {
 			continue
 		}
@@ -350,6 +339,29 @@ func (w *watchWaker) run() {
 			}
 		}
 	}
+}
+
+// wakeReady wakes the watches whose record is there and returns the
+// lowest offset the others wait for (MaxInt64 if none); done when none
+// waits, and the waker then stops.
+func (w *watchWaker) wakeReady() (low int64, done bool) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.waiting) == 0 {
+		w.running = false
+		return 0, true
+	}
+	_, latest, ok := w.j.Range()
+	low = math.MaxInt64
+	for c, next := range w.waiting {
+		if ok && next <= latest {
+			c.wake()
+			delete(w.waiting, c)
+		} else {
+			low = min(low, next)
+		}
+	}
+	return low, false
 }
 
 // takenWatches counts the watches that run, or may run, on connections
