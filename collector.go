@@ -750,7 +750,7 @@ func newestAnnounced(set *types.UpdateSet) int64 {
 }
 
 // backoff returns the pause before attempt (from 1): exponential from
-// lowest, capped at highest, with jitter so that many replicas do not
+// lowest, within lowest and highest, with jitter so that many replicas do not
 // reconnect in step.
 func backoff(attempt int, lowest, highest time.Duration) time.Duration {
 	d := highest
@@ -760,7 +760,8 @@ func backoff(attempt int, lowest, highest time.Duration) time.Duration {
 	if d <= 0 || d > highest {
 		d = highest
 	}
-	return d/2 + rand.N(d/2+1)
+	// Jitter above d, never below lowest: up to half of it again, capped.
+	return min(highest, d+rand.N(d/2+1))
 }
 
 // sleep waits for d or until ctx is done; it reports whether d passed.

@@ -11,6 +11,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // TestHandlerPanic: a handler's panic answers 500 problem+json, is logged
@@ -175,4 +176,45 @@ func TestSinkLoopPanic(t *testing.T) {
 	}
 	vc.postEvents(t, 2)
 	sink.waitAcked(t, vc.latestKey(t))
+}
+
+// TestSinkEventPanic: a panic while sending one event skips that event,
+// logged and counted, and delivery goes on with the next.
+func TestSinkEventPanic(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
+	logs := newLogRecorder()
+	logs.panicOn = "sink attempt" // the debug line of each attempt
+	s := launchServerLogging(t, sim, map[string]string{envSink: sink.URL}, logs)
+	rec := s.logs.wait(t, "cannot deliver an event: skipped", s.stopped)
+	if !strings.Contains(fmt.Sprint(rec["error"]), "injected") {
+		t.Errorf("log line %v", rec)
+	}
+	vc.postEvents(t, 2)
+	sink.waitAcked(t, vc.latestKey(t))
+	if got := serverMetrics(t, s)[metricPrefix+"sink_rejected_total"]; got != 1 {
+		t.Errorf("sink_rejected_total = %v, want 1", got)
+	}
+	if n := s.logs.count("loop panicked; running it again"); n != 0 {
+		t.Errorf("the delivery loop was restarted %d times for one event", n)
+	}
+}
+
+// TestBackoff: pauses grow from lowest, never below it nor above highest.
+func TestBackoff(t *testing.T) {
+	t.Parallel()
+	for attempt := 1; attempt <= 40; attempt++ {
+		for range 20 {
+			d := backoff(attempt, 100*time.Millisecond, 30*time.Second)
+			want := min(30*time.Second, 100*time.Millisecond<<min(attempt-1, 31))
+			if attempt >= 32 {
+				want = 30 * time.Second
+			}
+			if d < want || d > min(30*time.Second, want+want/2) {
+				t.Fatalf("attempt %d: %v, want within [%v, %v]", attempt, d, want, min(30*time.Second, want+want/2))
+			}
+		}
+	}
 }

@@ -143,6 +143,7 @@ func newDeliverer(cfg SinkConfig, journal *Journal, log *slog.Logger) (*Delivere
 		}
 		if ok {
 			d.next, d.saved, d.resume = cp.Offset+1, cp.Offset, cp
+			d.status.done.Store(cp.Offset)
 		}
 	}
 	return d, nil
@@ -218,30 +219,43 @@ func (d *Deliverer) Run(ctx context.Context) {
 // the first event held instead, with a warning. It reports false if ctx
 // ended first.
 func (d *Deliverer) checkResume(ctx context.Context) bool {
+	defer func() {
+		// Checked once: a Run started again (keepRunning) goes on.
+		d.resume = checkpoint{}
+	}()
+	// The checkpoint's own key held (or a later one): the same vCenter.
+	// Start at once, before the collector has read the whole backlog,
+	// which the journal may not hold all of.
+	reached, stop := context.WithCancel(ctx)
+	defer stop()
 	if d.collectorCaughtUp != nil {
-		select {
-		case <-d.collectorCaughtUp:
-		case <-ctx.Done():
-			return false
-		}
+		go func() {
+			select {
+			case <-d.collectorCaughtUp:
+				stop()
+			case <-reached.Done():
+			}
+		}()
+	} else {
+		stop()
 	}
-	for {
-		// Nothing since the checkpoint's time: the first event appended
-		// tells.
+	if d.journal.Wait(reached, d.resume.Offset) == nil {
+		return true
+	}
+	for ctx.Err() == nil {
+		// Caught up below the checkpoint, or with nothing since its time:
+		// the first event appended tells.
 		if _, latest, ok := d.journal.Range(); ok {
 			if latest < d.resume.Offset {
 				d.log.Warn("the sink checkpoint is ahead of vCenter's newest event: vCenter was reinstalled or the checkpoint is another vCenter's; delivering from the first event held",
 					"checkpoint", d.resume.Offset, "latest", latest)
 				d.next = -1
 			}
-			// Checked once: a Run started again (keepRunning) goes on.
-			d.resume = checkpoint{}
 			return true
 		}
-		if d.journal.Wait(ctx, math.MinInt64) != nil {
-			return false
-		}
+		_ = d.journal.Wait(ctx, math.MinInt64)
 	}
+	return false
 }
 
 // wait blocks until the journal holds the next offset; it reports false
@@ -327,14 +341,25 @@ func recordTime(r Record) time.Time {
 // deliver sends rec until the sink acknowledges it or refuses it for good
 // (true), or ctx is done first (false). The mode loop below is the one
 // place that decides what comes after each attempt.
-func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) bool {
-	msg, err := d.message(rec)
-	if err != nil {
-		// Not to happen: the journal holds only what was encoded at ingest.
+func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) (done bool) {
+	// One event that cannot be sent, whether its message cannot be made
+	// or something panics on the way, is skipped like one the sink
+	// refuses: the stream goes on.
+	skip := func(err error) bool {
 		d.status.rejected.Add(1)
 		d.status.setError(err)
 		d.log.Error("cannot deliver an event: skipped", "key", rec.Offset, "error", err)
 		return true
+	}
+	defer func() {
+		if p := recover(); p != nil {
+			done = skip(fmt.Errorf("%w: %v", errPanic, p))
+		}
+	}()
+	msg, err := d.message(rec)
+	if err != nil {
+		// Not to happen: the journal holds only what was encoded at ingest.
+		return skip(err)
 	}
 	mode, attempt := modeDeliver, 0
 	var res attemptResult
