@@ -218,3 +218,26 @@ func TestBackoff(t *testing.T) {
 		}
 	}
 }
+
+// TestTakenWatchPanic: a watch that panics after taking its connection
+// over is cut, not ended like a whole stream, and the panic is logged.
+func TestTakenWatchPanic(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	logs := newLogRecorder()
+	logs.panicOn = "watch started" // logged once the stream has begun
+	s := launchServerLogging(t, sim, nil, logs)
+	s.logs.wait(t, "caught up with vCenter", s.stopped)
+	resp, err := http.Get(s.URL + "/api/v1/events?watch=true&timeoutSeconds=5")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if _, err := io.ReadAll(resp.Body); err == nil {
+		t.Error("the panicked watch ended like a whole stream")
+	}
+	rec := s.logs.wait(t, "request handler panicked", s.stopped)
+	if !strings.Contains(fmt.Sprint(rec["panic"]), "injected") {
+		t.Errorf("log line %v", rec)
+	}
+}

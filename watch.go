@@ -255,10 +255,19 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 	}
 	if c := takeConn(w, r, s); c != nil {
 		defer func() {
+			// A panic must not end the body like a whole stream: close
+			// without the last chunk, then let answerPanic log it.
+			p := recover()
+			if p != nil {
+				c.failed = true
+			}
 			if s.release != nil {
 				s.release()
 			}
 			c.close()
+			if p != nil {
+				panic(p)
+			}
 		}()
 		out = c
 	} else {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"log/slog"
 	"math"
@@ -268,14 +269,20 @@ func (c *connOutput) write(b []byte) bool {
 // close ends the response: with the last chunk if the stream is whole and
 // the client still there, then by closing the connection.
 func (c *connOutput) close() {
-	if c.chunked && !c.gone {
+	if c.chunked && !c.gone && !c.failed {
 		c.write(lastChunk)
 	}
 	c.stopGrace()
 	if c.stopWake != nil {
 		c.stopWake()
 	}
-	_ = c.conn.Close()
+	conn := c.conn
+	if tc, ok := conn.(*tls.Conn); ok && (c.gone || c.failed) {
+		// No close_notify to a client that left or stopped reading: its
+		// write would wait out a deadline of tls.Conn's own (5 s).
+		conn = tc.NetConn()
+	}
+	_ = conn.Close()
 }
 
 // watchWaker wakes the watches that wait on taken connections (each
