@@ -216,9 +216,8 @@ func newTokenAuth(path string, log *slog.Logger) (*tokenAuth, error) {
 // fileProblem describes a file error on one line, without repeating the
 // path (the caller quotes it, whatever characters it holds).
 func fileProblem(err error) string {
-	var pe *os.PathError
-	if errors.As(err, &pe) {
-		return "cannot read: " + pe.Err.Error()
+	if unwrapped := withoutPath(err); unwrapped != err {
+		return "cannot read: " + unwrapped.Error()
 	}
 	return err.Error()
 }

@@ -144,15 +144,8 @@ func parseConfig(getenv func(string) string, needVCenter bool) (Config, error) {
 	if cfg.Debug, err = parseBool(getenv, envDebug); err != nil {
 		return cfg, err
 	}
-	if v := strings.TrimSpace(getenv(envStreamBegin)); v != "" {
-		d, perr := time.ParseDuration(v)
-		if perr != nil {
-			return cfg, &configError{envStreamBegin, fmt.Sprintf("%q is not a duration (use e.g. 30s, 5m, 2h)", v)}
-		}
-		if d < 0 {
-			return cfg, &configError{envStreamBegin, fmt.Sprintf("%q is negative", v)}
-		}
-		cfg.StreamBegin = d
+	if cfg.StreamBegin, err = parseDuration(getenv, envStreamBegin, defaultStreamBegin, true); err != nil {
+		return cfg, err
 	}
 	if cfg.MaxRecordSize, err = parsePositive(getenv, envMaxRecordSize, defaultMaxRecordSize); err != nil {
 		return cfg, err
@@ -225,11 +218,7 @@ func readRootCAs(dir string) (*x509.CertPool, error) {
 		return nil, nil
 	}
 	if err != nil {
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return nil, &configError{envSecretPath, fmt.Sprintf("cannot read %q: %v", path, err)}
+		return nil, &configError{envSecretPath, fmt.Sprintf("cannot read %q: %v", path, withoutPath(err))}
 	}
 	pool := x509.NewCertPool()
 	n := 0
@@ -274,6 +263,17 @@ func parseThumbprint(v string) (string, error) {
 		parts[i] = fmt.Sprintf("%02X", b)
 	}
 	return strings.Join(parts, ":"), nil
+}
+
+// withoutPath drops an *os.PathError's own copy of its path: callers quote
+// the path themselves, so that the message stays on one line whatever the
+// variable holds.
+func withoutPath(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
 }
 
 // oneLine keeps an error message on one line.
@@ -327,13 +327,7 @@ func readSecret(dir, name string) (string, error) {
 	path := filepath.Join(dir, name)
 	b, err := os.ReadFile(path)
 	if err != nil {
-		// The path is quoted (and the PathError's own copy of it dropped) so
-		// that the message stays on one line whatever the variable holds.
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return "", &configError{envSecretPath, fmt.Sprintf("cannot read %q: %v", path, err)}
+		return "", &configError{envSecretPath, fmt.Sprintf("cannot read %q: %v", path, withoutPath(err))}
 	}
 	v := strings.TrimSpace(string(b))
 	if v == "" {
@@ -352,6 +346,25 @@ func parseBool(getenv func(string) string, name string) (bool, error) {
 		return false, &configError{name, fmt.Sprintf("%q is not a boolean (true or false)", v)}
 	}
 	return b, nil
+}
+
+// parseDuration reads a duration, def where unset; never negative, and zero
+// only with allowZero.
+func parseDuration(getenv func(string) string, name string, def time.Duration, allowZero bool) (time.Duration, error) {
+	v := strings.TrimSpace(getenv(name))
+	if v == "" {
+		return def, nil
+	}
+	d, err := time.ParseDuration(v)
+	switch {
+	case err != nil:
+		return 0, &configError{name, fmt.Sprintf("%q is not a duration (use e.g. 30s, 5m, 2h)", v)}
+	case d < 0:
+		return 0, &configError{name, fmt.Sprintf("%q is negative", v)}
+	case d == 0 && !allowZero:
+		return 0, &configError{name, fmt.Sprintf("%q is zero: give a positive duration (e.g. 10s)", v)}
+	}
+	return d, nil
 }
 
 func parsePositive(getenv func(string) string, name string, def int) (int, error) {
@@ -437,14 +450,9 @@ func parseSinkConfig(getenv func(string) string) (SinkConfig, error) {
 		}
 		sc.CheckpointFile = v
 	}
-	if v := strings.TrimSpace(getenv(envSinkTimeout)); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return sc, &configError{envSinkTimeout, fmt.Sprintf("%q is not a positive duration (e.g. 10s)", v)}
-		}
-		sc.Timeout = d
-	}
-	return sc, nil
+	var err error
+	sc.Timeout, err = parseDuration(getenv, envSinkTimeout, sc.Timeout, false)
+	return sc, err
 }
 
 // reservedAttributes are the CloudEvent attributes K_CE_OVERRIDES must not
@@ -462,7 +470,7 @@ func parseCEOverrides(v string) (map[string]string, error) {
 	dec := json.NewDecoder(strings.NewReader(v))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&o); err != nil {
-		return nil, fmt.Errorf("not JSON of the form {\"extensions\":{\"name\":\"value\"}}: %s", strings.ReplaceAll(err.Error(), "\n", " "))
+		return nil, fmt.Errorf("not JSON of the form {\"extensions\":{\"name\":\"value\"}}: %s", oneLine(err))
 	}
 	if dec.More() {
 		return nil, errors.New("trailing data after the JSON object")
@@ -487,11 +495,7 @@ func checkCheckpointDir(path string) error {
 	}
 	f, err := os.CreateTemp(filepath.Dir(path), ".checkpoint-probe-*")
 	if err != nil {
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return fmt.Errorf("cannot create files in %q: %v", filepath.Dir(path), err)
+		return fmt.Errorf("cannot create files in %q: %v", filepath.Dir(path), withoutPath(err))
 	}
 	name := f.Name()
 	_ = f.Close()

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"log/slog"
 	"net/http"
 	"slices"
@@ -116,10 +117,7 @@ func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, sink *Si
 }
 
 func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpMetrics) {
-	metric := func(name, kind, help string, value float64) {
-		fmt.Fprintf(w, "# HELP %s%s %s\n# TYPE %s%s %s\n%s%s %s\n",
-			metricPrefix, name, help, metricPrefix, name, kind, metricPrefix, name, formatValue(value))
-	}
+	metric := func(name, kind, help string, value float64) { writeMetric(w, name, kind, help, value) }
 	records, bytes := j.Stats()
 	metric("events_ingested_total", "counter", "Events read from vCenter and appended to the journal.", float64(status.Ingested()))
 	metric("events_skipped_total", "counter", "Events read from vCenter again after a reconnect and skipped as already held.", float64(status.Skipped()))
@@ -161,6 +159,13 @@ func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpM
 	for i, k := range keys {
 		fmt.Fprintf(w, "%s{route=\"%s\",code=\"%d\"} %d\n", name, escapeLabel(k.route), k.code, counts[i])
 	}
+}
+
+// writeMetric writes one sample of the metric metricPrefix+name with its
+// HELP and TYPE lines.
+func writeMetric(w io.Writer, name, kind, help string, value float64) {
+	fmt.Fprintf(w, "# HELP %s%s %s\n# TYPE %s%s %s\n%s%s %s\n",
+		metricPrefix, name, help, metricPrefix, name, kind, metricPrefix, name, formatValue(value))
 }
 
 func formatValue(v float64) string { return strconv.FormatFloat(v, 'g', -1, 64) }

@@ -609,10 +609,7 @@ func (s *SinkStatus) ready() *sinkReady {
 
 // writeMetrics writes the sink's metrics in the text exposition format.
 func (s *SinkStatus) writeMetrics(w io.Writer, j *Journal) {
-	metric := func(name, kind, help string, value float64) {
-		fmt.Fprintf(w, "# HELP %s%s %s\n# TYPE %s%s %s\n%s%s %s\n",
-			metricPrefix, name, help, metricPrefix, name, kind, metricPrefix, name, formatValue(value))
-	}
+	metric := func(name, kind, help string, value float64) { writeMetric(w, name, kind, help, value) }
 	metric("sink_delivered_total", "counter", "Events the sink acknowledged.", float64(s.delivered.Load()))
 	metric("sink_retries_total", "counter", "Delivery attempts that failed and were retried (network errors, timeouts, 408, 429, 5xx).", float64(s.retries.Load()))
 	metric("sink_rejected_total", "counter", "Events the sink refused for good (4xx other than 408 and 429) and that were skipped.", float64(s.rejected.Load()))
