@@ -139,7 +139,7 @@ type rangeResponse struct {
 
 func handleRange(j *Journal) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r); p != nil {
+		if _, p := parseQuery(r.URL.RawQuery); p != nil {
 			writeProblem(w, p)
 			return
 		}
@@ -154,7 +154,7 @@ func handleRange(j *Journal) http.Handler {
 
 func handleEvent(j *Journal) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r); p != nil {
+		if _, p := parseQuery(r.URL.RawQuery); p != nil {
 			writeProblem(w, p)
 			return
 		}
@@ -200,7 +200,7 @@ const (
 // Server-Sent Events, and its Last-Event-ID resumes after that key.
 func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 	q := eventsQuery{limit: defaultPageSize}
-	values, p := parseQuery(r, paramOffset, paramLimit, paramWatch, paramTimeout, paramType, paramEventClass)
+	values, p := parseQuery(r.URL.RawQuery, paramOffset, paramLimit, paramWatch, paramTimeout, paramType, paramEventClass)
 	if p != nil {
 		return q, p
 	}
@@ -367,7 +367,7 @@ func nextPageURL(r *http.Request, next int64) string {
 // not the process's fault and a restart would not cure them.
 func handleLivez(status *CollectorStatus) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r); p != nil {
+		if _, p := parseQuery(r.URL.RawQuery); p != nil {
 			writeProblem(w, p)
 			return
 		}
@@ -393,7 +393,7 @@ type readyResponse struct {
 // ready through later vCenter outages: the cached events are still served.
 func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r); p != nil {
+		if _, p := parseQuery(r.URL.RawQuery); p != nil {
 			writeProblem(w, p)
 			return
 		}
@@ -415,10 +415,10 @@ func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus) http.Ha
 	})
 }
 
-// parseQuery parses the request's query, allowing only the given
-// parameters, each once and with a value.
-func parseQuery(r *http.Request, allowed ...string) (url.Values, *problem) {
-	values, err := url.ParseQuery(r.URL.RawQuery)
+// parseQuery parses a request's query (or SINK_FILTER, in the same
+// syntax), allowing only the given parameters, each once and with a value.
+func parseQuery(rawQuery string, allowed ...string) (url.Values, *problem) {
+	values, err := url.ParseQuery(rawQuery)
 	if err != nil {
 		return nil, newProblem(http.StatusBadRequest, "malformed query: %v", err)
 	}

@@ -535,7 +535,7 @@ func localPath(next string) string {
 // handleLoginForm serves the login form (GET /ui/login?next=...).
 func handleLoginForm(page *loginPage) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		values, p := parseQuery(r, paramNext)
+		values, p := parseQuery(r.URL.RawQuery, paramNext)
 		if p != nil {
 			writeProblem(w, p)
 			return

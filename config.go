@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"net/http"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -436,7 +435,7 @@ func parseSinkConfig(getenv func(string) string) (SinkConfig, error) {
 	if v := strings.TrimSpace(getenv(envSinkFilter)); v != "" {
 		// The API's own parser, so that the filter means what it means in
 		// a watch: the same names, repetitions and refusals.
-		values, p := parseQuery(&http.Request{URL: &url.URL{RawQuery: v}}, paramType, paramEventClass)
+		values, p := parseQuery(v, paramType, paramEventClass)
 		if p == nil {
 			sc.Filter, p = parseEventFilter(values)
 		}

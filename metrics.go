@@ -101,7 +101,7 @@ func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handle
 // handleMetrics serves the metrics in the Prometheus text exposition format.
 func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, sink *SinkStatus) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r); p != nil {
+		if _, p := parseQuery(r.URL.RawQuery); p != nil {
 			writeProblem(w, p)
 			return
 		}

@@ -14,7 +14,7 @@ var openAPIDocument []byte
 // handleOpenAPI serves the embedded OpenAPI document.
 func handleOpenAPI() http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r); p != nil {
+		if _, p := parseQuery(r.URL.RawQuery); p != nil {
 			writeProblem(w, p)
 			return
 		}
