@@ -215,7 +215,7 @@ func (c *Collector) Run(ctx context.Context) {
 		if certificateUntrusted(err) {
 			c.log.Error("vCenter's certificate is not trusted; reconnecting. Fix one of three ways: put the CA that signed it (PEM) in the file ca.crt in "+envSecretPath+
 				", set "+envVCenterThumbprint+" to the certificate's fingerprint, or set "+envVCenterInsecure+"=true to skip verification",
-				"error", err, "sha256_fingerprint", presentedFingerprint(ctx, c.url.Host), "attempt", attempt, "backoff", delay.String())
+				"error", err, "sha256_fingerprint", presentedFingerprint(ctx, err, c.url.Host), "attempt", attempt, "backoff", delay.String())
 		} else {
 			c.log.Warn("vCenter session failed; reconnecting", "error", err, "attempt", attempt, "backoff", delay.String())
 		}
@@ -657,9 +657,15 @@ func certificateUntrusted(err error) bool {
 }
 
 // presentedFingerprint returns the SHA-256 fingerprint of the certificate
-// host presents, in the form VCENTER_THUMBPRINT takes, so that an operator
-// who checks it can pin it; "" if it cannot be read.
-func presentedFingerprint(ctx context.Context, host string) string {
+// host presents (from failure, the handshake's error, or else read anew),
+// in the form VCENTER_THUMBPRINT takes, so that an operator who checks it
+// can pin it; "" if it cannot be read.
+func presentedFingerprint(ctx context.Context, failure error, host string) string {
+	// The failed handshake usually carries the certificate.
+	var verification *tls.CertificateVerificationError
+	if errors.As(failure, &verification) && len(verification.UnverifiedCertificates) > 0 {
+		return soap.ThumbprintSHA256(verification.UnverifiedCertificates[0])
+	}
 	if _, port, err := net.SplitHostPort(host); err != nil || port == "" {
 		host = net.JoinHostPort(strings.Trim(host, "[]"), "443")
 	}
