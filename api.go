@@ -105,11 +105,12 @@ func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, met
 func checkRequest(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodGet && r.Method != http.MethodHead && !(r.Method == http.MethodPost && acceptsPost(r.URL.Path)) {
-			w.Header().Set("Allow", "GET, HEAD")
+			allow, why := "GET, HEAD", "this API is read-only"
 			if acceptsPost(r.URL.Path) {
-				w.Header().Set("Allow", "GET, HEAD, POST")
+				allow, why = "GET, HEAD, POST", "the login form is read and posted"
 			}
-			writeProblem(w, newProblem(http.StatusMethodNotAllowed, "method %s is not allowed: this API is read-only (GET, HEAD)", r.Method))
+			w.Header().Set("Allow", allow)
+			writeProblem(w, newProblem(http.StatusMethodNotAllowed, "method %s is not allowed: %s (allowed: %s)", r.Method, why, allow))
 			return
 		}
 		if len(r.RequestURI) > maxRequestTarget {

@@ -158,17 +158,22 @@ func parseTokens(b []byte) ([]string, error) {
 	return tokens, nil
 }
 
-// readTokenFile reads and parses the token file.
-func readTokenFile(path string) (*tokenSet, [sha256.Size]byte, error) {
+// readTokenFile reads and parses the token file, unless its content's
+// digest is unchanged (then set is nil): parsing derives keys per token,
+// work a reload every second need not repeat.
+func readTokenFile(path string, unchanged [sha256.Size]byte) (set *tokenSet, sum [sha256.Size]byte, err error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, [sha256.Size]byte{}, err
+		return nil, sum, err
+	}
+	if sum = sha256.Sum256(b); sum == unchanged {
+		return nil, sum, nil
 	}
 	tokens, err := parseTokens(b)
 	if err != nil {
-		return nil, [sha256.Size]byte{}, err
+		return nil, sum, err
 	}
-	return newTokenSet(tokens), sha256.Sum256(b), nil
+	return newTokenSet(tokens), sum, nil
 }
 
 // tokenAuth admits requests that carry a listed token. It is safe for
@@ -197,7 +202,7 @@ type authedRequest struct {
 // newTokenAuth reads the token file; its errors are configuration errors
 // naming API_TOKENS_PATH.
 func newTokenAuth(path string, log *slog.Logger) (*tokenAuth, error) {
-	set, sum, err := readTokenFile(path)
+	set, sum, err := readTokenFile(path, [sha256.Size]byte{})
 	if err != nil {
 		return nil, &configError{envTokensPath, fmt.Sprintf("%q: %s", path, fileProblem(err))}
 	}
@@ -242,7 +247,10 @@ func (a *tokenAuth) Run(ctx context.Context) {
 // failing open is out of the question. The error is logged once, and the
 // file is tried again at every check.
 func (a *tokenAuth) reload() {
-	set, sum, err := readTokenFile(a.path)
+	a.mu.Lock()
+	known := a.sum
+	a.mu.Unlock()
+	set, sum, err := readTokenFile(a.path, known)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if err != nil {
@@ -253,7 +261,7 @@ func (a *tokenAuth) reload() {
 		return
 	}
 	a.lastErr = ""
-	if sum == a.sum {
+	if set == nil || sum == a.sum {
 		return
 	}
 	a.sum = sum
