@@ -44,23 +44,33 @@ func BenchmarkAuthenticate(b *testing.B) {
 }
 
 // BenchmarkGetCertificate measures what checking the certificate files adds
-// to a TLS handshake once they have settled: two stats.
+// to a TLS handshake once they have settled: two stats; also while a pair
+// that does not match stays on disk (a renewal half written, or broken).
 func BenchmarkGetCertificate(b *testing.B) {
-	ca := newTestCA(b)
-	certFile, keyFile := writeKeyPair(b, ca, b.TempDir(), 10)
-	old := time.Now().Add(-time.Hour)
-	for _, f := range []string{certFile, keyFile} {
-		if err := os.Chtimes(f, old, old); err != nil {
-			b.Fatal(err)
-		}
-	}
-	c, err := newCertReloader(certFile, keyFile, apiLogger())
-	if err != nil {
-		b.Fatal(err)
-	}
-	for b.Loop() {
-		if _, err := c.GetCertificate(nil); err != nil {
-			b.Fatal(err)
-		}
+	for _, mismatched := range []bool{false, true} {
+		b.Run(fmt.Sprintf("mismatched=%v", mismatched), func(b *testing.B) {
+			ca := newTestCA(b)
+			dir := b.TempDir()
+			certFile, keyFile := writeKeyPair(b, ca, dir, 10)
+			c, err := newCertReloader(certFile, keyFile, apiLogger())
+			if err != nil {
+				b.Fatal(err)
+			}
+			if mismatched {
+				otherCert, _ := ca.issue(b, 11)
+				writeFile(b, certFile, string(otherCert))
+			}
+			old := time.Now().Add(-time.Hour)
+			for _, f := range []string{certFile, keyFile} {
+				if err := os.Chtimes(f, old, old); err != nil {
+					b.Fatal(err)
+				}
+			}
+			for b.Loop() {
+				if _, err := c.GetCertificate(nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -40,10 +40,13 @@ type certReloader struct {
 	certInfo, keyInfo os.FileInfo
 	statTime          time.Time
 	sum               [sha256.Size]byte
-	// The digest of the pair last refused, and the error last logged, not
-	// to parse and log them again at every handshake.
-	badSum  [sha256.Size]byte
-	lastErr string
+	// The pair last refused: its digest, its files' stats and when they
+	// were taken, and the error last logged, not to read, parse and log
+	// them again at every handshake while it stays on disk.
+	badSum                  [sha256.Size]byte
+	badCertInfo, badKeyInfo os.FileInfo
+	badStatTime             time.Time
+	lastErr                 string
 }
 
 // newCertReloader reads the certificate and key; its errors are
@@ -148,11 +151,18 @@ func (c *certReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 	certInfo, certErr := os.Stat(c.certFile)
 	keyInfo, keyErr := os.Stat(c.keyFile)
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if certErr == nil && keyErr == nil && settled(c.certInfo, certInfo, c.statTime) && settled(c.keyInfo, keyInfo, c.statTime) {
-		return c.cert, nil
+	current := c.cert
+	unchanged := certErr == nil && keyErr == nil &&
+		(settled(c.certInfo, certInfo, c.statTime) && settled(c.keyInfo, keyInfo, c.statTime) ||
+			settled(c.badCertInfo, certInfo, c.badStatTime) && settled(c.badKeyInfo, keyInfo, c.badStatTime))
+	c.mu.Unlock()
+	if unchanged {
+		return current, nil
 	}
+	// Read without the lock: other handshakes go on meanwhile.
 	p, err := readKeyPair(c.certFile, c.keyFile)
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	var sum [sha256.Size]byte
 	if err == nil {
 		sum = p.sum()
@@ -161,6 +171,7 @@ func (c *certReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 			c.certInfo, c.keyInfo, c.statTime = p.certInfo, p.keyInfo, p.statTime
 			return c.cert, nil
 		case c.badSum:
+			c.badCertInfo, c.badKeyInfo, c.badStatTime = p.certInfo, p.keyInfo, p.statTime
 			return c.cert, nil
 		}
 	}
@@ -170,6 +181,9 @@ func (c *certReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, e
 	}
 	if err != nil {
 		c.badSum = sum
+		if p != nil {
+			c.badCertInfo, c.badKeyInfo, c.badStatTime = p.certInfo, p.keyInfo, p.statTime
+		}
 		if msg := err.Error(); msg != c.lastErr {
 			c.lastErr = msg
 			c.log.Error("cannot reload TLS certificate; the previous one stays in use", "error", msg)
