@@ -578,7 +578,11 @@ func handleLogin(a *tokenAuth, page *loginPage) http.Handler {
 			MaxAge:   int(sessionLifetime.Seconds()),
 			Secure:   r.TLS != nil,
 			HttpOnly: true,
-			SameSite: http.SameSiteStrictMode,
+			// Lax, not Strict: a link to the viewer from a chat or an alert
+			// opens it signed in. Nothing the cookie admits changes state
+			// (the API is read-only, the login and logout posts refuse
+			// other origins), and other sites cannot read the answers.
+			SameSite: http.SameSiteLaxMode,
 		})
 		w.Header().Set("Cache-Control", "no-store")
 		http.Redirect(w, r, next, http.StatusSeeOther)
@@ -590,7 +594,7 @@ func handleLogout() http.Handler {
 	return http.NewCrossOriginProtection().Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.SetCookie(w, &http.Cookie{
 			Name: sessionCookieName(r), Value: "", Path: "/", MaxAge: -1,
-			Secure: r.TLS != nil, HttpOnly: true, SameSite: http.SameSiteStrictMode,
+			Secure: r.TLS != nil, HttpOnly: true, SameSite: http.SameSiteLaxMode,
 		})
 		w.Header().Set("Cache-Control", "no-store")
 		http.Redirect(w, r, loginPath, http.StatusSeeOther)

@@ -780,8 +780,8 @@ func TestAuthBrowserLogin(t *testing.T) {
 		t.Fatalf("cookies %v, want 1", cookies)
 	}
 	c := cookies[0]
-	if c.Name != "__Host-vsphere-event-streaming-session" || !c.HttpOnly || !c.Secure || c.SameSite != http.SameSiteStrictMode || c.Path != "/" || c.Domain != "" || c.MaxAge <= 0 {
-		t.Errorf("cookie %+v: want __Host-, HttpOnly, Secure, SameSite=Strict, Path=/", c)
+	if c.Name != "__Host-vsphere-event-streaming-session" || !c.HttpOnly || !c.Secure || c.SameSite != http.SameSiteLaxMode || c.Path != "/" || c.Domain != "" || c.MaxAge <= 0 {
+		t.Errorf("cookie %+v: want __Host-, HttpOnly, Secure, SameSite=Lax, Path=/", c)
 	}
 	if strings.Contains(c.Value, tokenAlice) {
 		t.Error("the cookie holds the token")
