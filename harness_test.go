@@ -80,27 +80,52 @@ func (l *logRecorder) wait(t testing.TB, msg string, stopped <-chan struct{}) ma
 // waitN returns the nth log line with message msg, waiting for it.
 func (l *logRecorder) waitN(t testing.TB, msg string, n int, stopped <-chan struct{}) map[string]any {
 	t.Helper()
-	deadline := time.NewTimer(waitTimeout)
-	defer deadline.Stop()
-	for {
-		l.mu.Lock()
+	return l.waitFind(t, fmt.Sprintf("%q (#%d)", msg, n), stopped, func(lines []map[string]any) map[string]any {
 		seen := 0
-		for _, rec := range l.lines {
+		for _, rec := range lines {
 			if rec["msg"] == msg {
 				if seen++; seen == n {
-					l.mu.Unlock()
 					return rec
 				}
 			}
 		}
+		return nil
+	})
+}
+
+// waitWhere returns the first log line with message msg for which match
+// holds, waiting for it.
+func (l *logRecorder) waitWhere(t testing.TB, msg string, stopped <-chan struct{}, match func(map[string]any) bool) map[string]any {
+	t.Helper()
+	return l.waitFind(t, fmt.Sprintf("matching %q", msg), stopped, func(lines []map[string]any) map[string]any {
+		for _, rec := range lines {
+			if rec["msg"] == msg && match(rec) {
+				return rec
+			}
+		}
+		return nil
+	})
+}
+
+// waitFind waits until find, given the lines so far, returns one.
+func (l *logRecorder) waitFind(t testing.TB, what string, stopped <-chan struct{}, find func([]map[string]any) map[string]any) map[string]any {
+	t.Helper()
+	deadline := time.NewTimer(waitTimeout)
+	defer deadline.Stop()
+	for {
+		l.mu.Lock()
+		rec := find(l.lines)
 		changed := l.changed
 		l.mu.Unlock()
+		if rec != nil {
+			return rec
+		}
 		select {
 		case <-changed:
 		case <-stopped:
-			t.Fatalf("server stopped before logging %q (#%d); log:\n%s", msg, n, l)
+			t.Fatalf("server stopped before logging %s; log:\n%s", what, l)
 		case <-deadline.C:
-			t.Fatalf("no log line %q (#%d) within %v; log:\n%s", msg, n, waitTimeout, l)
+			t.Fatalf("no log line %s within %v; log:\n%s", what, waitTimeout, l)
 		}
 	}
 }

@@ -241,3 +241,33 @@ func TestTakenWatchPanic(t *testing.T) {
 		t.Errorf("log line %v", rec)
 	}
 }
+
+// TestIngestPanic: a panic in the collector's handling of one event, after
+// its append, is recovered in ingest: logged with the key, counted, and the
+// stream goes on with the event served whole.
+func TestIngestPanic(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	logs := newLogRecorder()
+	logs.panicOn = "appended event" // ingest's debug line, after the append
+	s := launchServerLogging(t, sim, nil, logs)
+	rec := s.logs.wait(t, "event could not be processed", s.stopped)
+	key := int64(rec["offset"].(float64))
+	if !strings.Contains(fmt.Sprint(rec["error"]), "injected") {
+		t.Errorf("log line %v", rec)
+	}
+	s.logs.wait(t, "caught up with vCenter", s.stopped)
+	if code, body := get(t, fmt.Sprintf("%s/api/v1/events/%d", s.URL, key)); code != http.StatusOK || !strings.Contains(string(body), `"data":{`) {
+		t.Errorf("event %d: %d %s", key, code, body)
+	}
+	before, w := watchFromNow(t, vc, s)
+	vc.postEvents(t, 2)
+	expectEvents(t, w, vc.events(t, before))
+	if got := serverMetrics(t, s)[metricPrefix+"events_failed_total"]; got != 1 {
+		t.Errorf("events_failed_total = %v, want 1", got)
+	}
+	if n := s.logs.count("vCenter session failed; reconnecting"); n != 0 {
+		t.Errorf("the session failed %d times for one event", n)
+	}
+}

@@ -245,30 +245,7 @@ func heldEvents(t *testing.T, srv *testServer) ([]string, map[string]json.RawMes
 // idle: its status and metrics are then final.
 func waitCaughtUp(t testing.TB, srv *testServer, key int64) {
 	t.Helper()
-	waitLogWhere(t, srv.logs, srv.stopped, "sink caught up", func(rec map[string]any) bool { return rec["next"] == float64(key+1) })
-}
-
-// waitLogWhere waits for a log line with message msg that match accepts.
-func waitLogWhere(t testing.TB, l *logRecorder, stopped <-chan struct{}, msg string, match func(map[string]any) bool) {
-	t.Helper()
-	deadline := time.NewTimer(waitTimeout)
-	defer deadline.Stop()
-	for {
-		l.mu.Lock()
-		found := slices.ContainsFunc(l.lines, func(rec map[string]any) bool { return rec["msg"] == msg && match(rec) })
-		changed := l.changed
-		l.mu.Unlock()
-		if found {
-			return
-		}
-		select {
-		case <-changed:
-		case <-stopped:
-			t.Fatalf("stopped before logging a matching %q; log:\n%s", msg, l)
-		case <-deadline.C:
-			t.Fatalf("no matching log line %q within %v; log:\n%s", msg, waitTimeout, l)
-		}
-	}
+	srv.logs.waitWhere(t, "sink caught up", srv.stopped, func(rec map[string]any) bool { return rec["next"] == float64(key+1) })
 }
 
 // firstOccurrences returns keys without repeats, in the order first seen.
@@ -343,6 +320,12 @@ func TestSinkMisbehavingReceiver(t *testing.T) {
 	waitCaughtUp(t, srv, latest)
 
 	ids, byID := heldEvents(t, srv)
+	// The overrides are the sink's alone: the API's events do not carry them.
+	for id, raw := range byID {
+		if bytes.Contains(raw, []byte(`"cluster"`)) || bytes.Contains(raw, []byte(`"team"`)) {
+			t.Errorf("the API's event %s carries the sink's overrides: %s", id, raw)
+		}
+	}
 	sink.mu.Lock()
 	rejected := rejectedID
 	sink.mu.Unlock()
@@ -478,7 +461,7 @@ func TestSinkRestartResumes(t *testing.T) {
 	sink.waitAcked(t, before)
 	// Written within a second while running, not only at shutdown: a
 	// crash now would send nothing again.
-	waitLogWhere(t, first.logs, first.stopped, "sink checkpoint written", func(rec map[string]any) bool { return rec["offset"] == float64(before) })
+	first.logs.waitWhere(t, "sink checkpoint written", first.stopped, func(rec map[string]any) bool { return rec["offset"] == float64(before) })
 	first.shutdown(t)
 	cp, ok, err := loadCheckpoint(cpFile)
 	if err != nil || !ok || cp.Offset != before {
@@ -859,7 +842,7 @@ func TestSinkFilterAdvancesCheckpoint(t *testing.T) {
 		<-stopped
 	})
 	sink.waitAcked(t, 9)
-	waitLogWhere(t, logs, stopped, "sink checkpoint written", func(rec map[string]any) bool { return rec["offset"] == float64(10) })
+	logs.waitWhere(t, "sink checkpoint written", stopped, func(rec map[string]any) bool { return rec["offset"] == float64(10) })
 	if got := sink.ackedKeys(t); !slices.Equal(got, []int64{1, 3, 5, 7, 9}) {
 		t.Errorf("delivered %v, want the EventEx only: [1 3 5 7 9]", got)
 	}

@@ -162,16 +162,6 @@ func decodeServedEvent(t *testing.T, line []byte) servedEvent {
 	return e
 }
 
-// scrapeMetrics returns the server's metrics by name.
-func scrapeMetrics(t *testing.T, baseURL string) map[string]float64 {
-	t.Helper()
-	code, body := get(t, baseURL+"/metrics")
-	if code != http.StatusOK {
-		t.Fatalf("/metrics answers %d", code)
-	}
-	return parseMetrics(t, string(body))
-}
-
 // cloudEventData returns the data member of a CloudEvent record as written.
 func cloudEventData(t *testing.T, record []byte) []byte {
 	t.Helper()
@@ -318,7 +308,7 @@ func TestUnknownEventTypeEndToEnd(t *testing.T) {
 	if n := s.logs.count("event type unknown to this server's vSphere SDK: served with its own name and generic data"); n != 1 {
 		t.Errorf("%d warnings for one unknown type name, want 1", n)
 	}
-	metrics := scrapeMetrics(t, s.URL)
+	metrics := serverMetrics(t, s)
 	for name, want := range map[string]float64{"events_unknown_type_total": 2, "events_unreadable_total": 1, "events_failed_total": 0} {
 		if got := metrics[metricPrefix+name]; got != want {
 			t.Errorf("%s = %v, want %v", name, got, want)
@@ -372,7 +362,7 @@ func TestEventPanicRecorded(t *testing.T) {
 	if rec["offset"] != float64(first+1) || !strings.Contains(fmt.Sprint(rec["error"]), "injected") {
 		t.Errorf("log line %v", rec)
 	}
-	if got := scrapeMetrics(t, srv.URL)[metricPrefix+"events_failed_total"]; got != 1 {
+	if got := serverMetrics(t, s)[metricPrefix+"events_failed_total"]; got != 1 {
 		t.Errorf("events_failed_total = %v, want 1", got)
 	}
 }
