@@ -215,9 +215,9 @@ func (c *Collector) Run(ctx context.Context) {
 		if certificateUntrusted(err) {
 			c.log.Error("vCenter's certificate is not trusted; reconnecting. Fix one of three ways: put the CA that signed it (PEM) in the file ca.crt in "+envSecretPath+
 				", set "+envVCenterThumbprint+" to the certificate's fingerprint, or set "+envVCenterInsecure+"=true to skip verification",
-				"error", err, "sha256_fingerprint", presentedFingerprint(ctx, err, c.url.Host), "attempt", attempt, "backoff", delay.String())
+				append(errorAttrs(err), "sha256_fingerprint", presentedFingerprint(ctx, err, c.url.Host), "attempt", attempt, "backoff", delay.String())...)
 		} else {
-			c.log.Warn("vCenter session failed; reconnecting", "error", err, "attempt", attempt, "backoff", delay.String())
+			c.log.Warn("vCenter session failed; reconnecting", append(errorAttrs(err), "attempt", attempt, "backoff", delay.String())...)
 		}
 		c.status.beat()
 		if !sleep(ctx, delay) {
@@ -364,7 +364,7 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 			// The next read tells a dead connection from a failing update
 			// wait; only the latter leads to polling.
 			waitFailures++
-			c.log.Warn("waiting for new events failed", "error", err, "failures", waitFailures)
+			c.log.Warn("waiting for new events failed", append(errorAttrs(err), "failures", waitFailures)...)
 			continue
 		}
 		waitFailures = 0
@@ -468,7 +468,7 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, annou
 		case errors.Is(err, errPanic):
 			c.readSingly--
 			c.status.unreadable.Add(1)
-			c.log.Error("event could not be decoded, so its key is unknown: not appended", "after", c.lastKey(), "error", err.Error())
+			c.log.Error("event could not be decoded, so its key is unknown: not appended", append(errorAttrs(err), "after", c.lastKey())...)
 			succeeded()
 			continue
 		case err != nil:
@@ -529,7 +529,7 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 	key := int64(ev.GetEvent().Key)
 	defer func() {
 		if p := recover(); p != nil {
-			appended = c.recordFailure(ev, key, fmt.Errorf("panic: %v", p))
+			appended = c.recordFailure(ev, key, newPanicError(p))
 		}
 	}()
 	// A new session re-reads some events; skip them before encoding.
@@ -560,7 +560,7 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 	case dropError:
 		c.status.failed.Add(1)
 		c.log.Error("event could not be decoded or encoded: recorded without data",
-			"offset", rec.Offset, "type", rec.Type, "error", rec.Err.Error())
+			append(errorAttrs(rec.Err), "offset", rec.Offset, "type", rec.Type)...)
 	}
 	if u, ok := ev.(*unknownEvent); ok {
 		c.status.unknownTypes.Add(1)
@@ -587,7 +587,7 @@ func (c *Collector) recordFailure(ev types.BaseEvent, key int64, cause error) (a
 		}
 	}()
 	if _, latest, ok := c.journal.Range(); ok && key <= latest {
-		c.log.Error("event could not be processed", "offset", key, "error", cause.Error())
+		c.log.Error("event could not be processed", append(errorAttrs(cause), "offset", key)...)
 		return false
 	}
 	rec, err := c.converter.ConvertFailed(ev, cause)
@@ -595,10 +595,10 @@ func (c *Collector) recordFailure(ev types.BaseEvent, key int64, cause error) (a
 		err = c.journal.AppendRecord(rec.Record)
 	}
 	if err != nil {
-		c.log.Error("event could not be recorded: not appended", "offset", key, "error", cause.Error(), "record_error", err.Error())
+		c.log.Error("event could not be recorded: not appended", append(errorAttrs(cause), "offset", key, "record_error", err.Error())...)
 		return false
 	}
-	c.log.Error("event could not be processed: recorded without data", "offset", key, "type", rec.Type, "error", cause.Error())
+	c.log.Error("event could not be processed: recorded without data", append(errorAttrs(cause), "offset", key, "type", rec.Type)...)
 	c.appended(ev.GetEvent().CreatedTime)
 	return true
 }

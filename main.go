@@ -142,13 +142,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer cancel(nil)
 	if sim != nil {
 		workers.Go(func() {
-			generate := func() (err error) {
-				defer recoverAsError(&err)
-				return sim.generate(ctx, opts.simulateRate, log)
-			}
-			if err := generate(); err != nil {
-				log.Error("simulated event generator stopped", "error", err)
-			}
+			keepRunning(ctx, log, "simulated event generator", func(ctx context.Context) {
+				if err := sim.generate(ctx, opts.simulateRate, log); err != nil && ctx.Err() == nil {
+					log.Error("simulated event generator stopped", "error", err)
+				}
+			})
 		})
 	}
 

@@ -10,16 +10,41 @@ import (
 	"time"
 )
 
-// errPanic is wrapped by the errors that recovered panics become.
+// errPanic is what the errors that recovered panics become are (errors.Is).
 var errPanic = errors.New("panic")
 
+// panicError is a recovered panic, with the stack where it happened, so
+// that the bug can be found from the log line that reports it.
+type panicError struct {
+	value any
+	stack string
+}
+
+// newPanicError is the error of p, recovered by a deferred function: the
+// stack is still the panicking one.
+func newPanicError(p any) error { return &panicError{value: p, stack: string(debug.Stack())} }
+
+func (e *panicError) Error() string        { return fmt.Sprintf("panic: %v", e.value) }
+func (e *panicError) Is(target error) bool { return target == errPanic }
+
 // recoverAsError, deferred, turns a panic of the function that deferred it
-// into an error wrapping errPanic in *err: one bad input then fails one call
-// (one event, one read, one session) instead of ending the process.
+// into a panicError in *err: one bad input then fails one call (one event,
+// one read, one session) instead of ending the process.
 func recoverAsError(err *error) {
 	if p := recover(); p != nil {
-		*err = fmt.Errorf("%w: %v", errPanic, p)
+		*err = newPanicError(p)
 	}
+}
+
+// errorAttrs are the log attributes of err: its message, and the stack of
+// a recovered panic in its chain.
+func errorAttrs(err error) []any {
+	attrs := []any{"error", err.Error()}
+	var pe *panicError
+	if errors.As(err, &pe) {
+		attrs = append(attrs, "stack", pe.stack)
+	}
+	return attrs
 }
 
 // loopRestartPause is the pause before a loop that panicked runs again, so

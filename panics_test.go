@@ -254,7 +254,7 @@ func TestIngestPanic(t *testing.T) {
 	s := launchServerLogging(t, sim, nil, logs)
 	rec := s.logs.wait(t, "event could not be processed", s.stopped)
 	key := int64(rec["offset"].(float64))
-	if !strings.Contains(fmt.Sprint(rec["error"]), "injected") {
+	if !strings.Contains(fmt.Sprint(rec["error"]), "injected") || !strings.Contains(fmt.Sprint(rec["stack"]), "harness_test.go") {
 		t.Errorf("log line %v", rec)
 	}
 	s.logs.wait(t, "caught up with vCenter", s.stopped)

@@ -348,12 +348,12 @@ func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) (done boo
 	skip := func(err error) bool {
 		d.status.rejected.Add(1)
 		d.status.setError(err)
-		d.log.Error("cannot deliver an event: skipped", "key", rec.Offset, "error", err)
+		d.log.Error("cannot deliver an event: skipped", append(errorAttrs(err), "key", rec.Offset)...)
 		return true
 	}
 	defer func() {
 		if p := recover(); p != nil {
-			done = skip(fmt.Errorf("%w: %v", errPanic, p))
+			done = skip(newPanicError(p))
 		}
 	}()
 	msg, err := d.message(rec)
