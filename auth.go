@@ -463,9 +463,12 @@ func wantsLoginPage(r *http.Request) bool {
 	return accepts(r, "text/html")
 }
 
-// writeUnauthorized answers 401 with the Bearer challenge of RFC 6750.
+// bearerChallenge is the WWW-Authenticate of every 401 (RFC 6750).
+const bearerChallenge = `Bearer realm="` + authRealm + `"`
+
+// writeUnauthorized answers 401 with the Bearer challenge.
 func writeUnauthorized(w http.ResponseWriter, detail string) {
-	w.Header().Set("WWW-Authenticate", `Bearer realm="`+authRealm+`"`)
+	w.Header().Set("WWW-Authenticate", bearerChallenge)
 	writeProblem(w, newProblem(http.StatusUnauthorized, "%s", detail))
 }
 
@@ -511,10 +514,7 @@ func (p *loginPage) write(w http.ResponseWriter, r *http.Request, code int, data
 	}
 	h := w.Header()
 	h.Set("Content-Type", "text/html; charset=utf-8")
-	h.Set("Content-Security-Policy", p.csp)
-	h.Set("X-Content-Type-Options", "nosniff")
-	h.Set("Referrer-Policy", "no-referrer")
-	h.Set("X-Frame-Options", "DENY")
+	setPageSecurityHeaders(h, p.csp)
 	h.Set("Cache-Control", "no-store")
 	h.Set("Content-Length", strconv.Itoa(body.Len()))
 	w.WriteHeader(code)
@@ -567,7 +567,7 @@ func handleLogin(a *tokenAuth, page *loginPage) http.Handler {
 		i := set.match(sha256.Sum256([]byte(strings.TrimSpace(r.PostForm.Get("token")))))
 		if i < 0 {
 			a.log.Info("browser login refused: unknown token", "remote", r.RemoteAddr)
-			w.Header().Set("WWW-Authenticate", `Bearer realm="`+authRealm+`"`)
+			w.Header().Set("WWW-Authenticate", bearerChallenge)
 			page.write(w, r, http.StatusUnauthorized, loginPageData{Next: next, Error: "This token is not accepted."})
 			return
 		}

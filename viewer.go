@@ -65,12 +65,19 @@ func loadViewerAssets() (map[string]viewerAsset, error) {
 	return assets, err
 }
 
-// setViewerHeaders sets the security headers of the page and its assets.
-func setViewerHeaders(h http.Header) {
-	h.Set("Content-Security-Policy", viewerPolicy)
+// setPageSecurityHeaders sets the headers every page the server serves
+// (the viewer and its assets, the login form) carries: its own policy, no
+// sniffing, no referrer, no framing.
+func setPageSecurityHeaders(h http.Header, policy string) {
+	h.Set("Content-Security-Policy", policy)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("X-Frame-Options", "DENY")
+}
+
+// setViewerHeaders sets the security headers of the page and its assets.
+func setViewerHeaders(h http.Header) {
+	setPageSecurityHeaders(h, viewerPolicy)
 	// Revalidate every time (by ETag): a new binary serves its own page.
 	h.Set("Cache-Control", "no-cache")
 }
