@@ -80,7 +80,10 @@ var longAgo = time.Unix(1, 0)
 type statusSetter interface{ setStatus(code int) }
 
 // takeConn takes the connection of an HTTP/1.x watch over from net/http
-// and writes the response head (status 200, w's header); it returns nil,
+// and writes the response head (status 200, w's header) itself: letting
+// net/http write it (WriteHeader, then Hijack, which flushes it) grows the
+// goroutine's stack to 16 KiB, which a waiting watch then keeps (measured:
+// 15.4 against 19.8 KiB per idle watch); it returns nil,
 // having written nothing, where that cannot be done (HTTP/2, a
 // ResponseWriter that is not net/http's), and then the caller answers
 // through w. If the head cannot be written the result has failed: its
