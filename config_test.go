@@ -2,6 +2,7 @@ package main
 
 import (
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
@@ -466,6 +467,28 @@ func TestConfigErrorNeverRevealsPassword(t *testing.T) {
 		}
 		if strings.Contains(err.Error(), testPassword) {
 			t.Errorf("error reveals the password: %q", err)
+		}
+	}
+}
+
+// TestFlagDefaults: the flags' defaults are the ones the README and the
+// OpenAPI document state, 10,000 watches among them (issue 11's figures).
+func TestFlagDefaults(t *testing.T) {
+	t.Parallel()
+	opts, err := parseFlags([]string{"vsphere-event-streaming"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opts.maxWatches != 10000 || !opts.collector.push || opts.collector.pollInterval != time.Second || opts.collector.watchdog != 2*time.Minute {
+		t.Errorf("defaults %+v", opts)
+	}
+	for _, doc := range []string{"README.md", "openapi.yaml"} {
+		b, err := os.ReadFile(doc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.Contains(string(b), "default 10000") {
+			t.Errorf("%s does not state --max-watches' default, 10000", doc)
 		}
 	}
 }
