@@ -169,6 +169,7 @@ type childServer struct {
 	URL    string // http://127.0.0.1:port
 	addr   string // 127.0.0.1:port
 	memory chan memoryReport
+	logs   *logRecorder // its stderr
 }
 
 // startChildServer runs the server in a child process against sim, with
@@ -177,8 +178,9 @@ func startChildServer(b *testing.B, sim *simulation, args ...string) *childServe
 	return startChild(b, sim, nil, args...)
 }
 
-// startChild is startChildServer with env added to the child's environment.
-func startChild(b *testing.B, sim *simulation, env []string, args ...string) *childServer {
+// startChild is startChildServer with env added to the child's environment
+// (a variable given there overrides the one set here).
+func startChild(b testing.TB, sim *simulation, env []string, args ...string) *childServer {
 	b.Helper()
 	secrets := b.TempDir()
 	writeFile(b, filepath.Join(secrets, "username"), sim.Username)
@@ -200,7 +202,7 @@ func startChild(b *testing.B, sim *simulation, env []string, args ...string) *ch
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)
 	}
-	s := &childServer{cmd: cmd, memory: make(chan memoryReport, 1)}
+	s := &childServer{cmd: cmd, memory: make(chan memoryReport, 1), logs: newLogRecorder()}
 	b.Cleanup(func() {
 		_ = cmd.Process.Signal(syscall.SIGTERM)
 		_ = cmd.Wait()
@@ -209,6 +211,7 @@ func startChild(b *testing.B, sim *simulation, env []string, args ...string) *ch
 	go func() {
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
+			_, _ = s.logs.Write(append(sc.Bytes(), '\n'))
 			var line struct{ Msg, Addr string }
 			if json.Unmarshal(sc.Bytes(), &line) != nil {
 				continue
@@ -222,10 +225,18 @@ func startChild(b *testing.B, sim *simulation, env []string, args ...string) *ch
 				_, port, _ := net.SplitHostPort(line.Addr)
 				s.addr = "127.0.0.1:" + port
 			case "caught up with vCenter":
-				ready <- nil
+				// Only the first counts; a later one (a new session)
+				// must not stop the reading of stderr.
+				select {
+				case ready <- nil:
+				default:
+				}
 			}
 		}
-		ready <- fmt.Errorf("child server ended before catching up with vCenter")
+		select {
+		case ready <- fmt.Errorf("child server ended before catching up with vCenter"):
+		default:
+		}
 		_, _ = io.Copy(io.Discard, stderr)
 	}()
 	select {

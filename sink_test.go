@@ -490,9 +490,68 @@ func TestSinkRestartResumes(t *testing.T) {
 	}
 }
 
-// TestSinkLostEvents: a sink so slow that the journal purges its next
-// events: the loss is logged with its range and counted, and delivery
-// goes on from the earliest event held.
+// TestSinkKilled: the server process is killed (SIGKILL) while the sink
+// holds an event's request. The checkpoint it leaves is whole, the next
+// process sends again exactly the events acknowledged after it (at least
+// once: the event in flight included) and nothing is lost, events logged
+// while no server ran included.
+func TestSinkKilled(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	var inFlight atomic.Value // the id of the event to hold
+	inFlight.Store("")
+	var held sync.Once
+	sink := startTestSink(t, "127.0.0.1:0", func(_ int, id string) misbehaviour {
+		answer := behave
+		if id == inFlight.Load() {
+			held.Do(func() { answer = holdThenBehave })
+		}
+		return answer
+	}, nil)
+	cpFile := filepath.Join(t.TempDir(), "sink.checkpoint")
+	env := []string{envSink + "=" + sink.URL, envSinkCheckpointFile + "=" + cpFile, envDebug + "=true"}
+
+	first := startChild(t, sim, env)
+	start := vc.latestKey(t) // after the server's login, an event too
+	inFlight.Store(strconv.FormatInt(start+6, 10))
+	vc.postEvents(t, 3)
+	saved := start + 3
+	sink.waitAcked(t, saved)
+	first.logs.waitWhere(t, "sink checkpoint written", nil, func(rec map[string]any) bool { return rec["offset"] == float64(saved) })
+	vc.postEvents(t, 3) // start+4, start+5 acknowledged, start+6 held
+	if id := <-sink.holding; id != inFlight.Load() {
+		t.Fatalf("sink held event %s, want %s", id, inFlight.Load())
+	}
+	if err := first.cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = first.cmd.Wait()
+	close(sink.release)
+	cp, ok, err := loadCheckpoint(cpFile)
+	if err != nil || !ok || cp.Offset < saved || cp.Offset > start+5 {
+		t.Fatalf("checkpoint after the kill = %+v %v %v, want an offset from %d to %d", cp, ok, err, saved, start+5)
+	}
+	ackedBefore := len(sink.ackedKeys(t))
+
+	vc.postEvents(t, 2) // while no server runs
+	startChild(t, sim, env)
+	latest := vc.latestKey(t)
+	sink.waitAcked(t, latest)
+
+	acked := sink.ackedKeys(t)
+	var want []int64
+	for k := cp.Offset + 1; k <= latest; k++ {
+		want = append(want, k)
+	}
+	if again := acked[ackedBefore:]; !slices.Equal(again, want) {
+		t.Errorf("after the kill the sink got %v, want the events after the checkpoint (%d) once each, in order: %v", again, cp.Offset, want)
+	}
+	if first := acked[:ackedBefore]; !slices.Equal(first[len(first)-5:], []int64{start + 1, start + 2, start + 3, start + 4, start + 5}) {
+		t.Errorf("before the kill the sink acknowledged %v, want it to end with %d to %d", first, start+1, start+5)
+	}
+}
+
 // TestSinkCheckpointAheadOfVCenter: a checkpoint beyond vCenter's newest
 // key (vCenter reinstalled, or another vCenter's checkpoint) does not stop
 // delivery for good: it starts from the first event held, with a warning.
@@ -520,6 +579,9 @@ func TestSinkCheckpointAheadOfVCenter(t *testing.T) {
 	}
 }
 
+// TestSinkLostEvents: a sink so slow that the journal purges its next
+// events: the loss is logged with its range and counted, and delivery
+// goes on from the earliest event held.
 func TestSinkLostEvents(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
