@@ -143,13 +143,15 @@ type viewerPage struct {
 	navigated chan string // the URLs the tab's top frame went to
 }
 
-// openViewer opens url in a new tab of the shared browser; the tab closes
-// when the test ends, which fails if the page threw an exception or broke
-// its Content-Security-Policy.
+// openViewer opens url in a new tab of the shared browser, in a browser
+// context of its own (as a fresh profile: no cookies or storage from other
+// tests, and cookies ignore the port); the tab closes when the test ends,
+// which fails if the page threw an exception or broke its
+// Content-Security-Policy.
 func openViewer(t testing.TB, url string) *viewerPage {
 	t.Helper()
 	p := &viewerPage{t: t, navigated: make(chan string, 16)}
-	ctx, cancel := chromedp.NewContext(browser(t), chromedp.WithListener(p.listen))
+	ctx, cancel := chromedp.NewContext(browser(t), chromedp.WithNewBrowserContext(), chromedp.WithListener(p.listen))
 	t.Cleanup(func() {
 		cancel()
 		p.mu.Lock()
