@@ -209,11 +209,30 @@ func (s *testSink) ackedKeys(t testing.TB) []int64 {
 	defer s.mu.Unlock()
 	keys := make([]int64, len(s.acked))
 	for i, ev := range s.acked {
-		k, err := strconv.ParseInt(ev.ID(), 10, 64)
-		if err != nil {
-			t.Fatalf("event id %q", ev.ID())
-		}
-		keys[i] = k
+		keys[i] = eventIDKey(t, ev.ID())
+	}
+	return keys
+}
+
+// eventIDKey is the key an event id spells.
+func eventIDKey(t testing.TB, id string) int64 {
+	t.Helper()
+	k, err := strconv.ParseInt(id, 10, 64)
+	if err != nil {
+		t.Fatalf("event id %q", id)
+	}
+	return k
+}
+
+// requestKeys returns the keys of the events the sink was sent, one per
+// request, in the order the requests came.
+func (s *testSink) requestKeys(t testing.TB) []int64 {
+	t.Helper()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	keys := make([]int64, len(s.requests))
+	for i, r := range s.requests {
+		keys[i] = eventIDKey(t, r.id)
 	}
 	return keys
 }
@@ -527,28 +546,32 @@ func TestSinkKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = first.cmd.Wait()
+	// The held request may still reach the receiver: a sink that took an
+	// event whose answer the server never read, as after a real crash.
 	close(sink.release)
 	cp, ok, err := loadCheckpoint(cpFile)
 	if err != nil || !ok || cp.Offset < saved || cp.Offset > start+5 {
 		t.Fatalf("checkpoint after the kill = %+v %v %v, want an offset from %d to %d", cp, ok, err, saved, start+5)
 	}
-	ackedBefore := len(sink.ackedKeys(t))
+	sentBefore := len(sink.requestKeys(t))
 
 	vc.postEvents(t, 2) // while no server runs
 	startChild(t, sim, env)
 	latest := vc.latestKey(t)
 	sink.waitAcked(t, latest)
 
-	acked := sink.ackedKeys(t)
 	var want []int64
 	for k := cp.Offset + 1; k <= latest; k++ {
 		want = append(want, k)
 	}
-	if again := acked[ackedBefore:]; !slices.Equal(again, want) {
-		t.Errorf("after the kill the sink got %v, want the events after the checkpoint (%d) once each, in order: %v", again, cp.Offset, want)
+	if again := sink.requestKeys(t)[sentBefore:]; !slices.Equal(again, want) {
+		t.Errorf("after the kill the server sent %v, want the events after the checkpoint (%d) once each, in order: %v", again, cp.Offset, want)
 	}
-	if first := acked[:ackedBefore]; !slices.Equal(first[len(first)-5:], []int64{start + 1, start + 2, start + 3, start + 4, start + 5}) {
-		t.Errorf("before the kill the sink acknowledged %v, want it to end with %d to %d", first, start+1, start+5)
+	acked := sink.ackedKeys(t)
+	for k := start + 1; k <= latest; k++ {
+		if !slices.Contains(acked, k) {
+			t.Errorf("event %d never acknowledged; acknowledged %v", k, acked)
+		}
 	}
 }
 
