@@ -318,9 +318,54 @@ type pageEvent struct {
 		UserName             string
 		FullFormattedMessage string
 		Message              string
-		Vm                   *struct{ Name string }
-		Host                 *struct{ Name string }
+		Vm                   *entityArgument
+		Host                 *entityArgument
+		Ds                   *entityArgument
+		Net                  *entityArgument
+		Dvs                  *entityArgument
+		ComputeResource      *entityArgument
+		Datacenter           *entityArgument
+		ObjectName           string // EventEx
+		ObjectType           string
+		ObjectId             string
+		ManagedObject        *struct{ Type, Value string } // ExtendedEvent
 	} `json:"data"`
+}
+
+// entityArgument is an event's argument naming an inventory object
+// (VmEventArgument and its kin).
+type entityArgument struct {
+	Name            string
+	ComputeResource *struct{ Type string } // in a ComputeResourceEventArgument
+}
+
+// entity is what the viewer's entity column should show for e: the kind
+// and the name of the most specific object the event names.
+func (e pageEvent) entity() (kind, name string) {
+	d := e.Data
+	for _, arg := range []struct {
+		kind string
+		arg  *entityArgument
+	}{{"VM", d.Vm}, {"Host", d.Host}, {"Datastore", d.Ds}, {"Network", d.Net}, {"Switch", d.Dvs}, {"Cluster", d.ComputeResource}, {"Datacenter", d.Datacenter}} {
+		if arg.arg == nil || arg.arg.Name == "" {
+			continue
+		}
+		if cr := arg.arg.ComputeResource; arg.kind == "Cluster" && cr != nil && cr.Type != "ClusterComputeResource" {
+			return "Compute", arg.arg.Name
+		}
+		return arg.kind, arg.arg.Name
+	}
+	kinds := map[string]string{"VirtualMachine": "VM", "HostSystem": "Host", "ClusterComputeResource": "Cluster"}
+	kindOf := func(objectType string) string { return cmp.Or(kinds[objectType], objectType) }
+	switch {
+	case d.ObjectName != "":
+		return kindOf(d.ObjectType), d.ObjectName
+	case d.ManagedObject != nil && d.ManagedObject.Value != "":
+		return kindOf(d.ManagedObject.Type), d.ManagedObject.Value
+	case d.ObjectId != "":
+		return kindOf(d.ObjectType), d.ObjectId
+	}
+	return "", ""
 }
 
 // serverPage returns the server's newest events (oldest first), as the
@@ -370,6 +415,7 @@ func TestViewerShowsRecentAndLiveEvents(t *testing.T) {
 		if len(got) != len(want) {
 			t.Fatalf("%d rows, want %d", len(got), len(want))
 		}
+		kinds := map[string]int{} // rows per entity kind
 		for i, r := range got {
 			ev := want[len(want)-1-i] // newest at the top
 			if strconv.FormatInt(r.Key, 10) != ev.ID {
@@ -384,12 +430,11 @@ func TestViewerShowsRecentAndLiveEvents(t *testing.T) {
 			if r.Message != msg || r.User != ev.Data.UserName {
 				t.Errorf("row %d: message %q user %q, want %q %q", i, r.Message, r.User, msg, ev.Data.UserName)
 			}
-			if ev.Data.Vm != nil && r.Entity != "VM"+ev.Data.Vm.Name {
-				t.Errorf("row %d: entity %q, want VM %s", i, r.Entity, ev.Data.Vm.Name)
+			kind, name := ev.entity()
+			if r.Entity != kind+name {
+				t.Errorf("row %d (%s): entity %q, want %s %s", i, r.Type, r.Entity, kind, name)
 			}
-			if ev.Data.Vm == nil && ev.Data.Host != nil && r.Entity != "Host"+ev.Data.Host.Name {
-				t.Errorf("row %d: entity %q, want Host %s", i, r.Entity, ev.Data.Host.Name)
-			}
+			kinds[kind]++
 			utc, err := time.Parse(time.RFC3339Nano, ev.Time)
 			if err != nil {
 				t.Fatal(err)
@@ -402,8 +447,11 @@ func TestViewerShowsRecentAndLiveEvents(t *testing.T) {
 				t.Errorf("row %d: no local time", i)
 			}
 		}
-		if !slices.ContainsFunc(got, func(r shownRow) bool { return strings.HasPrefix(r.Entity, "VM") }) {
-			t.Error("no row names a VM")
+		// The simulator's inventory and what the test logged.
+		for _, kind := range []string{"VM", "Network", "Switch", "Datacenter"} {
+			if kinds[kind] == 0 {
+				t.Errorf("no row names a %s; rows per entity kind: %v", kind, kinds)
+			}
 		}
 	})
 
