@@ -240,11 +240,19 @@ func startSecureServer(t *testing.T, sim *simulation, env map[string]string) *te
 // returns (tls.crt, tls.key, tokens).
 func startHTTPSServer(t *testing.T, sim *simulation, tokens string) (*testServer, *testCA, string) {
 	t.Helper()
+	return startHTTPSServerEnv(t, sim, tokens, map[string]string{})
+}
+
+// startHTTPSServerEnv is startHTTPSServer with env added to its
+// configuration.
+func startHTTPSServerEnv(t *testing.T, sim *simulation, tokens string, env map[string]string) (*testServer, *testCA, string) {
+	t.Helper()
 	ca := newTestCA(t)
 	dir := t.TempDir()
 	certFile, keyFile := writeKeyPair(t, ca, dir, 10)
 	writeFile(t, filepath.Join(dir, "tokens"), tokens)
-	s := startSecureServer(t, sim, map[string]string{envTokensPath: filepath.Join(dir, "tokens"), envTLSCertFile: certFile, envTLSKeyFile: keyFile})
+	env[envTokensPath], env[envTLSCertFile], env[envTLSKeyFile] = filepath.Join(dir, "tokens"), certFile, keyFile
+	s := startSecureServer(t, sim, env)
 	return s, ca, dir
 }
 

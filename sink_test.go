@@ -990,3 +990,41 @@ func TestSinkAnswers(t *testing.T) {
 		t.Errorf("failure during shutdown: mode %d, want stop", got)
 	}
 }
+
+// TestSinkWithTokensAndTLS: delivery to the sink is the server's own
+// outgoing traffic, untouched by the API's tokens and TLS; /readyz still
+// shows the sink's state to the kubelet without a token, and its metrics
+// need one.
+func TestSinkWithTokensAndTLS(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
+	s, ca, _ := startHTTPSServerEnv(t, sim, tokenAlice+"\n", map[string]string{envSink: sink.URL})
+	client := httpsClient(ca)
+
+	vc.postEvents(t, 2)
+	latest := vc.latestKey(t)
+	sink.waitAcked(t, latest)
+	if acked := sink.ackedKeys(t); !slices.IsSorted(acked) || len(firstOccurrences(acked)) != len(acked) {
+		t.Errorf("acknowledged keys repeat or are out of order: %v", acked)
+	}
+
+	resp, body := authGet(t, client, s.URL+"/readyz", "")
+	var ready struct {
+		Sink *sinkReady `json:"sink"`
+	}
+	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &ready) != nil || ready.Sink == nil {
+		t.Fatalf("/readyz without a token: %s %s, want 200 with the sink's state", resp.Status, body)
+	}
+	if resp, _ := authGet(t, client, s.URL+"/metrics", ""); resp.StatusCode != http.StatusUnauthorized {
+		t.Errorf("/metrics without a token: %s, want 401", resp.Status)
+	}
+	resp, body = authGet(t, client, s.URL+"/metrics", tokenAlice)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics with a token: %s", resp.Status)
+	}
+	if m := parseMetrics(t, string(body)); m[metricPrefix+"sink_last_delivered_offset"] < float64(latest) {
+		t.Errorf("sink_last_delivered_offset = %v, want %d", m[metricPrefix+"sink_last_delivered_offset"], latest)
+	}
+}
