@@ -207,21 +207,7 @@ func (s *testSink) ackedKeys(t testing.TB) []int64 {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	keys := make([]int64, len(s.acked))
-	for i, ev := range s.acked {
-		keys[i] = eventIDKey(t, ev.ID())
-	}
-	return keys
-}
-
-// eventIDKey is the key an event id spells.
-func eventIDKey(t testing.TB, id string) int64 {
-	t.Helper()
-	k, err := strconv.ParseInt(id, 10, 64)
-	if err != nil {
-		t.Fatalf("event id %q", id)
-	}
-	return k
+	return eventIDKeys(t, len(s.acked), func(i int) string { return s.acked[i].ID() })
 }
 
 // requestKeys returns the keys of the events the sink was sent, one per
@@ -230,9 +216,19 @@ func (s *testSink) requestKeys(t testing.TB) []int64 {
 	t.Helper()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	keys := make([]int64, len(s.requests))
-	for i, r := range s.requests {
-		keys[i] = eventIDKey(t, r.id)
+	return eventIDKeys(t, len(s.requests), func(i int) string { return s.requests[i].id })
+}
+
+// eventIDKeys returns the keys that the n event ids id(0) to id(n-1) spell.
+func eventIDKeys(t testing.TB, n int, id func(int) string) []int64 {
+	t.Helper()
+	keys := make([]int64, n)
+	for i := range keys {
+		k, err := strconv.ParseInt(id(i), 10, 64)
+		if err != nil {
+			t.Fatalf("event id %q", id(i))
+		}
+		keys[i] = k
 	}
 	return keys
 }
