@@ -348,8 +348,16 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 			if mode == modeFlood {
 				pause = floodPause
 			}
-			if !sleep(ctx, pause) {
-				return progressed, nil
+			// The watchdog bounds calls to vCenter, not the pause between
+			// them: a poll interval longer than it is no stall.
+			watchdog.Stop()
+			slept := sleep(ctx, pause)
+			succeeded()
+			if !slept {
+				if parent.Err() != nil {
+					return progressed, nil
+				}
+				return fail("wait between reads", context.Cause(ctx))
 			}
 			continue
 		}
@@ -652,6 +660,9 @@ func (c *Collector) login(ctx context.Context) (*vim25.Client, error) {
 // trusting vCenter's certificate would fix: no CA vouches for it, it is not
 // for vCenter's host name, or it does not have the pinned fingerprint.
 func certificateUntrusted(err error) bool {
+	if err == nil {
+		return false
+	}
 	// govmomi's thumbprint check has no error type of its own.
 	return soap.IsCertificateUntrusted(err) || strings.Contains(err.Error(), "thumbprint does not match")
 }

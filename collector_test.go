@@ -259,6 +259,23 @@ func TestCollectorPollingFallback(t *testing.T) {
 	expectEvents(t, w, vc.events(t, before))
 }
 
+// TestCollectorPollLongerThanWatchdog: the watchdog bounds calls to
+// vCenter, not the pause between polls; a poll interval longer than it
+// neither ends the session at every pause nor (as it once did) the process.
+func TestCollectorPollLongerThanWatchdog(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	srv := startServer(t, sim, nil, "--push=false", "--poll-interval=4s", "--watchdog=3s")
+	before, w := watchFromNow(t, vc, srv)
+	vc.postEvents(t, 2)
+	// Read at the end of a pause of 4 s: the watchdog's 3 s have passed.
+	expectEvents(t, w, vc.events(t, before))
+	if n := srv.logs.count("vCenter session failed; reconnecting"); n != 0 {
+		t.Errorf("%d sessions failed while polling; log:\n%s", n, srv.logs)
+	}
+}
+
 // TestCollectorShutdownWhileReconnecting: shutdown ends the reconnect loop
 // at once (the harness checks run returns nil within 5 s).
 func TestCollectorShutdownWhileReconnecting(t *testing.T) {

@@ -204,7 +204,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if auth != nil {
 		workers.Go(func() { keepRunning(ctx, log, "token reload", auth.Run) })
 	}
-	workers.Go(func() { collector.Run(ctx) })
+	workers.Go(func() { keepRunning(ctx, log, "vCenter collector", collector.Run) })
 	if sink != nil {
 		workers.Go(func() { keepRunning(ctx, log, "sink delivery", sink.Run) })
 	}

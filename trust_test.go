@@ -204,3 +204,12 @@ func TestTrustConfigErrors(t *testing.T) {
 		t.Errorf("run: %v", err)
 	}
 }
+
+// TestCertificateUntrustedNil: a session that ends without an error is not
+// a trust failure (the check once dereferenced the nil error).
+func TestCertificateUntrustedNil(t *testing.T) {
+	t.Parallel()
+	if certificateUntrusted(nil) {
+		t.Error("certificateUntrusted(nil) = true")
+	}
+}
