@@ -611,10 +611,15 @@ func (c *Collector) recordFailure(ev types.BaseEvent, key int64, cause error) (a
 	return true
 }
 
-// appended updates the status after an append of an event created at created.
+// appended updates the status after an append of an event created at
+// created. An event whose time could not be read (zero) leaves the times
+// as they were: a reconnect must not start over from the stream's begin.
 func (c *Collector) appended(created time.Time) {
-	c.lastCreated = created
 	c.status.ingested.Add(1)
+	if created.IsZero() {
+		return
+	}
+	c.lastCreated = created
 	c.status.lastEvent.Store(created.UnixNano())
 	c.status.lag.Store(int64(time.Now().Add(c.skew).Sub(created)))
 }

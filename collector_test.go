@@ -307,3 +307,18 @@ func TestCollectorLiveness(t *testing.T) {
 		t.Fatalf("livez after the loop turned again: %d", code)
 	}
 }
+
+// TestCollectorAppendedWithoutTime: an event whose time could not be read
+// keeps the collector's place in time (where a reconnect reads from) and
+// its status as they were.
+func TestCollectorAppendedWithoutTime(t *testing.T) {
+	t.Parallel()
+	c := &Collector{status: &CollectorStatus{}}
+	created := time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC)
+	c.appended(created)
+	c.appended(time.Time{})
+	if !c.lastCreated.Equal(created) || c.status.lastEvent.Load() != created.UnixNano() || c.status.ingested.Load() != 2 {
+		t.Errorf("after an event without a time: last created %v, status last event %d, ingested %d; want %v, %d, 2",
+			c.lastCreated, c.status.lastEvent.Load(), c.status.ingested.Load(), created, created.UnixNano())
+	}
+}

@@ -110,11 +110,12 @@ type Deliverer struct {
 
 	// next is the first offset to deliver, -1 for the first event held.
 	// It and the fields below are owned by Run's goroutine.
-	next    int64
-	done    Record    // the last record done with, if doneOK
-	doneOK  bool      // something was done with since the start
-	saved   int64     // the offset of the checkpoint last written
-	savedAt time.Time // when it was written
+	next      int64
+	done      Record    // the last record done with, if doneOK
+	doneOK    bool      // something was done with since the start
+	saved     int64     // the offset of the checkpoint last written
+	savedAt   time.Time // when it was written
+	savedTime time.Time // the event time it holds
 }
 
 // newDeliverer returns the deliverer for cfg, or nil without a sink. With
@@ -142,7 +143,7 @@ func newDeliverer(cfg SinkConfig, journal *Journal, log *slog.Logger) (*Delivere
 			return nil, &configError{envSinkCheckpointFile, err.Error()}
 		}
 		if ok {
-			d.next, d.saved, d.resume = cp.Offset+1, cp.Offset, cp
+			d.next, d.saved, d.savedTime, d.resume = cp.Offset+1, cp.Offset, cp.Time, cp
 			d.status.done.Store(cp.Offset)
 		}
 	}
@@ -317,15 +318,26 @@ func (d *Deliverer) checkpoint(now bool) {
 	if !d.dirty() || (!now && time.Since(d.savedAt) < sinkCheckpointInterval) {
 		return
 	}
-	cp := checkpoint{Offset: d.done.Offset, Time: recordTime(d.done)}
-	// A failed write is tried again a second later, not at once.
+	// A checkpoint not written now (a failed write, or no time to give
+	// it) is tried again a second later, not at once.
 	d.savedAt = time.Now()
+	cp := checkpoint{Offset: d.done.Offset, Time: recordTime(d.done)}
+	if cp.Time.IsZero() {
+		// An event whose time vCenter's answer did not let us read. The
+		// time of the checkpoint before is no later than its, so reading
+		// again from there includes what follows it; with none, the
+		// checkpoint waits for an event with a time.
+		if d.savedTime.IsZero() {
+			return
+		}
+		cp.Time = d.savedTime
+	}
 	if err := saveCheckpoint(d.cfg.CheckpointFile, cp); err != nil {
 		d.status.setError(err)
 		d.log.Error("cannot write the sink checkpoint", "error", err)
 		return
 	}
-	d.saved = cp.Offset
+	d.saved, d.savedTime = cp.Offset, cp.Time
 	d.log.Debug("sink checkpoint written", "offset", cp.Offset, "time", cp.Time)
 }
 

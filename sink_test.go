@@ -933,6 +933,66 @@ func TestSinkFilterAdvancesCheckpoint(t *testing.T) {
 	}
 }
 
+// TestSinkCheckpointEventWithoutTime: an event whose time could not be read
+// (an unknown type with a broken field) never gives the checkpoint a zero
+// time, which the next start would refuse: the checkpoint keeps the time
+// before it, or waits for an event with a time.
+func TestSinkCheckpointEventWithoutTime(t *testing.T) {
+	t.Parallel()
+	conv := &eventConverter{source: "https://vc.example.com/sdk", maxRecordSize: defaultMaxRecordSize}
+	created := time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC)
+	j := NewJournal(100)
+	appendAt := func(key int32, at time.Time) {
+		t.Helper()
+		c, err := conv.Convert(&types.EventEx{Event: types.Event{Key: key, CreatedTime: at}, EventTypeId: "com.example.test"})
+		if err == nil {
+			err = j.AppendRecord(c.Record)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	appendAt(1, time.Time{}) // the first event done: no time before it
+	appendAt(2, created.Add(2*time.Second))
+	appendAt(3, created.Add(3*time.Second))
+	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
+	cpFile := filepath.Join(t.TempDir(), "cp")
+	cfg, err := parseConfig(configEnv(map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile}), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := newLogRecorder()
+	d, err := newDeliverer(cfg.Sink, j, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		d.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-stopped
+	})
+	checkpointAt := func(offset int64, at time.Time) {
+		t.Helper()
+		sink.waitAcked(t, offset)
+		logs.waitWhere(t, "sink checkpoint written", stopped, func(rec map[string]any) bool { return rec["offset"] == float64(offset) })
+		cp, ok, err := loadCheckpoint(cpFile)
+		if err != nil || !ok || cp.Offset != offset || !cp.Time.Equal(at) {
+			t.Fatalf("checkpoint %+v %v %v, want offset %d at %v", cp, ok, err, offset, at)
+		}
+	}
+	checkpointAt(3, created.Add(3*time.Second))
+	appendAt(4, time.Time{})
+	checkpointAt(4, created.Add(3*time.Second))
+	if n := logs.count("cannot write the sink checkpoint"); n != 0 {
+		t.Errorf("%d failed checkpoint writes", n)
+	}
+}
+
 // TestSinkAnswers: what each answer of the sink leads to: 2xx move on,
 // 408, 429 and 5xx are retried, any other status skips the event.
 func TestSinkAnswers(t *testing.T) {

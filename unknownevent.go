@@ -6,6 +6,7 @@ import (
 	"reflect"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/vmware/govmomi/vim25/types"
 	"github.com/vmware/govmomi/vim25/xml"
@@ -97,15 +98,27 @@ func (u *unknownEvent) UnmarshalXML(d *xml.Decoder, start xml.StartElement) erro
 	u.DecodeErr = decodeBaseEvent(base, &u.Event)
 	u.KeyRead = u.DecodeErr == nil
 	if u.DecodeErr != nil {
-		// The key alone may still be readable, so the event keeps its offset.
+		// The key alone may still be readable, so the event keeps its
+		// offset; and its time, each on its own, so that the event keeps its
+		// place in time (where a reconnect or a sink's checkpoint resumes).
 		var key struct {
 			Key int32 `xml:"key"`
 		}
-		u.KeyRead = decodeBaseEvent(base, &key) == nil &&
-			slices.ContainsFunc(base, func(n *xmlNode) bool { return n.Name == "key" })
+		u.KeyRead = decodeBaseEvent(base, &key) == nil && hasElement(base, "key")
 		u.Key = key.Key
+		var created struct {
+			CreatedTime time.Time `xml:"createdTime"`
+		}
+		if decodeBaseEvent(base, &created) == nil && hasElement(base, "createdTime") {
+			u.CreatedTime = created.CreatedTime
+		}
 	}
 	return nil
+}
+
+// hasElement reports whether nodes include an element named name.
+func hasElement(nodes []*xmlNode, name string) bool {
+	return slices.ContainsFunc(nodes, func(n *xmlNode) bool { return n.Name == name })
 }
 
 // decodeBaseEvent decodes nodes, written back as XML, into v with govmomi's

@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vmware/govmomi/vim25/types"
 	"github.com/vmware/govmomi/vim25/xml"
@@ -112,9 +113,20 @@ func TestUnknownEventUnreadable(t *testing.T) {
 		`<returnval xsi:type="FutureEvent"><key>7</key><createdTime>yesterday</createdTime></returnval>`+
 			`<returnval xsi:type="FutureEvent"><createdTime>yesterday</createdTime></returnval>`+
 			`<returnval xsi:type="FutureThing"><key>9</key></returnval>`+
-			`<returnval xsi:type="GeneralUserEvent"><key>10</key><createdTime>2026-11-24T14:02:32Z</createdTime><userName>u</userName></returnval>`)
-	if len(events) != 4 {
-		t.Fatalf("decoded %d events, want 4", len(events))
+			`<returnval xsi:type="GeneralUserEvent"><key>10</key><createdTime>2026-11-24T14:02:32Z</createdTime><userName>u</userName></returnval>`+
+			`<returnval xsi:type="FutureEvent"><key>11</key><chainId>x</chainId><createdTime>2026-11-24T14:02:33Z</createdTime></returnval>`)
+	if len(events) != 5 {
+		t.Fatalf("decoded %d events, want 5", len(events))
+	}
+	// A bad field before the time: the key and the time are still read,
+	// so the event keeps its place in time (reconnects and the sink's
+	// checkpoint resume from it).
+	badChain := events[4].(*unknownEvent)
+	if want := time.Date(2026, 11, 24, 14, 2, 33, 0, time.UTC); badChain.DecodeErr == nil || !badChain.KeyRead || badChain.Key != 11 || !badChain.CreatedTime.Equal(want) {
+		t.Errorf("bad chainId: error %v, key read %v, key %d, created %v", badChain.DecodeErr, badChain.KeyRead, badChain.Key, badChain.CreatedTime)
+	}
+	if rec, err := (&eventConverter{source: goldenSource, maxRecordSize: defaultMaxRecordSize}).Convert(badChain); err != nil || recordTime(rec.Record).IsZero() {
+		t.Errorf("bad chainId: record without a time (%v): %s", err, rec.Data)
 	}
 	bad := events[0].(*unknownEvent)
 	if bad.DecodeErr == nil || !bad.KeyRead || bad.Key != 7 {
