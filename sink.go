@@ -391,7 +391,9 @@ func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) (done boo
 			d.status.setState(sinkStateRetrying)
 			// A retry may take long: keep the checkpoint current meanwhile.
 			d.checkpoint(true)
-			wait := max(backoff(attempt, d.backoffMin, d.backoffMax), min(res.retryAfter, d.backoffMax))
+			// The sink's Retry-After is honoured whole (parseRetryAfter
+			// caps it at an hour): asking sooner only earns another refusal.
+			wait := max(backoff(attempt, d.backoffMin, d.backoffMax), res.retryAfter)
 			d.log.Warn("sink did not take the event; retrying", "key", rec.Offset, "attempt", attempt,
 				"status", res.status, "error", res.err, "backoff", wait.String())
 			if !sleep(ctx, wait) {

@@ -993,6 +993,47 @@ func TestSinkCheckpointEventWithoutTime(t *testing.T) {
 	}
 }
 
+// TestSinkRetryAfterHonoured: the sink's Retry-After holds even beyond the
+// deliverer's own longest backoff.
+func TestSinkRetryAfterHonoured(t *testing.T) {
+	t.Parallel()
+	sink := startTestSink(t, "127.0.0.1:0", func(n int, _ string) misbehaviour {
+		if n == 1 {
+			return answer429 // Retry-After: 1
+		}
+		return behave
+	}, nil)
+	u, _ := url.Parse(sink.URL)
+	j := NewJournal(10)
+	if err := j.AppendRecord(benchRecords(t, 1)[0]); err != nil {
+		t.Fatal(err)
+	}
+	d, err := newDeliverer(SinkConfig{URL: u, Timeout: 5 * time.Second}, j, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.backoffMin, d.backoffMax = time.Millisecond, 10*time.Millisecond
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		d.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-stopped
+	})
+	sink.waitFor(t, "the retry", func() bool { return len(sink.acked) == 1 })
+	sink.mu.Lock()
+	defer sink.mu.Unlock()
+	if len(sink.requests) != 2 {
+		t.Fatalf("%d requests, want 2", len(sink.requests))
+	}
+	if gap := sink.requests[1].at.Sub(sink.requests[0].at); gap < time.Second {
+		t.Errorf("retried %v after a 429 with Retry-After: 1", gap)
+	}
+}
+
 // TestSinkAnswers: what each answer of the sink leads to: 2xx move on,
 // 408, 429 and 5xx are retried, any other status skips the event.
 func TestSinkAnswers(t *testing.T) {
