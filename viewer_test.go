@@ -814,6 +814,9 @@ func TestViewerFellBehindAcrossRestart(t *testing.T) {
 type journalServer struct {
 	srv     *httptest.Server
 	handler atomic.Pointer[http.Handler]
+	// before, if set, sees each request before the handler does (and may
+	// hold it): a test's way into the moment between two requests.
+	before atomic.Pointer[func(*http.Request)]
 
 	mu    sync.Mutex
 	taken map[net.Conn]struct{} // the connections watches took over
@@ -824,6 +827,9 @@ func startJournalServer(t testing.TB, j *Journal) *journalServer {
 	js := &journalServer{taken: make(map[net.Conn]struct{})}
 	js.swap(j)
 	js.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if before := js.before.Load(); before != nil {
+			(*before)(r)
+		}
 		(*js.handler.Load()).ServeHTTP(w, r)
 	}))
 	// httptest forgets the connections that watches take over from
