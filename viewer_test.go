@@ -515,6 +515,7 @@ func TestViewerShowsRecentAndLiveEvents(t *testing.T) {
 		if indented := eval[string](p, `document.getElementById('d-json').textContent`); !strings.Contains(indented, "\n  \"id\": ") {
 			t.Errorf("JSON not formatted: %.80q", indented)
 		}
+		// Tokens off: no Authorization header.
 		curl := eval[string](p, `document.getElementById('d-curl').textContent`)
 		if want := fmt.Sprintf("curl -s '%s/api/v1/events/%d'", s.URL, row.Key); curl != want {
 			t.Errorf("curl line %q, want %q", curl, want)

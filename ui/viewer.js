@@ -364,6 +364,7 @@
   }
 
   let range = null; // the journal's, as /readyz last said, moved on by arriving events
+  let tokens = false; // the API needs a bearer token, as /readyz last said
 
   function showRange(r) {
     range = r ? { earliest: r.earliest, latest: r.latest } : null;
@@ -392,6 +393,10 @@
         (body.ready ? 'vCenter disconnected (serving cached events)' : 'waiting for vCenter');
       if (body.lastEventTime) v.title = 'last event ' + body.lastEventTime;
       showRange(body.range);
+      if (tokens !== !!body.tokens) {
+        tokens = !!body.tokens;
+        if (dialog.open) showCurl();
+      }
     } catch (e) {
       if (e instanceof Unauthorized) return;
       const v = $('vcenter');
@@ -660,11 +665,22 @@
   // ---- detail ----
 
   const dialog = $('detail');
+  let detailKey = null;
+
+  // showCurl shows the curl line of the event in the detail. With tokens
+  // on, the page's session cookie is no use to curl: the line says where
+  // a token goes, as a shell variable the person sets (the page never
+  // knows a token: the login form's cookie is HttpOnly).
+  function showCurl() {
+    const auth = tokens ? '-H "Authorization: Bearer $TOKEN" ' : '';
+    $('d-curl').textContent = 'curl -s ' + auth + "'" + location.origin + '/api/v1/events/' + detailKey + "'";
+  }
 
   function openDetail(row) {
     $('d-title').textContent = 'Event #' + row.key + ' · ' + shortType(row.ce.type);
     $('d-json').textContent = JSON.stringify(row.ce, null, 2);
-    $('d-curl').textContent = "curl -s '" + location.origin + '/api/v1/events/' + row.key + "'";
+    detailKey = row.key;
+    showCurl();
     $('d-copied').textContent = '';
     dialog.showModal();
     $('d-close').focus();
