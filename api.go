@@ -85,7 +85,7 @@ func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, met
 	mux.Handle("GET /api/v1/events", handleEvents(journal, metrics, log, cfg))
 	mux.Handle("GET /api/v1/events/{id}", handleEvent(journal))
 	mux.Handle("GET /livez", handleLivez(status))
-	mux.Handle("GET /readyz", handleReadyz(journal, status, cfg.sink))
+	mux.Handle("GET /readyz", handleReadyz(journal, status, cfg.sink, cfg.auth != nil))
 	mux.Handle("GET /metrics", handleMetrics(journal, status, metrics, cfg.sink))
 	if cfg.auth != nil {
 		addLoginRoutes(mux, cfg.auth)
@@ -386,19 +386,23 @@ type readyResponse struct {
 	VCenterConnected bool           `json:"vcenterConnected"`
 	Range            *rangeResponse `json:"range"`
 	LastEventTime    *time.Time     `json:"lastEventTime"`
+	// Tokens says whether the API needs a bearer token (API_TOKENS_PATH),
+	// so that the viewer's curl line shows where one goes; /readyz needs
+	// none, and a 401 would tell as much anyway.
+	Tokens bool `json:"tokens"`
 	// Sink is there only with K_SINK set.
 	Sink *sinkReady `json:"sink,omitempty"`
 }
 
 // handleReadyz is ready once the collector has read from vCenter, and stays
 // ready through later vCenter outages: the cached events are still served.
-func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus) http.Handler {
+func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus, tokens bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, p := parseQuery(r.URL.RawQuery); p != nil {
 			writeProblem(w, p)
 			return
 		}
-		body := readyResponse{Ready: status.Ready(), VCenterConnected: status.Connected()}
+		body := readyResponse{Ready: status.Ready(), VCenterConnected: status.Connected(), Tokens: tokens}
 		if earliest, latest, ok := j.Range(); ok {
 			body.Range = &rangeResponse{Earliest: earliest, Latest: latest}
 		}

@@ -724,6 +724,7 @@ func TestAPIReadyz(t *testing.T) {
 		VCenterConnected *bool           `json:"vcenterConnected"`
 		Range            json.RawMessage `json:"range"`
 		LastEventTime    json.RawMessage `json:"lastEventTime"`
+		Tokens           json.RawMessage `json:"tokens"`
 	}
 	readyz := func(code int) ready {
 		t.Helper()
@@ -738,7 +739,7 @@ func TestAPIReadyz(t *testing.T) {
 		if err := json.Unmarshal(body, &fields); err != nil {
 			t.Fatalf("body %q: %v", body, err)
 		}
-		for _, name := range []string{"ready", "vcenterConnected", "range", "lastEventTime"} {
+		for _, name := range []string{"ready", "vcenterConnected", "range", "lastEventTime", "tokens"} {
 			if _, ok := fields[name]; !ok {
 				t.Errorf("body %s has no %q", body, name)
 			}
@@ -754,6 +755,9 @@ func TestAPIReadyz(t *testing.T) {
 	}
 
 	r := readyz(http.StatusServiceUnavailable)
+	if string(r.Tokens) != "false" {
+		t.Errorf("tokens %s with no API_TOKENS_PATH, want false", r.Tokens)
+	}
 	if *r.Ready || *r.VCenterConnected || string(r.Range) != "null" || string(r.LastEventTime) != "null" {
 		t.Errorf("before the first read: %+v", r)
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 
@@ -69,6 +70,14 @@ func TestAuthBrowserLoginChromium(t *testing.T) {
 		if row.Type != "VmPoweredOnEvent" {
 			t.Errorf("row %d of type %s under a VmPoweredOnEvent filter", row.Key, row.Type)
 		}
+	}
+	// The detail's curl line says where a token goes, and holds none.
+	p.waitFor("/readyz read", `document.getElementById('vcenter').textContent === 'vCenter connected'`)
+	p.do(chromedp.Click("#rows tr:first-child .c-msg"))
+	p.waitFor("the detail", `document.getElementById('detail').open`)
+	if curl, want := eval[string](p, `document.getElementById('d-curl').textContent`),
+		fmt.Sprintf(`curl -s -H "Authorization: Bearer $TOKEN" '%s/api/v1/events/%d'`, s.URL, powerOn); curl != want {
+		t.Errorf("curl line %q, want %q", curl, want)
 	}
 	// HttpOnly: no script sees the session.
 	if eval[bool](p, `document.cookie.includes("session")`) {

@@ -302,8 +302,13 @@ func TestAuthTokensOverHTTPS(t *testing.T) {
 		t.Errorf("lower-case bearer: %d %s", resp.StatusCode, body)
 	}
 	for _, probe := range []string{"/livez", "/readyz"} {
-		if resp, body := authGet(t, client, s.URL+probe, ""); resp.StatusCode != http.StatusOK {
+		resp, body := authGet(t, client, s.URL+probe, "")
+		if resp.StatusCode != http.StatusOK {
 			t.Errorf("%s without a token: %d %s, want 200", probe, resp.StatusCode, body)
+		}
+		// The viewer's curl line learns from it that a token is needed.
+		if probe == "/readyz" && !bytes.Contains(body, []byte(`"tokens":true`)) {
+			t.Errorf("/readyz with tokens on: %s, want \"tokens\":true", body)
 		}
 	}
 

@@ -515,6 +515,7 @@ func TestViewerShowsRecentAndLiveEvents(t *testing.T) {
 		if indented := eval[string](p, `document.getElementById('d-json').textContent`); !strings.Contains(indented, "\n  \"id\": ") {
 			t.Errorf("JSON not formatted: %.80q", indented)
 		}
+		// Tokens off: no Authorization header.
 		curl := eval[string](p, `document.getElementById('d-curl').textContent`)
 		if want := fmt.Sprintf("curl -s '%s/api/v1/events/%d'", s.URL, row.Key); curl != want {
 			t.Errorf("curl line %q, want %q", curl, want)
@@ -814,6 +815,9 @@ func TestViewerFellBehindAcrossRestart(t *testing.T) {
 type journalServer struct {
 	srv     *httptest.Server
 	handler atomic.Pointer[http.Handler]
+	// before, if set, sees each request before the handler does (and may
+	// hold it): a test's way into the moment between two requests.
+	before atomic.Pointer[func(*http.Request)]
 
 	mu    sync.Mutex
 	taken map[net.Conn]struct{} // the connections watches took over
@@ -824,6 +828,9 @@ func startJournalServer(t testing.TB, j *Journal) *journalServer {
 	js := &journalServer{taken: make(map[net.Conn]struct{})}
 	js.swap(j)
 	js.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if before := js.before.Load(); before != nil {
+			(*before)(r)
+		}
 		(*js.handler.Load()).ServeHTTP(w, r)
 	}))
 	// httptest forgets the connections that watches take over from

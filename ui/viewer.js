@@ -364,6 +364,7 @@
   }
 
   let range = null; // the journal's, as /readyz last said, moved on by arriving events
+  let tokens = false; // the API needs a bearer token, as /readyz last said
 
   function showRange(r) {
     range = r ? { earliest: r.earliest, latest: r.latest } : null;
@@ -392,6 +393,10 @@
         (body.ready ? 'vCenter disconnected (serving cached events)' : 'waiting for vCenter');
       if (body.lastEventTime) v.title = 'last event ' + body.lastEventTime;
       showRange(body.range);
+      if (tokens !== !!body.tokens) {
+        tokens = !!body.tokens;
+        if (dialog.open) showCurl();
+      }
     } catch (e) {
       if (e instanceof Unauthorized) return;
       const v = $('vcenter');
@@ -416,6 +421,21 @@
 
   let lastId = null;   // the last SSE id seen: where a reconnect resumes
   let fromOffset = null; // the offset of a watch that has no lastId yet
+  // emptyStart: the journal was empty when the page started, and the watch
+  // (opened with no offset) has dispatched nothing yet. The server starts
+  // such a watch from its first event if the journal is still empty when
+  // the watch arrives, but after its latest event otherwise: events
+  // appended in between would be lost. Only in that second case does the
+  // server begin the stream with a position (an id with no data), so a
+  // first dispatch that is a position means "start again": read the newest
+  // page, then resume after it. (A filtered watch that began on the empty
+  // journal may also first send a position, for events that did not match:
+  // starting again then reads nothing new, and loses nothing either.)
+  // The server refuses an offset below its earliest event, even one that
+  // no event ever had, with 410 (and it ends a watch from offset 0 with
+  // "fell behind" when the first key is above 0), so asking for offset 0
+  // would not do.
+  let emptyStart = false;
   let retryMs = 3000;  // the server's retry: hint
 
   // watch keeps the SSE watch open. Its modes: live (reading), reconnecting
@@ -446,7 +466,10 @@
         outcome = { status: 0, problem: { detail: 'server unreachable' } };
       }
       // Decide the next mode.
-      if (outcome.status === 200) {
+      if (outcome.restart) {
+        start();
+        return;
+      } else if (outcome.status === 200) {
         failures = 0; // a clean end (server shutting down): come back soon
       } else if (outcome.status === 401) {
         toLogin();
@@ -489,6 +512,15 @@
           buf = buf.slice(nl + 1);
           if (line.endsWith('\r')) line = line.slice(0, -1);
           if (line === '') {
+            if (emptyStart && (id !== null || data.length)) {
+              emptyStart = false;
+              if (!data.length) {
+                // The journal held events when the watch began: see
+                // emptyStart.
+                reader.cancel().catch(() => {});
+                return { restart: true };
+              }
+            }
             // Dispatch: the id counts even without data (a filtered
             // watch's position), as EventSource's last event id does.
             if (id !== null) lastId = id;
@@ -571,6 +603,7 @@
       return;
     }
     olderBtn.disabled = true;
+    const was = olderCursor;
     try {
       let from = Math.max(0, olderCursor - PAGE);
       let resp = await api(apiURL('/api/v1/events', { offset: from, limit: PAGE }));
@@ -611,7 +644,14 @@
         resp = await api(next);
       }
       const added = addOldest(got);
-      const was = olderCursor;
+      if (olderCursor !== was || (got.length && !added.length)) {
+        // Live events filled the page while this request was out (and
+        // may have dropped its oldest rows, moving olderCursor up to the
+        // oldest kept): nothing older fits any more, and the cursor stays
+        // at the oldest row shown.
+        olderNote('The page is full (' + MAX_ROWS.toLocaleString() + ' rows): no room for older events.');
+        return;
+      }
       olderCursor = added.length < got.length ? Number(added[0].id) : from;
       olderNote(added.length ? 'Loaded ' + added.length + ' older events.' :
         'No matching events between #' + from + ' and #' + (was - 1) + '.');
@@ -625,11 +665,22 @@
   // ---- detail ----
 
   const dialog = $('detail');
+  let detailKey = null;
+
+  // showCurl shows the curl line of the event in the detail. With tokens
+  // on, the page's session cookie is no use to curl: the line says where
+  // a token goes, as a shell variable the person sets (the page never
+  // knows a token: the login form's cookie is HttpOnly).
+  function showCurl() {
+    const auth = tokens ? '-H "Authorization: Bearer $TOKEN" ' : '';
+    $('d-curl').textContent = 'curl -s ' + auth + "'" + location.origin + '/api/v1/events/' + detailKey + "'";
+  }
 
   function openDetail(row) {
     $('d-title').textContent = 'Event #' + row.key + ' · ' + shortType(row.ce.type);
     $('d-json').textContent = JSON.stringify(row.ce, null, 2);
-    $('d-curl').textContent = "curl -s '" + location.origin + '/api/v1/events/' + row.key + "'";
+    detailKey = row.key;
+    showCurl();
     $('d-copied').textContent = '';
     dialog.showModal();
     $('d-close').focus();
@@ -702,6 +753,9 @@
   // start reads the newest page, then watches from the event after it.
   async function start() {
     setState('connecting', 'connecting…');
+    lastId = null;
+    fromOffset = null;
+    emptyStart = false;
     try {
       let latest = null;
       let earliest = null;
@@ -729,6 +783,8 @@
       } else if (latest !== null) {
         lastId = String(latest);
         olderCursor = earliest;
+      } else {
+        emptyStart = true;
       }
       rowsChanged();
     } catch (e) {
