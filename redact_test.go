@@ -1,7 +1,9 @@
 package main
 
 import (
+	"encoding/json"
 	"errors"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -103,5 +105,38 @@ func TestSinkErrorRedacted(t *testing.T) {
 	plain := errors.New("status 503")
 	if got := redactURLError(plain, sink); got != plain {
 		t.Errorf("an error without the URL changed: %v", got)
+	}
+}
+
+// TestSinkRefusedURLRedacted: a sink whose URL carries a key in its query
+// refuses connections; /readyz (open to all) shows the error, and neither
+// it nor the log quotes the key.
+func TestSinkRefusedURLRedacted(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	ln.Close() // refused from now on
+	const secret = "sink-key-5e0c1d"
+	sim := startTestSimulation(t)
+	s := startServer(t, sim, map[string]string{envSink: "http://" + addr + "/in?key=" + secret})
+	s.logs.wait(t, "sink did not take the event; retrying", s.stopped)
+
+	var ready struct {
+		Sink *sinkReady `json:"sink"`
+	}
+	if err := json.Unmarshal(mustGet(t, s.URL+"/readyz"), &ready); err != nil {
+		t.Fatal(err)
+	}
+	if ready.Sink == nil || ready.Sink.LastError == nil {
+		t.Fatalf("/readyz sink %+v, want the last error", ready.Sink)
+	}
+	if msg := *ready.Sink.LastError; strings.Contains(msg, secret) || !strings.Contains(msg, "http://"+addr+"/in") {
+		t.Errorf("/readyz sink last error %q, want the sink's URL without its query", msg)
+	}
+	if strings.Contains(s.logs.String(), secret) {
+		t.Errorf("the server's log holds the sink's key:\n%s", s.logs)
 	}
 }
