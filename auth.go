@@ -413,6 +413,8 @@ func acceptsPost(path string) bool {
 // protect admits to mux only the requests that carry a listed token, except
 // those of the open routes. An admitted request's context ends with
 // ErrTokenRevoked when its token is removed, which ends a watch cleanly.
+// An admitted request's answer is marked for its client only
+// (privatecache.go).
 func (a *tokenAuth) protect(mux *http.ServeMux) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		_, pattern := mux.Handler(r)
@@ -427,7 +429,7 @@ func (a *tokenAuth) protect(mux *http.ServeMux) http.Handler {
 				defer a.untrack(req)
 				defer cancel(nil)
 				r2 := r.WithContext(ctx)
-				mux.ServeHTTP(w, r2)
+				mux.ServeHTTP(privateWriter{w}, r2)
 				// instrument labels the request with the route the mux
 				// matched, on its own copy of the request.
 				r.Pattern = r2.Pattern

@@ -172,6 +172,15 @@ func httpsClient(ca *testCA) *http.Client {
 	}}
 }
 
+// http1Client trusts ca and speaks HTTP/1.1 only.
+func http1Client(ca *testCA) *http.Client {
+	return &http.Client{Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{RootCAs: ca.pool},
+		// A non-nil empty map turns HTTP/2 off.
+		TLSNextProto: map[string]func(string, *tls.Conn) http.RoundTripper{},
+	}}
+}
+
 // authGet sends GET url with token as bearer token ("" for none) and
 // returns the answer with its body read.
 func authGet(t testing.TB, client *http.Client, url, token string, header ...string) (*http.Response, []byte) {
@@ -378,6 +387,17 @@ func TestAuthTokenRotation(t *testing.T) {
 
 	watchAlice := authWatch(t, client, s.URL+"/api/v1/events?watch=true", tokenAlice)
 	watchBob := authWatch(t, client, s.URL+"/api/v1/events?watch=true", tokenBob)
+	// Over HTTP/1.1 a watch takes its connection from net/http
+	// (watch_conn.go): revocation must reach it there too, NDJSON and SSE.
+	client1 := http1Client(ca)
+	watchAlice1 := authWatch(t, client1, s.URL+"/api/v1/events?watch=true", tokenAlice)
+	sseAlice1 := openWatchWith(t, client1, s.URL+"/api/v1/events", http.Header{"Authorization": {"Bearer " + tokenAlice}, "Accept": {"text/event-stream"}})
+	watchBob1 := authWatch(t, client1, s.URL+"/api/v1/events?watch=true", tokenBob)
+	for name, w := range map[string]*watchStream{"NDJSON": watchAlice1, "SSE": sseAlice1, "Bob's NDJSON": watchBob1} {
+		if w.resp.ProtoMajor != 1 || !w.resp.Close {
+			t.Fatalf("%s watch over %s (Connection: close %v), want HTTP/1.1 on a taken connection", name, w.resp.Proto, w.resp.Close)
+		}
+	}
 	aliceBrowser := browserLogin(t, s.URL, client, tokenAlice)
 	bobBrowser := browserLogin(t, s.URL, client, tokenBob)
 	if resp, body := authGet(t, client, s.URL+"/api/v1/range", tokenCarol); resp.StatusCode != http.StatusUnauthorized {
@@ -427,6 +447,12 @@ func TestAuthTokenRotation(t *testing.T) {
 	if err := watchAlice.end(t); err != nil {
 		t.Errorf("watch of the removed token ended with %v, want a clean end", err)
 	}
+	if err := watchAlice1.end(t); err != nil {
+		t.Errorf("HTTP/1.1 watch of the removed token ended with %v, want a clean end", err)
+	}
+	if err := sseAlice1.end(t); err != nil {
+		t.Errorf("HTTP/1.1 SSE watch of the removed token ended with %v, want a clean end", err)
+	}
 	select {
 	case err := <-sseEnded:
 		if err != nil {
@@ -438,6 +464,9 @@ func TestAuthTokenRotation(t *testing.T) {
 	vc.postEvents(t, 1)
 	if got := decodeEvent(t, watchBob.next(t)); got.Data.Key <= before {
 		t.Errorf("watch of a listed token got key %d, not a new event after %d", got.Data.Key, before)
+	}
+	if got := decodeEvent(t, watchBob1.next(t)); got.Data.Key <= before {
+		t.Errorf("HTTP/1.1 watch of a listed token got key %d, not a new event after %d", got.Data.Key, before)
 	}
 
 	// A token file that cannot be read keeps the tokens in force.
@@ -953,6 +982,55 @@ func TestAuthRevokedRequestEnds(t *testing.T) {
 	a.mu.Unlock()
 	if open != 1 {
 		t.Errorf("%d requests in flight, want Bob's", open)
+	}
+}
+
+// TestAuthRevokedWatchPlainHTTP: over plain HTTP/1.1 with tokens on, the
+// watches (NDJSON and SSE, on connections taken from net/http) of a token
+// removed from the file end cleanly at the reload; those of a listed token
+// go on and get the next event.
+func TestAuthRevokedWatchPlainHTTP(t *testing.T) {
+	t.Parallel()
+	a, path, _ := newTestAuth(t, tokenAlice+"\n"+tokenBob+"\n")
+	j := openAPIGoldenJournal(t)
+	srv := httptest.NewServer(newHandler(j, &CollectorStatus{}, apiLogger(), withAuth(a)))
+	t.Cleanup(srv.Close)
+	watch := func(token string, sse bool) *watchStream {
+		h := http.Header{"Authorization": {"Bearer " + token}}
+		if sse {
+			h.Set("Accept", "text/event-stream")
+		}
+		w := openWatchWith(t, srv.Client(), srv.URL+"/api/v1/events?watch=true", h)
+		if w.resp.ProtoMajor != 1 || !w.resp.Close {
+			t.Fatalf("watch over %s (Connection: close %v), want HTTP/1.1 on a taken connection", w.resp.Proto, w.resp.Close)
+		}
+		return w
+	}
+	alice, aliceSSE := watch(tokenAlice, false), watch(tokenAlice, true)
+	bob, bobSSE := watch(tokenBob, false), watch(tokenBob, true)
+
+	writeFile(t, path, tokenBob+"\n"+tokenCarol+"\n")
+	a.reload()
+	if err := alice.end(t); err != nil {
+		t.Errorf("NDJSON watch of the removed token ended with %v, want a clean end", err)
+	}
+	if err := aliceSSE.end(t); err != nil {
+		t.Errorf("SSE watch of the removed token ended with %v, want a clean end", err)
+	}
+
+	_, latest, _ := j.Range()
+	next := latest + 1
+	if err := j.Append(next, []byte(fmt.Sprintf(`{"specversion":"1.0","id":"%d","data":{"Key":%d}}`, next, next))); err != nil {
+		t.Fatal(err)
+	}
+	if got := decodeEvent(t, bob.next(t)); got.ID != strconv.FormatInt(next, 10) {
+		t.Errorf("NDJSON watch of a listed token got event %q, want %d", got.ID, next)
+	}
+	// (An SSE watch begins with its position: an id without data.)
+	for want := strconv.FormatInt(next, 10); ; {
+		if id, ok := strings.CutPrefix(string(bobSSE.next(t)), "id: "); ok && id == want {
+			break
+		}
 	}
 }
 

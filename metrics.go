@@ -93,7 +93,7 @@ func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handle
 			route = "other"
 		}
 		m.countRequest(route, rec.code)
-		log.Debug("http request", "method", r.Method, "target", r.URL.RequestURI(), "route", route,
+		log.Debug("http request", "method", r.Method, "target", logTarget(r), "route", route,
 			"status", rec.code, "duration", time.Since(start).String(), "remote", r.RemoteAddr)
 	})
 }

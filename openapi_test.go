@@ -420,6 +420,7 @@ func openAPICases() []openAPICase {
 	tokens := []handlerOption{withAuth(testTokenAuth("openapi-test-token"))}
 	challenge := map[string]string{"WWW-Authenticate": `Bearer realm="vsphere-event-streaming"`}
 	bearer := func(token string) map[string]string { return map[string]string{"Authorization": "Bearer " + token} }
+	browser := map[string]string{"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 	cases := []openAPICase{
 		{path: "/api/v1/range", status: 200, name: "held", target: "/api/v1/range", mediaType: "application/json"},
 		{path: "/api/v1/range", status: 200, name: "with a token", target: "/api/v1/range", opts: tokens, header: bearer("openapi-test-token"), mediaType: "application/json"},
@@ -497,11 +498,18 @@ func openAPICases() []openAPICase {
 
 		{path: "/", status: 200, name: "page", target: "/", mediaType: "text/html", headers: map[string]string{"Content-Security-Policy": ""}},
 		{path: "/", status: 200, name: "filtered page", target: "/?type=VmPoweredOnEvent&q=vm", mediaType: "text/html"},
+		{path: "/", status: 200, name: "with a token", target: "/", opts: tokens, header: bearer("openapi-test-token"), mediaType: "text/html"},
+		{path: "/", status: 303, name: "browser without a session", target: "/?type=VmPoweredOnEvent", opts: tokens, header: browser, mediaType: "text/html",
+			headers: map[string]string{"Location": "/ui/login?next=%2F%3Ftype%3DVmPoweredOnEvent"}},
+		{path: "/", status: 401, name: "no token", target: "/", opts: tokens, headers: challenge},
 		{path: "/", status: 405, name: "POST", method: http.MethodPost, target: "/", headers: allow},
 		{path: "/", status: 414, name: "long", target: openAPILongTarget("/")},
 		{path: "/ui/{asset}", status: 200, name: "script", target: "/ui/viewer.js", mediaType: "text/javascript", headers: map[string]string{"Content-Security-Policy": ""}},
 		{path: "/ui/{asset}", status: 200, name: "style", target: "/ui/viewer.css", mediaType: "text/css"},
 		{path: "/ui/{asset}", status: 200, name: "icon", target: "/ui/icon.svg", mediaType: "image/svg+xml"},
+		{path: "/ui/{asset}", status: 303, name: "browser without a session", target: "/ui/viewer.js", opts: tokens, header: browser, mediaType: "text/html",
+			headers: map[string]string{"Location": "/ui/login?next=%2Fui%2Fviewer.js"}},
+		{path: "/ui/{asset}", status: 401, name: "wrong token", target: "/ui/viewer.css", opts: tokens, header: bearer("wrong"), headers: challenge},
 		{path: "/ui/{asset}", status: 404, name: "unknown", target: "/ui/nothing.js"},
 		{path: "/ui/{asset}", status: 405, name: "PUT", method: http.MethodPut, target: "/ui/viewer.js", headers: allow},
 		{path: "/ui/{asset}", status: 414, name: "long", target: openAPILongTarget("/ui/viewer.js")},
@@ -645,7 +653,8 @@ func openAPIRun(t *testing.T, doc *openAPINode, documented *openAPINode, c openA
 		for k, v := range header {
 			req.Header.Set(k, v)
 		}
-		resp, err := srv.Client().Do(req)
+		// Redirects are answers to check, not to follow.
+		resp, err := noRedirect(srv.Client()).Do(req)
 		if err == nil {
 			t.Cleanup(func() { resp.Body.Close() })
 		}

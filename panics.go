@@ -86,7 +86,7 @@ func answerPanic(rec *statusRecorder, r *http.Request, log *slog.Logger) {
 	if p == http.ErrAbortHandler {
 		panic(p)
 	}
-	log.Error("request handler panicked", "method", r.Method, "target", r.URL.RequestURI(),
+	log.Error("request handler panicked", "method", r.Method, "target", logTarget(r),
 		"panic", fmt.Sprint(p), "stack", string(debug.Stack()))
 	if rec.code != 0 {
 		panic(http.ErrAbortHandler)

@@ -31,7 +31,8 @@ func TestHandlerPanic(t *testing.T) {
 	srv := httptest.NewServer(instrument(mux, metrics, log))
 	t.Cleanup(srv.Close)
 
-	res, err := http.Get(srv.URL + "/boom")
+	// A token in the query (RFC 6750's access_token) is not logged.
+	res, err := http.Get(srv.URL + "/boom?offset=3&access_token=" + tokenAlice)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -43,8 +44,12 @@ func TestHandlerPanic(t *testing.T) {
 		t.Errorf("panicking handler: %d %s %s", res.StatusCode, res.Header.Get("Content-Type"), body)
 	}
 	rec := logs.wait(t, "request handler panicked", nil)
-	if rec["panic"] != "boom" || !strings.Contains(rec["stack"].(string), "panics_test.go") {
+	if rec["panic"] != "boom" || !strings.Contains(rec["stack"].(string), "panics_test.go") ||
+		rec["target"] != "/boom?offset=3&access_token=REDACTED" {
 		t.Errorf("log line %v", rec)
+	}
+	if strings.Contains(logs.String(), tokenAlice) {
+		t.Errorf("the log holds the token:\n%s", logs)
 	}
 	// An answer already under way is cut, not completed with a problem.
 	if res, err := http.Get(srv.URL + "/half"); err == nil {

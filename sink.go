@@ -133,7 +133,7 @@ func newDeliverer(cfg SinkConfig, journal *Journal, log *slog.Logger) (*Delivere
 		return nil, &configError{envSink, err.Error()}
 	}
 	d := &Deliverer{
-		cfg: cfg, journal: journal, log: log.With("sink", cfg.URL.Redacted()), protocol: p,
+		cfg: cfg, journal: journal, log: log.With("sink", redactedURL(cfg.URL)), protocol: p,
 		status: newSinkStatus(), next: -1, saved: -1,
 		backoffMin: sinkBackoffMin, backoffMax: sinkBackoffMax, grace: sinkShutdownGrace,
 	}
@@ -483,7 +483,9 @@ func (d *Deliverer) attempt(requests context.Context, key int64, msg sinkMessage
 	case protocol.ResultAs(err, &httpResult):
 		res.status = httpResult.StatusCode
 	case err != nil:
-		res.err = fmt.Errorf("%w: %w", ErrSinkUnavailable, err)
+		// A network error quotes the URL, query and all: what it holds
+		// (a key) must not reach /readyz, which needs no token, nor the log.
+		res.err = fmt.Errorf("%w: %w", ErrSinkUnavailable, redactURLError(err, d.cfg.URL))
 	}
 	if answer != nil {
 		if hm, ok := answer.(*cehttp.Message); ok && res.status != 0 {
