@@ -878,6 +878,36 @@ func TestParseRetryAfter(t *testing.T) {
 	}
 }
 
+// runDeliverer runs, until the test ends, a deliverer of j configured by
+// env (tune, if set, adjusts it first), and returns its debug log and a
+// channel closed when it stops.
+func runDeliverer(t *testing.T, j *Journal, env map[string]string, tune func(*Deliverer)) (*logRecorder, <-chan struct{}) {
+	t.Helper()
+	cfg, err := parseConfig(configEnv(env), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs := newLogRecorder()
+	d, err := newDeliverer(cfg.Sink, j, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tune != nil {
+		tune(d)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		d.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-stopped
+	})
+	return logs, stopped
+}
+
 // TestSinkFilterAdvancesCheckpoint: events SINK_FILTER leaves out are not
 // sent, but delivery is done with them: the checkpoint moves past them
 // (with their time), so a restart does not scan them again, and it is
@@ -903,25 +933,7 @@ func TestSinkFilterAdvancesCheckpoint(t *testing.T) {
 	}
 	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
 	cpFile := filepath.Join(t.TempDir(), "cp")
-	cfg, err := parseConfig(configEnv(map[string]string{envSink: sink.URL, envSinkFilter: "eventclass=eventex", envSinkCheckpointFile: cpFile}), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := newLogRecorder()
-	d, err := newDeliverer(cfg.Sink, j, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		d.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-stopped
-	})
+	logs, stopped := runDeliverer(t, j, map[string]string{envSink: sink.URL, envSinkFilter: "eventclass=eventex", envSinkCheckpointFile: cpFile}, nil)
 	sink.waitAcked(t, 9)
 	logs.waitWhere(t, "sink checkpoint written", stopped, func(rec map[string]any) bool { return rec["offset"] == float64(10) })
 	if got := sink.ackedKeys(t); !slices.Equal(got, []int64{1, 3, 5, 7, 9}) {
@@ -957,25 +969,7 @@ func TestSinkCheckpointEventWithoutTime(t *testing.T) {
 	appendAt(3, created.Add(3*time.Second))
 	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
 	cpFile := filepath.Join(t.TempDir(), "cp")
-	cfg, err := parseConfig(configEnv(map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile}), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	logs := newLogRecorder()
-	d, err := newDeliverer(cfg.Sink, j, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		d.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-stopped
-	})
+	logs, stopped := runDeliverer(t, j, map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile}, nil)
 	checkpointAt := func(offset int64, at time.Time) {
 		t.Helper()
 		sink.waitAcked(t, offset)
@@ -1003,25 +997,12 @@ func TestSinkRetryAfterHonoured(t *testing.T) {
 		}
 		return behave
 	}, nil)
-	u, _ := url.Parse(sink.URL)
 	j := NewJournal(10)
 	if err := j.AppendRecord(benchRecords(t, 1)[0]); err != nil {
 		t.Fatal(err)
 	}
-	d, err := newDeliverer(SinkConfig{URL: u, Timeout: 5 * time.Second}, j, slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.backoffMin, d.backoffMax = time.Millisecond, 10*time.Millisecond
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		d.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-stopped
+	runDeliverer(t, j, map[string]string{envSink: sink.URL}, func(d *Deliverer) {
+		d.backoffMin, d.backoffMax = time.Millisecond, 10*time.Millisecond
 	})
 	sink.waitFor(t, "the retry", func() bool { return len(sink.acked) == 1 })
 	sink.mu.Lock()
