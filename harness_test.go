@@ -148,7 +148,7 @@ type testServer struct {
 	URL     string // http://127.0.0.1:port
 	logs    *logRecorder
 	stop    context.CancelFunc
-	stopped chan struct{}
+	stopped <-chan struct{}
 	err     error // run's result, set before stopped is closed
 }
 
@@ -221,9 +221,10 @@ func launchServerLogging(t testing.TB, sim *simulation, env map[string]string, l
 	getenv := func(k string) string { return vars[k] }
 
 	ctx, cancel := context.WithCancel(context.Background())
-	s := &testServer{logs: logs, stop: cancel, stopped: make(chan struct{})}
+	stopped := make(chan struct{})
+	s := &testServer{logs: logs, stop: cancel, stopped: stopped}
 	go func() {
-		defer close(s.stopped)
+		defer close(stopped)
 		s.err = run(ctx, append([]string{"vsphere-event-streaming", "--poll-interval=10ms"}, args...), getenv, io.Discard, s.logs)
 	}()
 	t.Cleanup(func() {
@@ -539,4 +540,21 @@ func keysOf(events []types.BaseEvent) string {
 		fmt.Fprintf(&b, "%d ", ev.GetEvent().Key)
 	}
 	return b.String()
+}
+
+// runUntilCleanup runs loop in a goroutine until the test ends, when its
+// context is cancelled and the test waits for it to return; the channel
+// is closed once it has returned.
+func runUntilCleanup(t testing.TB, loop func(context.Context)) <-chan struct{} {
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		loop(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	return done
 }

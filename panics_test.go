@@ -87,7 +87,7 @@ func (h panickingHandler) Handle(ctx context.Context, r slog.Record) error {
 
 // runCollector runs a collector of sim's events (without the rest of the
 // program) until the test ends, after prepare, if set, has adjusted it.
-func runCollector(t *testing.T, sim *simulation, log *slog.Logger, prepare func(*Collector)) (*Journal, *CollectorStatus, chan struct{}) {
+func runCollector(t *testing.T, sim *simulation, log *slog.Logger, prepare func(*Collector)) (*Journal, *CollectorStatus, <-chan struct{}) {
 	t.Helper()
 	cfg := Config{VCenterURL: sim.URL, Insecure: true, Username: sim.Username, Password: sim.Password,
 		StreamBegin: defaultStreamBegin, MaxRecordSize: defaultMaxRecordSize, MaxSegmentSize: defaultMaxSegmentSize}
@@ -98,17 +98,7 @@ func runCollector(t *testing.T, sim *simulation, log *slog.Logger, prepare func(
 	if prepare != nil {
 		prepare(collector)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		collector.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
-	return journal, status, done
+	return journal, status, runUntilCleanup(t, collector.Run)
 }
 
 // TestCollectorSessionPanic: a panic in the collector's loop ends that

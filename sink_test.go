@@ -895,17 +895,7 @@ func runDeliverer(t *testing.T, j *Journal, env map[string]string, tune func(*De
 	if tune != nil {
 		tune(d)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	stopped := make(chan struct{})
-	go func() {
-		defer close(stopped)
-		d.Run(ctx)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-stopped
-	})
-	return logs, stopped
+	return logs, runUntilCleanup(t, d.Run)
 }
 
 // TestSinkFilterAdvancesCheckpoint: events SINK_FILTER leaves out are not
