@@ -74,6 +74,10 @@ const (
 // removed from the token file.
 var ErrTokenRevoked = errors.New("API token removed from the token file")
 
+// ErrSessionExpired ends the open requests (watches) a browser session
+// admitted when the session expires: the page then signs in again.
+var ErrSessionExpired = errors.New("browser session expired")
+
 // errNoTokens is a token file that lists no token.
 var errNoTokens = errors.New("lists no token (one per line; blank lines and # comments are ignored)")
 
@@ -301,18 +305,18 @@ func (a *tokenAuth) untrack(req *authedRequest) {
 
 // authenticate returns the digest of the listed token the request carries:
 // a bearer token, or else a valid session cookie.
-func (a *tokenAuth) authenticate(r *http.Request) ([sha256.Size]byte, bool) {
+func (a *tokenAuth) authenticate(r *http.Request) (digest [sha256.Size]byte, expires time.Time, ok bool) {
 	set := a.tokens.Load()
 	if token, ok := bearerToken(r); ok {
 		d := sha256.Sum256([]byte(token))
-		return d, set.match(d) >= 0
+		return d, time.Time{}, set.match(d) >= 0
 	}
 	if c, err := r.Cookie(sessionCookieName(r)); err == nil {
-		if i := verifySession(set, c.Value); i >= 0 {
-			return set.digests[i], true
+		if i, expires := verifySession(set, c.Value); i >= 0 {
+			return set.digests[i], expires, true
 		}
 	}
-	return [sha256.Size]byte{}, false
+	return [sha256.Size]byte{}, time.Time{}, false
 }
 
 // bearerToken returns the token of an "Authorization: Bearer" header.
@@ -361,26 +365,26 @@ func newSession(set *tokenSet, i int) string {
 }
 
 // verifySession returns the index of the token a session value was made
-// with, comparing its id with every token's in constant time; -1 if none,
-// forged or expired.
-func verifySession(set *tokenSet, value string) int {
+// with, comparing its id with every token's in constant time, and when the
+// session expires; -1 if none, forged or expired.
+func verifySession(set *tokenSet, value string) (int, time.Time) {
 	parts := strings.Split(value, ".")
 	if len(parts) != 3 || !isDigits(parts[0]) {
-		return -1
+		return -1, time.Time{}
 	}
 	expiry, err := strconv.ParseInt(parts[0], 10, 64)
 	if err != nil || time.Now().Unix() >= expiry {
-		return -1
+		return -1, time.Time{}
 	}
 	// Strict: only the one canonical encoding of a value is accepted, so a
 	// session has exactly one spelling.
 	id, err := base64.RawURLEncoding.Strict().DecodeString(parts[1])
 	if err != nil || len(id) != sessionIDSize {
-		return -1
+		return -1, time.Time{}
 	}
 	mac, err := base64.RawURLEncoding.Strict().DecodeString(parts[2])
 	if err != nil || len(mac) != sha256.Size {
-		return -1
+		return -1, time.Time{}
 	}
 	found := -1
 	for i := range set.sessionIDs {
@@ -389,9 +393,9 @@ func verifySession(set *tokenSet, value string) int {
 		}
 	}
 	if found < 0 || !hmac.Equal(mac, sessionMAC(set.sessionKeys[found], expiry, id)) {
-		return -1
+		return -1, time.Time{}
 	}
-	return found
+	return found, time.Unix(expiry, 0)
 }
 
 // isAuthOpen reports whether a route pattern is served without a token:
@@ -412,7 +416,9 @@ func acceptsPost(path string) bool {
 
 // protect admits to mux only the requests that carry a listed token, except
 // those of the open routes. An admitted request's context ends with
-// ErrTokenRevoked when its token is removed, which ends a watch cleanly.
+// ErrTokenRevoked when its token is removed, and one a browser session
+// admitted with ErrSessionExpired when the session expires, which ends a
+// watch cleanly.
 // An admitted request's answer is marked for its client only
 // (privatecache.go).
 func (a *tokenAuth) protect(mux *http.ServeMux) http.Handler {
@@ -422,8 +428,12 @@ func (a *tokenAuth) protect(mux *http.ServeMux) http.Handler {
 			mux.ServeHTTP(w, r)
 			return
 		}
-		if digest, ok := a.authenticate(r); ok {
+		if digest, expires, ok := a.authenticate(r); ok {
 			ctx, cancel := context.WithCancelCause(r.Context())
+			if !expires.IsZero() {
+				expiry := time.AfterFunc(time.Until(expires), func() { cancel(ErrSessionExpired) })
+				defer expiry.Stop()
+			}
 			req := &authedRequest{digest: digest, cancel: cancel}
 			if a.track(req) {
 				defer a.untrack(req)

@@ -25,7 +25,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 		bearer.Header.Set("Authorization", "Bearer "+tokens[n-1])
 		b.Run(fmt.Sprintf("bearer/tokens=%d", n), func(b *testing.B) {
 			for b.Loop() {
-				if _, ok := a.authenticate(bearer); !ok {
+				if _, _, ok := a.authenticate(bearer); !ok {
 					b.Fatal("refused")
 				}
 			}
@@ -35,7 +35,7 @@ func BenchmarkAuthenticate(b *testing.B) {
 		cookie.AddCookie(&http.Cookie{Name: sessionCookie, Value: newSession(set, n-1)})
 		b.Run(fmt.Sprintf("cookie/tokens=%d", n), func(b *testing.B) {
 			for b.Loop() {
-				if _, ok := a.authenticate(cookie); !ok {
+				if _, _, ok := a.authenticate(cookie); !ok {
 					b.Fatal("refused")
 				}
 			}

@@ -651,7 +651,7 @@ func TestAuthReload(t *testing.T) {
 	admitted := func(token string) bool {
 		r := httptest.NewRequest(http.MethodGet, "/api/v1/range", nil)
 		r.Header.Set("Authorization", "Bearer "+token)
-		_, ok := a.authenticate(r)
+		_, _, ok := a.authenticate(r)
 		return ok
 	}
 	// In place, same size: the modification time tells.
@@ -1030,6 +1030,41 @@ func TestAuthRevokedWatchPlainHTTP(t *testing.T) {
 	for want := strconv.FormatInt(next, 10); ; {
 		if id, ok := strings.CutPrefix(string(bobSSE.next(t)), "id: "); ok && id == want {
 			break
+		}
+	}
+}
+
+// TestAuthSessionExpiryEndsWatch: a watch a browser session admitted ends,
+// cleanly, when the session expires (the page then signs in again); one a
+// bearer token admitted goes on.
+func TestAuthSessionExpiryEndsWatch(t *testing.T) {
+	t.Parallel()
+	a := testTokenAuth(tokenAlice)
+	j := openAPIGoldenJournal(t)
+	srv := httptest.NewServer(newHandler(j, &CollectorStatus{}, apiLogger(), withAuth(a)))
+	t.Cleanup(srv.Close)
+	for _, sse := range []bool{false, true} {
+		// A short session: its expiry is in whole seconds.
+		expires := time.Now().Add(2 * time.Second)
+		h := http.Header{"Cookie": {sessionCookie + "=" + sessionValue(a.tokens.Load(), 0, expires.Unix())}}
+		if sse {
+			h.Set("Accept", "text/event-stream")
+		}
+		w := openWatchWith(t, srv.Client(), srv.URL+"/api/v1/events?watch=true", h)
+		bearer := openWatchWith(t, srv.Client(), srv.URL+"/api/v1/events?watch=true", http.Header{"Authorization": {"Bearer " + tokenAlice}})
+		if err := w.end(t); err != nil {
+			t.Errorf("watch of the session (SSE %v) ended with %v, want a clean end", sse, err)
+		}
+		if time.Now().Before(expires.Truncate(time.Second)) {
+			t.Errorf("watch of the session (SSE %v) ended before the session expired", sse)
+		}
+		_, latest, _ := j.Range()
+		next := latest + 1
+		if err := j.Append(next, []byte(fmt.Sprintf(`{"specversion":"1.0","id":"%d","data":{"Key":%d}}`, next, next))); err != nil {
+			t.Fatal(err)
+		}
+		if got := decodeEvent(t, bearer.next(t)); got.ID != strconv.FormatInt(next, 10) {
+			t.Errorf("watch of the bearer token got event %q, want %d", got.ID, next)
 		}
 	}
 }
