@@ -409,9 +409,14 @@ type SinkConfig struct {
 func parseSinkConfig(getenv func(string) string) (SinkConfig, error) {
 	sc := SinkConfig{Timeout: defaultSinkTimeout}
 	if v := strings.TrimSpace(getenv(envSink)); v != "" {
+		// The URL may carry a key (in its query or user): an error names
+		// only what may be shown (redactedURL).
 		u, err := url.Parse(v)
-		if err != nil || u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
-			return sc, &configError{envSink, fmt.Sprintf("%q is not an http(s) URL with a host", v)}
+		if err != nil {
+			return sc, &configError{envSink, "is not a URL"}
+		}
+		if u.Host == "" || (u.Scheme != "https" && u.Scheme != "http") {
+			return sc, &configError{envSink, fmt.Sprintf("%q is not an http(s) URL with a host", redactedURL(u))}
 		}
 		if u.Fragment != "" {
 			return sc, &configError{envSink, "must not have a fragment"}

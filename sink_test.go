@@ -785,6 +785,15 @@ func TestSinkConfigErrors(t *testing.T) {
 			checkConfigError(t, err, tc.variable)
 		})
 	}
+	// A key in K_SINK's query or user stays out of the error (and so of
+	// the log), however the URL is wrong.
+	for _, value := range []string{"ftp://user:secret@sink.example.com/?key=secret", "http://%zz/?key=secret", "/path?key=secret"} {
+		_, err := parseConfig(configEnv(map[string]string{envSink: value}), false)
+		checkConfigError(t, err, envSink)
+		if err != nil && strings.Contains(err.Error(), "secret") {
+			t.Errorf("%s=%s: error %q shows the key", envSink, value, err)
+		}
+	}
 	t.Run("valid", func(t *testing.T) {
 		cp := filepath.Join(t.TempDir(), "cp")
 		cfg, err := parseConfig(configEnv(map[string]string{
