@@ -119,6 +119,9 @@ type collectorOptions struct {
 	// watchdog ends a session in which no vCenter call has succeeded for
 	// this long (a silent stall), so that it is rebuilt.
 	watchdog time.Duration
+	// sinkPatience is how long the first catch-up waits for a sink that
+	// takes no event before it reads on regardless (sinkRoom).
+	sinkPatience time.Duration
 	// backoffMin and backoffMax bound the pause before a new session.
 	backoffMin, backoffMax time.Duration
 }
@@ -131,9 +134,34 @@ func defaultCollectorOptions() collectorOptions {
 		safetyInterval: 10 * time.Second,
 		keepAlive:      30 * time.Second,
 		watchdog:       2 * time.Minute,
+		sinkPatience:   time.Minute,
 		backoffMin:     500 * time.Millisecond,
 		backoffMax:     30 * time.Second,
 	}
+}
+
+// sessionWatchdog ends a session in which no vCenter call has succeeded
+// for its bound, whatever the call is blocked on; each success puts it off.
+// It does not run while the session waits for something other than
+// vCenter (between polls, for the sink).
+type sessionWatchdog struct {
+	timer *time.Timer
+	bound time.Duration
+}
+
+func newSessionWatchdog(bound time.Duration, stalled func()) *sessionWatchdog {
+	return &sessionWatchdog{timer: time.AfterFunc(bound, stalled), bound: bound}
+}
+
+func (w *sessionWatchdog) succeeded() { w.timer.Reset(w.bound) }
+
+func (w *sessionWatchdog) stop() { w.timer.Stop() }
+
+// pause stops the watchdog while wait runs, and returns what wait does.
+func (w *sessionWatchdog) pause(wait func() bool) bool {
+	w.timer.Stop()
+	defer w.succeeded()
+	return wait()
 }
 
 // stuckAfter is how long the collector's loop may go without turning
@@ -170,6 +198,11 @@ type Collector struct {
 	// singled out and the others are not lost with it.
 	readSingly int
 
+	// sink, if set, is the deliverer's status: the first catch-up reads
+	// no faster than it leaves room for (sinkRoom). sinkGaveUp: it took
+	// nothing for sinkPatience, so the catch-up no longer waits for it.
+	sink       *SinkStatus
+	sinkGaveUp bool
 	// beginBy, unless zero, is the latest time the first session may
 	// begin at: the sink's checkpoint needs the events from then on. It
 	// is set before Run.
@@ -240,11 +273,9 @@ func (c *Collector) safeSession(ctx context.Context) (progressed bool, err error
 func (c *Collector) session(parent context.Context) (progressed bool, err error) {
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
-	// The watchdog ends the session if no call succeeds for its bound,
-	// whatever the call is blocked on; each success puts it off.
-	watchdog := time.AfterFunc(c.opts.watchdog, func() { cancel(errStalled) })
-	defer watchdog.Stop()
-	succeeded := func() { watchdog.Reset(c.opts.watchdog) }
+	watchdog := newSessionWatchdog(c.opts.watchdog, func() { cancel(errStalled) })
+	defer watchdog.stop()
+	succeeded := watchdog.succeeded
 	// A call cut short by the watchdog reports a cancelled context; say why.
 	fail := func(what string, err error) (bool, error) {
 		if cause := context.Cause(ctx); parent.Err() == nil && cause != nil {
@@ -307,7 +338,7 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 	announced := int64(-1)
 	for {
 		c.status.beat()
-		n, err := c.drain(ctx, hc, announced, succeeded)
+		n, err := c.drain(ctx, hc, announced, watchdog)
 		if err != nil {
 			return fail("read events", err)
 		}
@@ -348,12 +379,8 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 			if mode == modeFlood {
 				pause = floodPause
 			}
-			// The watchdog bounds calls to vCenter, not the pause between
-			// them: a poll interval longer than it is no stall.
-			watchdog.Stop()
-			slept := sleep(ctx, pause)
-			succeeded()
-			if !slept {
+			// A poll interval longer than the watchdog's bound is no stall.
+			if !watchdog.pause(func() bool { return sleep(ctx, pause) }) {
 				if parent.Err() != nil {
 					return progressed, nil
 				}
@@ -450,12 +477,15 @@ func (c *Collector) destroyPageUpdates(ctx context.Context, client *vim25.Client
 
 // drain reads pages until vCenter has no more events for the collector,
 // and returns how many events it appended; each page read is reported to
-// succeeded (a long backlog is progress, not a stall). Reading whole pages
-// back to back, rather than one page per interval, keeps up with any burst
-// vCenter can produce. With an announced key (>= 0) it stops once it has
-// read that event, and reads nothing if the journal holds it already:
-// every later event has an announcement of its own.
-func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, announced int64, succeeded func()) (int, error) {
+// the watchdog (a long backlog is progress, not a stall). Reading whole
+// pages back to back, rather than one page per interval, keeps up with any
+// burst vCenter can produce. With an announced key (>= 0) it stops once it
+// has read that event, and reads nothing if the journal holds it already:
+// every later event has an announcement of its own. On the first catch-up
+// with a sink, pages are no larger than the sink leaves room for
+// (sinkRoom).
+func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, announced int64, watchdog *sessionWatchdog) (int, error) {
+	succeeded := watchdog.succeeded
 	if _, latest, ok := c.journal.Range(); announced >= 0 && ok && latest >= announced {
 		return 0, nil
 	}
@@ -464,6 +494,10 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, annou
 		size := readPageSize
 		if c.readSingly > 0 {
 			size = 1
+		}
+		size, err := c.sinkRoom(ctx, size, watchdog)
+		if err != nil {
+			return n, err
 		}
 		events, err := readEvents(ctx, hc, size)
 		switch {

@@ -119,6 +119,31 @@ func (j *Journal) AppendRecord(rec Record) error {
 	return nil
 }
 
+// roomBefore returns how many records can be appended before the record at
+// offset (or the first held or appended after it) would be purged: until
+// the next roll-over if it is in the history segment, else until the one
+// after.
+func (j *Journal) roomBefore(offset int64) int {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	room := j.maxSegment - len(j.active)
+	if len(j.history) == 0 || offset > j.history[len(j.history)-1].Offset {
+		room += j.maxSegment
+	}
+	return room
+}
+
+// nextPurge returns the latest offset the next append purges; ok is false
+// if it purges nothing.
+func (j *Journal) nextPurge() (through int64, ok bool) {
+	j.mu.RLock()
+	defer j.mu.RUnlock()
+	if len(j.active) < j.maxSegment || len(j.history) == 0 {
+		return 0, false
+	}
+	return j.history[len(j.history)-1].Offset, true
+}
+
 // Range returns the earliest and latest offsets held; ok is false while the
 // journal is empty.
 func (j *Journal) Range() (earliest, latest int64, ok bool) {

@@ -905,3 +905,51 @@ func TestJournalConcurrentReaders(t *testing.T) {
 		})
 	}
 }
+
+// TestJournalRoomBefore: how many appends a record survives, as the first
+// catch-up with a sink counts it (sinkbacklog.go), checked against what
+// appending actually purges: exactly for a record held, at least for one
+// yet to come.
+func TestJournalRoomBefore(t *testing.T) {
+	t.Parallel()
+	const segment = 3
+	for held := 0; held <= 3*segment; held++ {
+		for offset := int64(1); offset <= int64(held)+2; offset++ {
+			j := NewJournal(segment)
+			for k := int64(1); k <= int64(held); k++ {
+				if err := j.Append(k, nil); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if earliest, _, ok := j.Range(); ok && offset < earliest {
+				continue // purged already
+			}
+			room := j.roomBefore(offset)
+			through, purges := j.nextPurge()
+			// Append room records: the first record at or after offset is
+			// still held; one more purges it.
+			next := int64(held) + 1
+			for range room {
+				if err := j.Append(next, nil); err != nil {
+					t.Fatal(err)
+				}
+				next++
+			}
+			if earliest, _, _ := j.Range(); earliest > offset {
+				t.Errorf("%d held, offset %d: purged within the room of %d", held, offset, room)
+			}
+			if offset > int64(held) {
+				continue // not yet appended: the room is a lower bound
+			}
+			if err := j.Append(next, nil); err != nil {
+				t.Fatal(err)
+			}
+			if earliest, _, _ := j.Range(); earliest <= offset {
+				t.Errorf("%d held, offset %d: still held after room %d + 1 appends", held, offset, room)
+			}
+			if room == 0 && (!purges || through < offset) {
+				t.Errorf("%d held, offset %d: no room, but the next append purges through %d (%v)", held, offset, through, purges)
+			}
+		}
+	}
+}

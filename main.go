@@ -158,6 +158,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	handlerOpts = append(handlerOpts, withSink(sink.Status()))
+	collector.sink = sink.Status()
 	if t := sink.ResumeTime(); !t.IsZero() {
 		// The event after the checkpoint may have been logged a little
 		// before it (a later key, an earlier time), as on a reconnect.

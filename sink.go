@@ -304,7 +304,7 @@ func (d *Deliverer) lose() {
 func (d *Deliverer) markDone(rec Record) {
 	d.done, d.doneOK = rec, true
 	d.next = rec.Offset + 1
-	d.status.done.Store(rec.Offset)
+	d.status.setDone(rec.Offset)
 }
 
 // dirty reports whether the checkpoint file is behind what is done.
@@ -572,6 +572,11 @@ type SinkStatus struct {
 	lastError string
 	errorAt   time.Time
 	durations histogram
+	// reached is closed once the deliverer is done with reachTarget; made
+	// only while the collector waits (doneThrough), so delivery without a
+	// waiter costs nothing more.
+	reached     chan struct{}
+	reachTarget int64
 }
 
 func newSinkStatus() *SinkStatus {
@@ -579,6 +584,41 @@ func newSinkStatus() *SinkStatus {
 	s.lastDelivered.Store(-1)
 	s.done.Store(-1)
 	return s
+}
+
+// setDone records that the deliverer is done with offset, waking a
+// collector that waits for it.
+func (s *SinkStatus) setDone(offset int64) {
+	s.done.Store(offset)
+	s.mu.Lock()
+	if s.reached != nil && offset >= s.reachTarget {
+		close(s.reached)
+		s.reached = nil
+	}
+	s.mu.Unlock()
+}
+
+// needsFrom is the first offset the deliverer still needs to be held; -1
+// for the first event held.
+func (s *SinkStatus) needsFrom() int64 {
+	if done := s.done.Load(); done >= 0 {
+		return done + 1
+	}
+	return -1
+}
+
+// doneThrough returns a channel closed once the deliverer is done with
+// offset (one waiter at a time: the collector).
+func (s *SinkStatus) doneThrough(offset int64) <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := make(chan struct{})
+	if s.done.Load() >= offset {
+		close(ch)
+		return ch
+	}
+	s.reached, s.reachTarget = ch, offset
+	return ch
 }
 
 func (s *SinkStatus) setState(state string) {

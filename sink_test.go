@@ -505,6 +505,39 @@ func TestSinkRestartResumes(t *testing.T) {
 	}
 }
 
+// TestSinkRestartBacklogBeyondJournal: events logged while the server was
+// down, many times what the journal holds, are all delivered after the
+// restart: the first catch-up reads vCenter's backlog no faster than the
+// sink takes it, instead of purging what the sink has not yet taken.
+func TestSinkRestartBacklogBeyondJournal(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
+	cpFile := filepath.Join(t.TempDir(), "sink.checkpoint")
+	env := map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile, envMaxSegmentSize: "5"}
+
+	first := startServer(t, sim, env)
+	vc.postEvents(t, 2)
+	before := vc.latestKey(t)
+	sink.waitAcked(t, before)
+	first.shutdown(t)
+
+	vc.postEvents(t, 40) // while no server runs: 4 x what the journal holds
+	second := startServer(t, sim, env)
+	latest := vc.latestKey(t)
+	sink.waitAcked(t, latest)
+	acked := sink.ackedKeys(t)
+	for k := before + 1; k <= latest; k++ {
+		if !slices.Contains(acked, k) {
+			t.Errorf("event %d (after the checkpoint %d) never delivered", k, before)
+		}
+	}
+	if m := serverMetrics(t, second); m[metricPrefix+"sink_lost_total"] != 0 {
+		t.Errorf("sink_lost_total = %v, want 0", m[metricPrefix+"sink_lost_total"])
+	}
+}
+
 // TestSinkKilled: the server process is killed (SIGKILL) while the sink
 // holds an event's request. The checkpoint it leaves is whole, the next
 // process sends again exactly the events acknowledged after it (at least
@@ -605,15 +638,22 @@ func TestSinkLostEvents(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
 	vc := connectVCenter(t, sim)
+	// The sink stalls once the server has caught up: the first catch-up
+	// would wait for it (TestSinkRestartBacklogBeyondJournal).
+	var armed atomic.Bool
 	var held sync.Once
 	sink := startTestSink(t, "127.0.0.1:0", func(int, string) misbehaviour {
 		answer := behave
-		held.Do(func() { answer = holdThenBehave })
+		if armed.Load() {
+			held.Do(func() { answer = holdThenBehave })
+		}
 		return answer
 	}, nil)
 	srv := startServer(t, sim, map[string]string{envSink: sink.URL, envMaxSegmentSize: "5"})
-	<-sink.holding
+	sink.waitAcked(t, vc.latestKey(t))
+	armed.Store(true)
 	vc.postEvents(t, 30)
+	<-sink.holding
 	latest := vc.latestKey(t)
 	waitForKey(t, srv, latest)
 	close(sink.release)
@@ -1103,5 +1143,32 @@ func TestSinkWithTokensAndTLS(t *testing.T) {
 	}
 	if m := parseMetrics(t, string(body)); m[metricPrefix+"sink_last_delivered_offset"] < float64(latest) {
 		t.Errorf("sink_last_delivered_offset = %v, want %d", m[metricPrefix+"sink_last_delivered_offset"], latest)
+	}
+}
+
+// TestSinkBacklogStalledSink: a sink that takes nothing does not hold the
+// first catch-up back for ever: after sinkPatience the collector reads on
+// (saying so once), catches up and serves the newest events.
+func TestSinkBacklogStalledSink(t *testing.T) {
+	t.Parallel()
+	sim := startTestSimulation(t)
+	vc := connectVCenter(t, sim)
+	cfg := Config{VCenterURL: sim.URL, Insecure: true, Username: sim.Username, Password: sim.Password,
+		StreamBegin: defaultStreamBegin, MaxRecordSize: defaultMaxRecordSize, MaxSegmentSize: 5}
+	opts := defaultCollectorOptions()
+	opts.sinkPatience = 50 * time.Millisecond
+	journal := NewJournal(cfg.MaxSegmentSize)
+	status := newCollectorStatus(opts.stuckAfter())
+	logs := newLogRecorder()
+	collector := newCollector(cfg, opts, journal, status, slog.New(slog.NewJSONHandler(logs, nil)))
+	collector.sink = newSinkStatus() // takes nothing: needs the first event held
+	stopped := runUntilCleanup(t, collector.Run)
+
+	logs.wait(t, "caught up with vCenter", stopped)
+	if n := logs.count("the sink took no event for a while: reading vCenter's backlog on without it; the events it needs may be purged before delivery (sink_lost_total)"); n != 1 {
+		t.Errorf("%d warnings that the catch-up reads on without the sink, want 1", n)
+	}
+	if _, latest, _ := journal.Range(); latest != vc.latestKey(t) {
+		t.Errorf("caught up to %d, want vCenter's newest %d", latest, vc.latestKey(t))
 	}
 }
