@@ -1018,11 +1018,7 @@ func TestAuthRevokedWatchPlainHTTP(t *testing.T) {
 		t.Errorf("SSE watch of the removed token ended with %v, want a clean end", err)
 	}
 
-	_, latest, _ := j.Range()
-	next := latest + 1
-	if err := j.Append(next, []byte(fmt.Sprintf(`{"specversion":"1.0","id":"%d","data":{"Key":%d}}`, next, next))); err != nil {
-		t.Fatal(err)
-	}
+	next := appendNextEvent(t, j)
 	if got := decodeEvent(t, bob.next(t)); got.ID != strconv.FormatInt(next, 10) {
 		t.Errorf("NDJSON watch of a listed token got event %q, want %d", got.ID, next)
 	}
@@ -1058,15 +1054,23 @@ func TestAuthSessionExpiryEndsWatch(t *testing.T) {
 		if time.Now().Before(expires.Truncate(time.Second)) {
 			t.Errorf("watch of the session (SSE %v) ended before the session expired", sse)
 		}
-		_, latest, _ := j.Range()
-		next := latest + 1
-		if err := j.Append(next, []byte(fmt.Sprintf(`{"specversion":"1.0","id":"%d","data":{"Key":%d}}`, next, next))); err != nil {
-			t.Fatal(err)
-		}
+		next := appendNextEvent(t, j)
 		if got := decodeEvent(t, bearer.next(t)); got.ID != strconv.FormatInt(next, 10) {
 			t.Errorf("watch of the bearer token got event %q, want %d", got.ID, next)
 		}
 	}
+}
+
+// appendNextEvent appends an event at the key after j's latest and returns
+// the key.
+func appendNextEvent(t *testing.T, j *Journal) int64 {
+	t.Helper()
+	_, latest, _ := j.Range()
+	next := latest + 1
+	if err := j.Append(next, []byte(fmt.Sprintf(`{"specversion":"1.0","id":"%d","data":{"Key":%d}}`, next, next))); err != nil {
+		t.Fatal(err)
+	}
+	return next
 }
 
 // testTokenAuth admits the given tokens; it reads no file.
