@@ -203,6 +203,9 @@ type Collector struct {
 	// nothing for sinkPatience, so the catch-up no longer waits for it.
 	sink       *SinkStatus
 	sinkGaveUp bool
+	// backlogUntil is vCenter's time when the first session began: the
+	// events created before it are the backlog that sinkRoom paces.
+	backlogUntil time.Time
 	// beginBy, unless zero, is the latest time the first session may
 	// begin at: the sink's checkpoint needs the events from then on. It
 	// is set before Run.
@@ -300,6 +303,9 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 		return fail("read vCenter time", err)
 	}
 	succeeded()
+	if c.backlogUntil.IsZero() {
+		c.backlogUntil = now
+	}
 	begin := c.beginTime(now)
 	hc, err = event.NewManager(client).CreateCollectorForEvents(ctx, types.EventFilterSpec{
 		Entity: &types.EventFilterSpecByEntity{Entity: client.ServiceContent.RootFolder, Recursion: types.EventFilterSpecRecursionOptionAll},
@@ -331,6 +337,19 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 	c.log.Info("collecting vCenter events", "begin", begin, "push", mode == modePush)
 
 	lastKeepAlive := time.Now()
+	// keepAlive makes the cheap call that keeps the session from idling
+	// out, when one is due.
+	keepAlive := func() error {
+		if time.Since(lastKeepAlive) < c.opts.keepAlive {
+			return nil
+		}
+		if _, err := c.readClock(ctx, client); err != nil {
+			return fmt.Errorf("keep-alive: %w", err)
+		}
+		succeeded()
+		lastKeepAlive = time.Now()
+		return nil
+	}
 	waitFailures := 0
 	// announced is the newest key the last announcement carried: a read
 	// that reaches it need not be confirmed by an empty one. -1: read
@@ -338,7 +357,7 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 	announced := int64(-1)
 	for {
 		c.status.beat()
-		n, err := c.drain(ctx, hc, announced, watchdog)
+		n, err := c.drain(ctx, hc, announced, watchdog, keepAlive)
 		if err != nil {
 			return fail("read events", err)
 		}
@@ -365,12 +384,8 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 			c.log.Info("caught up with vCenter", "events", records)
 		}
 
-		if time.Since(lastKeepAlive) >= c.opts.keepAlive {
-			if _, err := c.readClock(ctx, client); err != nil {
-				return fail("keep-alive", err)
-			}
-			succeeded()
-			lastKeepAlive = time.Now()
+		if err := keepAlive(); err != nil {
+			return fail("keep-alive", err)
 		}
 
 		announced = -1
@@ -484,7 +499,7 @@ func (c *Collector) destroyPageUpdates(ctx context.Context, client *vim25.Client
 // every later event has an announcement of its own. On the first catch-up
 // with a sink, pages are no larger than the sink leaves room for
 // (sinkRoom).
-func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, announced int64, watchdog *sessionWatchdog) (int, error) {
+func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, announced int64, watchdog *sessionWatchdog, keepAlive func() error) (int, error) {
 	succeeded := watchdog.succeeded
 	if _, latest, ok := c.journal.Range(); announced >= 0 && ok && latest >= announced {
 		return 0, nil
@@ -495,7 +510,7 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, annou
 		if c.readSingly > 0 {
 			size = 1
 		}
-		size, err := c.sinkRoom(ctx, size, watchdog)
+		size, err := c.sinkRoom(ctx, size, watchdog, keepAlive)
 		if err != nil {
 			return n, err
 		}

@@ -158,7 +158,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	handlerOpts = append(handlerOpts, withSink(sink.Status()))
-	collector.sink = sink.Status()
+	if sink != nil {
+		collector.sink = sink.Status()
+		// A sink that retries one event, timing out and backing off, is
+		// still taking events.
+		collector.opts.sinkPatience = max(collector.opts.sinkPatience, 2*cfg.Sink.Timeout+sinkBackoffMax)
+	}
 	if t := sink.ResumeTime(); !t.IsZero() {
 		// The event after the checkpoint may have been logged a little
 		// before it (a later key, an earlier time), as on a reconnect.

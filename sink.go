@@ -116,6 +116,8 @@ type Deliverer struct {
 	saved     int64     // the offset of the checkpoint last written
 	savedAt   time.Time // when it was written
 	savedTime time.Time // the event time it holds
+	// untimed: the checkpoint waits for an event with a time (checkpoint).
+	untimed bool
 }
 
 // newDeliverer returns the deliverer for cfg, or nil without a sink. With
@@ -302,14 +304,14 @@ func (d *Deliverer) lose() {
 
 // markDone records that the deliverer is done with rec.
 func (d *Deliverer) markDone(rec Record) {
-	d.done, d.doneOK = rec, true
+	d.done, d.doneOK, d.untimed = rec, true, false
 	d.next = rec.Offset + 1
 	d.status.setDone(rec.Offset)
 }
 
 // dirty reports whether the checkpoint file is behind what is done.
 func (d *Deliverer) dirty() bool {
-	return d.cfg.CheckpointFile != "" && d.doneOK && d.done.Offset != d.saved
+	return d.cfg.CheckpointFile != "" && d.doneOK && d.done.Offset != d.saved && !d.untimed
 }
 
 // checkpoint writes the checkpoint if there is one to write and, unless
@@ -328,6 +330,7 @@ func (d *Deliverer) checkpoint(now bool) {
 		// again from there includes what follows it; with none, the
 		// checkpoint waits for an event with a time.
 		if d.savedTime.IsZero() {
+			d.untimed = true
 			return
 		}
 		cp.Time = d.savedTime
@@ -534,13 +537,17 @@ func parseRetryAfter(v string, now time.Time) time.Duration {
 		if s <= 0 {
 			return 0
 		}
-		return time.Duration(min(s, int64(time.Hour/time.Second))) * time.Second
+		return time.Duration(min(s, int64(maxRetryAfter/time.Second))) * time.Second
 	}
 	if t, err := http.ParseTime(v); err == nil && t.After(now) {
-		return t.Sub(now)
+		return min(t.Sub(now), maxRetryAfter)
 	}
 	return 0
 }
+
+// maxRetryAfter caps a sink's Retry-After: a date days ahead (a skewed
+// clock) must not stop delivery for days.
+const maxRetryAfter = time.Hour
 
 // rawStructuredMessage is an event already encoded as structured JSON,
 // written to the request as it is: no decoding or encoding per attempt.

@@ -889,6 +889,7 @@ func TestParseRetryAfter(t *testing.T) {
 		"abc":                           0,
 		"Wed, 25 Nov 2026 01:00:10 GMT": 10 * time.Second,
 		"Wed, 25 Nov 2026 00:59:00 GMT": 0,
+		"Mon, 30 Nov 2026 01:00:00 GMT": time.Hour, // days ahead: a skewed clock
 		"999999999999":                  time.Hour,
 	} {
 		if got := parseRetryAfter(v, now); got != want {
@@ -1140,5 +1141,40 @@ func TestSinkBacklogStalledSink(t *testing.T) {
 	}
 	if _, latest, _ := journal.Range(); latest != vc.latestKey(t) {
 		t.Errorf("caught up to %d, want vCenter's newest %d", latest, vc.latestKey(t))
+	}
+}
+
+// TestCollectorPacesSink: the first catch-up waits for the sink only while
+// it reads the backlog (events created before the first session began):
+// with a sink slower than vCenter's own rate it would never end otherwise.
+func TestCollectorPacesSink(t *testing.T) {
+	t.Parallel()
+	began := time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		name        string
+		lastCreated time.Time
+		noSink      bool
+		gaveUp      bool
+		ready       bool
+		want        bool
+	}{
+		{name: "nothing read yet", want: true},
+		{name: "in the backlog", lastCreated: began.Add(-time.Second), want: true},
+		{name: "past the backlog", lastCreated: began},
+		{name: "no sink", noSink: true},
+		{name: "gave up on the sink", gaveUp: true},
+		{name: "caught up once", ready: true},
+	} {
+		c := &Collector{status: newCollectorStatus(time.Minute), sink: newSinkStatus(), backlogUntil: began,
+			lastCreated: tc.lastCreated, sinkGaveUp: tc.gaveUp}
+		if tc.noSink {
+			c.sink = nil
+		}
+		if tc.ready {
+			c.status.setReady()
+		}
+		if got := c.pacesSink(); got != tc.want {
+			t.Errorf("%s: pacesSink() = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

@@ -14,16 +14,17 @@ import (
 // the sink otherwise. Only then: once caught up, a slow sink loses events
 // (sink_lost_total) rather than hold back the stream everyone else reads.
 
-// sinkRoom returns how many events the next page may hold: size, or, on
-// the first catch-up with a sink, no more than the journal takes without
-// purging an event the sink still needs. While that is none it waits for
-// the sink (the watchdog paused: the wait is not vCenter's), as long as
-// the sink takes events; one that takes none for sinkPatience is waited
-// for no more.
-func (c *Collector) sinkRoom(ctx context.Context, size int, watchdog *sessionWatchdog) (int, error) {
-	if c.sink == nil || c.sinkGaveUp || c.status.Ready() {
+// sinkRoom returns how many events the next page may hold: size, or, while
+// the first catch-up reads the backlog (pacesSink), no more than the journal
+// takes without purging an event the sink still needs. While that is none
+// it waits for the sink, with the watchdog paused (the wait is not
+// vCenter's) and the session kept alive, as long as the sink takes events;
+// one that takes none for sinkPatience is waited for no more.
+func (c *Collector) sinkRoom(ctx context.Context, size int, watchdog *sessionWatchdog, keepAlive func() error) (int, error) {
+	if !c.pacesSink() {
 		return size, nil
 	}
+	done, progressAt := c.sink.done.Load(), time.Now()
 	for {
 		needs := c.sink.needsFrom()
 		if needs < 0 {
@@ -36,44 +37,45 @@ func (c *Collector) sinkRoom(ctx context.Context, size int, watchdog *sessionWat
 		}
 		through, _ := c.journal.nextPurge()
 		c.log.Debug("waiting for the sink before reading on", "sink_needs", needs, "purges_through", through)
-		doneBefore := c.sink.done.Load()
-		outcome := sinkWaitReached
-		if !watchdog.pause(func() bool {
-			outcome = c.waitForSink(ctx, through)
-			return outcome != sinkWaitEnded
-		}) {
+		if !watchdog.pause(func() bool { return c.waitForSink(ctx, through) }) {
 			return 0, context.Cause(ctx)
 		}
-		c.status.beat() // waiting on a sink that makes progress is no wedge
-		if outcome == sinkWaitTimedOut && c.sink.done.Load() == doneBefore {
+		c.status.beat()
+		if now := c.sink.done.Load(); now != done {
+			done, progressAt = now, time.Now()
+		}
+		if time.Since(progressAt) >= c.opts.sinkPatience {
 			c.sinkGaveUp = true
 			c.log.Warn("the sink took no event for a while: reading vCenter's backlog on without it; the events it needs may be purged before delivery (sink_lost_total)",
 				"sink_needs", needs, "waited", c.opts.sinkPatience.String())
 			return size, nil
 		}
+		if err := keepAlive(); err != nil {
+			return 0, err
+		}
 	}
 }
 
-// sinkWait is how a wait for the sink ended.
-type sinkWait int
+// pacesSink reports whether the collector reads at the sink's pace: on
+// its first catch-up, while it reads the events created before it began.
+// Then it reads on as fast as vCenter answers, even for a sink slower than
+// vCenter's own rate: the catch-up ends, and the server gets ready.
+func (c *Collector) pacesSink() bool {
+	return c.sink != nil && !c.sinkGaveUp && !c.status.Ready() &&
+		(c.lastCreated.IsZero() || c.lastCreated.Before(c.backlogUntil))
+}
 
-const (
-	sinkWaitReached  sinkWait = iota // the sink is done with the offset
-	sinkWaitTimedOut                 // sinkPatience passed first
-	sinkWaitEnded                    // the context ended
-)
-
-// waitForSink waits until the sink is done with offset, for at most
-// sinkPatience.
-func (c *Collector) waitForSink(ctx context.Context, offset int64) sinkWait {
-	patience := time.NewTimer(c.opts.sinkPatience)
-	defer patience.Stop()
+// waitForSink waits until the sink is done with offset, for at most the
+// shorter of sinkPatience and the keep-alive interval; it reports false if
+// ctx ended first.
+func (c *Collector) waitForSink(ctx context.Context, offset int64) bool {
+	bound := time.NewTimer(min(c.opts.sinkPatience, c.opts.keepAlive))
+	defer bound.Stop()
 	select {
 	case <-c.sink.doneThrough(offset):
-		return sinkWaitReached
-	case <-patience.C:
-		return sinkWaitTimedOut
+	case <-bound.C:
 	case <-ctx.Done():
-		return sinkWaitEnded
+		return false
 	}
+	return true
 }
