@@ -8,11 +8,12 @@ import (
 // A sink that resumes from a checkpoint needs every event vCenter logged
 // since, but the collector reads vCenter's backlog far faster than a sink
 // takes events, and the journal, the delivery buffer, would purge the
-// oldest before they were delivered, though vCenter still has them. So on
-// its first catch-up the collector reads no further than the journal has
-// room for without purging an event the sink still needs, and waits for
-// the sink otherwise. Only then: once caught up, a slow sink loses events
-// (sink_lost_total) rather than hold back the stream everyone else reads.
+// oldest before they were delivered, though vCenter still has them. So
+// while it reads the events logged before it started, the collector reads
+// no further than the journal has room for without purging an event the
+// sink still needs, and waits for the sink otherwise. Only then: after
+// that, a slow sink loses events (sink_lost_total) rather than hold back
+// the stream everyone else reads.
 
 // sinkRoom returns how many events the next page may hold: size, or, while
 // the first catch-up reads the backlog (pacesSink), no more than the journal
