@@ -985,51 +985,6 @@ func TestAuthRevokedRequestEnds(t *testing.T) {
 	}
 }
 
-// TestAuthRevokedWatchPlainHTTP: over plain HTTP/1.1 with tokens on, the
-// watches (NDJSON and SSE, on connections taken from net/http) of a token
-// removed from the file end cleanly at the reload; those of a listed token
-// go on and get the next event.
-func TestAuthRevokedWatchPlainHTTP(t *testing.T) {
-	t.Parallel()
-	a, path, _ := newTestAuth(t, tokenAlice+"\n"+tokenBob+"\n")
-	j := openAPIGoldenJournal(t)
-	srv := httptest.NewServer(newHandler(j, &CollectorStatus{}, apiLogger(), withAuth(a)))
-	t.Cleanup(srv.Close)
-	watch := func(token string, sse bool) *watchStream {
-		h := http.Header{"Authorization": {"Bearer " + token}}
-		if sse {
-			h.Set("Accept", "text/event-stream")
-		}
-		w := openWatchWith(t, srv.Client(), srv.URL+"/api/v1/events?watch=true", h)
-		if w.resp.ProtoMajor != 1 || !w.resp.Close {
-			t.Fatalf("watch over %s (Connection: close %v), want HTTP/1.1 on a taken connection", w.resp.Proto, w.resp.Close)
-		}
-		return w
-	}
-	alice, aliceSSE := watch(tokenAlice, false), watch(tokenAlice, true)
-	bob, bobSSE := watch(tokenBob, false), watch(tokenBob, true)
-
-	writeFile(t, path, tokenBob+"\n"+tokenCarol+"\n")
-	a.reload()
-	if err := alice.end(t); err != nil {
-		t.Errorf("NDJSON watch of the removed token ended with %v, want a clean end", err)
-	}
-	if err := aliceSSE.end(t); err != nil {
-		t.Errorf("SSE watch of the removed token ended with %v, want a clean end", err)
-	}
-
-	next := appendNextEvent(t, j)
-	if got := decodeEvent(t, bob.next(t)); got.ID != strconv.FormatInt(next, 10) {
-		t.Errorf("NDJSON watch of a listed token got event %q, want %d", got.ID, next)
-	}
-	// (An SSE watch begins with its position: an id without data.)
-	for want := strconv.FormatInt(next, 10); ; {
-		if id, ok := strings.CutPrefix(string(bobSSE.next(t)), "id: "); ok && id == want {
-			break
-		}
-	}
-}
-
 // TestAuthSessionExpiryEndsWatch: a watch a browser session admitted ends,
 // cleanly, when the session expires (the page then signs in again); one a
 // bearer token admitted goes on.

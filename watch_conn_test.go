@@ -300,25 +300,30 @@ func TestTakenWatchHTTP2(t *testing.T) {
 }
 
 // TestTakenWatchRevoked: removing a token ends the watches opened with it
-// on taken connections cleanly (the last chunk), and only those.
+// on taken connections (NDJSON and SSE) cleanly (the last chunk), and only
+// those: a listed token's watches get the next event.
 func TestTakenWatchRevoked(t *testing.T) {
 	t.Parallel()
 	a, path, _ := newTestAuth(t, tokenAlice+"\n"+tokenBob+"\n")
 	s := startTakenServer(t, false, withAuth(a))
 	addr := s.srv.Listener.Addr().String()
-	open := func(token string) *bufio.Reader {
+	open := func(token, accept string) *bufio.Reader {
 		t.Helper()
-		_, br, _, status, head := rawTakenWatch(t, addr, "GET /api/v1/events?watch=true HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "+token)
+		_, br, _, status, head := rawTakenWatch(t, addr, "GET /api/v1/events?watch=true HTTP/1.1\r\nHost: x\r\nAccept: "+accept+"\r\nAuthorization: Bearer "+token)
 		if status != "HTTP/1.1 200 OK" || head.Get("Connection") != "close" {
 			t.Fatalf("watch: %q %v", status, head)
 		}
 		return br
 	}
-	alice, bob := open(tokenAlice), open(tokenBob)
+	alice, aliceSSE := open(tokenAlice, "application/x-ndjson"), open(tokenAlice, "text/event-stream")
+	bob, bobSSE := open(tokenBob, "application/x-ndjson"), open(tokenBob, "text/event-stream")
 	writeFile(t, path, tokenBob+"\n"+tokenCarol+"\n")
 	a.reload()
 	if rest, err := io.ReadAll(alice); err != nil || string(rest) != "0\r\n\r\n" {
 		t.Errorf("watch of the removed token: %q, %v; want the last chunk and the end", rest, err)
+	}
+	if rest, err := io.ReadAll(aliceSSE); err != nil || !strings.HasSuffix(string(rest), "0\r\n\r\n") {
+		t.Errorf("SSE watch of the removed token: %q, %v; want the last chunk and the end", rest, err)
 	}
 	if err := s.j.Append(1, apiRecord(1)); err != nil {
 		t.Fatal(err)
@@ -327,5 +332,14 @@ func TestTakenWatchRevoked(t *testing.T) {
 	got := make([]byte, len(want))
 	if _, err := io.ReadFull(bob, got); err != nil || string(got) != want {
 		t.Errorf("watch of a listed token: %q, %v; want %q", got, err, want)
+	}
+	for {
+		line, err := bobSSE.ReadString('\n')
+		if err != nil {
+			t.Fatalf("SSE watch of a listed token: %v before event 1", err)
+		}
+		if line == "id: 1\n" {
+			break
+		}
 	}
 }
