@@ -195,16 +195,7 @@ func authGet(t testing.TB, client *http.Client, url, token string, header ...str
 	for i := 0; i+1 < len(header); i += 2 {
 		req.Header.Set(header[i], header[i+1])
 	}
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return resp, body
+	return fetch(t, client, req)
 }
 
 // checkUnauthorized fails unless the answer is the 401 of API.md.

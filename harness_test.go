@@ -269,7 +269,18 @@ func writeFile(t testing.TB, path, content string) {
 // get fetches url and returns its status and body.
 func get(t testing.TB, url string) (int, []byte) {
 	t.Helper()
-	resp, err := http.Get(url)
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, body := fetch(t, http.DefaultClient, req)
+	return resp.StatusCode, body
+}
+
+// fetch sends req with client and returns the answer, its body read.
+func fetch(t testing.TB, client *http.Client, req *http.Request) (*http.Response, []byte) {
+	t.Helper()
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,7 +289,7 @@ func get(t testing.TB, url string) (int, []byte) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return resp.StatusCode, body
+	return resp, body
 }
 
 // serverRange returns the server's /api/v1/range.
