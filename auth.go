@@ -439,7 +439,7 @@ func (a *tokenAuth) protect(mux *http.ServeMux) http.Handler {
 				defer a.untrack(req)
 				defer cancel(nil)
 				r2 := r.WithContext(ctx)
-				mux.ServeHTTP(privateWriter{w}, r2)
+				mux.ServeHTTP(&privateWriter{ResponseWriter: w}, r2)
 				// instrument labels the request with the route the mux
 				// matched, on its own copy of the request.
 				r.Pattern = r2.Pattern

@@ -16,35 +16,44 @@ import (
 
 // privateWriter marks the answer private (markPrivate) when its head is
 // written, whichever way that happens: after the handler has set its own
-// Cache-Control, which the mark keeps if it is strict enough.
+// Cache-Control, which the mark keeps if it is strict enough. It marks
+// once: a watch's later writes (each event) cost a test of a flag.
 type privateWriter struct {
 	http.ResponseWriter
+	marked bool
 }
 
-func (p privateWriter) WriteHeader(code int) {
-	markPrivate(p.Header())
+func (p *privateWriter) mark() {
+	if !p.marked {
+		p.marked = true
+		markPrivate(p.Header())
+	}
+}
+
+func (p *privateWriter) WriteHeader(code int) {
+	p.mark()
 	p.ResponseWriter.WriteHeader(code)
 }
 
-func (p privateWriter) Write(b []byte) (int, error) {
-	markPrivate(p.Header())
+func (p *privateWriter) Write(b []byte) (int, error) {
+	p.mark()
 	return p.ResponseWriter.Write(b)
 }
 
 // FlushError is what http.ResponseController's Flush calls.
-func (p privateWriter) FlushError() error {
-	markPrivate(p.Header())
+func (p *privateWriter) FlushError() error {
+	p.mark()
 	return http.NewResponseController(p.ResponseWriter).Flush()
 }
 
 // Hijack is what http.ResponseController's Hijack calls: a watch that takes
 // the connection (watch_conn.go) writes the head itself.
-func (p privateWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	markPrivate(p.Header())
+func (p *privateWriter) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	p.mark()
 	return http.NewResponseController(p.ResponseWriter).Hijack()
 }
 
-func (p privateWriter) Unwrap() http.ResponseWriter { return p.ResponseWriter }
+func (p *privateWriter) Unwrap() http.ResponseWriter { return p.ResponseWriter }
 
 // markPrivate makes h the head of an answer for one client: Cache-Control
 // private unless it is no-store already, and Vary naming Authorization and
