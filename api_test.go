@@ -1338,3 +1338,20 @@ func FuzzAPIRequest(f *testing.F) {
 		checkProblem(t, what, w.Result(), w.Body.Bytes(), w.Code)
 	})
 }
+
+// BenchmarkAPIPage is one page request through the whole handler (routing,
+// metrics, the debug log off), the API's common path.
+func BenchmarkAPIPage(b *testing.B) {
+	j := NewJournal(4)
+	for _, k := range []int64{1, 2, 3} {
+		if err := j.Append(k, apiRecord(k)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	h := newHandler(j, &CollectorStatus{}, slog.New(slog.DiscardHandler))
+	r := httptest.NewRequest(http.MethodGet, "/api/v1/events?offset=1&limit=2&type=VmPoweredOnEvent", nil)
+	b.ReportAllocs()
+	for b.Loop() {
+		h.ServeHTTP(httptest.NewRecorder(), r)
+	}
+}
