@@ -264,6 +264,14 @@ func (j *Journal) Wait(ctx context.Context, offset int64) error {
 	}
 }
 
+// holds reports whether the journal holds offset or a later one: the
+// question appendedAfter answers, under the read lock and without making a
+// channel (a taken watch is woken by the waker, not by that channel).
+func (j *Journal) holds(offset int64) bool {
+	_, latest, ok := j.Range()
+	return ok && latest >= offset
+}
+
 // appendedAfter returns nil if the journal holds a record with an offset
 // >= offset, else a channel that the next append closes (which may still
 // be below offset: ask again). It lets a waiter also wait for other things

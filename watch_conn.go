@@ -179,7 +179,7 @@ func (c *connOutput) wait(ctx context.Context, j *Journal, next int64, s watchSe
 			s.waker.remove(c)
 			return false
 		}
-		if j.appendedAfter(next) == nil {
+		if j.holds(next) {
 			s.waker.remove(c)
 			return true
 		}
@@ -206,7 +206,7 @@ func (c *connOutput) wait(ctx context.Context, j *Journal, next int64, s watchSe
 		if ctx.Err() != nil {
 			return false
 		}
-		if j.appendedAfter(next) == nil {
+		if j.holds(next) {
 			return true
 		}
 		if !due.IsZero() && !time.Now().Before(due) {
