@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"html/template"
 	"log/slog"
+	"mime"
 	"net/http"
 	"net/url"
 	"os"
@@ -52,8 +53,11 @@ const (
 	// sessionLifetime bounds a browser session: the cookie expires even if
 	// its token stays listed.
 	sessionLifetime = 12 * time.Hour
-	// maxLoginForm bounds the body of POST /ui/login.
-	maxLoginForm = 16 << 10
+	// maxLoginForm bounds the body of POST /ui/login, and loginReadTimeout
+	// the time to send it: the route is open, so a client must not hold a
+	// connection by promising more body than it sends.
+	maxLoginForm     = 16 << 10
+	loginReadTimeout = 10 * time.Second
 )
 
 // Browser login routes: open to everyone, and the only routes that take POST.
@@ -568,15 +572,19 @@ func handleLoginForm(page *loginPage) http.Handler {
 // token sets the session cookie and leads on to next; any other answers
 // the form again with 401. Cross-origin posts are refused (login CSRF).
 func handleLogin(a *tokenAuth, page *loginPage) http.Handler {
-	return http.NewCrossOriginProtection().Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r.Body = http.MaxBytesReader(w, r.Body, maxLoginForm)
-		if err := r.ParseForm(); err != nil {
-			writeProblem(w, newProblem(http.StatusBadRequest, "malformed login form: %v", err))
+	return sameOrigin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p := readLoginForm(w, r); p != nil {
+			writeProblem(w, p)
 			return
 		}
 		next := localPath(r.PostForm.Get(paramNext))
+		tokens := r.PostForm["token"]
+		if len(tokens) != 1 || strings.TrimSpace(tokens[0]) == "" {
+			page.write(w, r, http.StatusBadRequest, loginPageData{Next: next, Error: "Enter one token."})
+			return
+		}
 		set := a.tokens.Load()
-		i := set.match(sha256.Sum256([]byte(strings.TrimSpace(r.PostForm.Get("token")))))
+		i := set.match(sha256.Sum256([]byte(strings.TrimSpace(tokens[0]))))
 		if i < 0 {
 			a.log.Info("browser login refused: unknown token", "remote", r.RemoteAddr)
 			w.Header().Set("WWW-Authenticate", bearerChallenge)
@@ -601,9 +609,41 @@ func handleLogin(a *tokenAuth, page *loginPage) http.Handler {
 	}))
 }
 
+// readLoginForm reads the login form into r.PostForm, or returns the
+// problem with it: not a form (415), too large (413), too slow (408) or
+// malformed (400).
+func readLoginForm(w http.ResponseWriter, r *http.Request) *problem {
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/x-www-form-urlencoded" {
+		return newProblem(http.StatusUnsupportedMediaType, "the login form is sent as application/x-www-form-urlencoded (a field token), not %q", r.Header.Get("Content-Type"))
+	}
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(loginReadTimeout))
+	r.Body = http.MaxBytesReader(w, r.Body, maxLoginForm)
+	err := r.ParseForm()
+	var tooLarge *http.MaxBytesError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &tooLarge):
+		return newProblem(http.StatusRequestEntityTooLarge, "the login form is larger than %d bytes", maxLoginForm)
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return newProblem(http.StatusRequestTimeout, "the login form did not arrive within %v", loginReadTimeout)
+	}
+	return newProblem(http.StatusBadRequest, "malformed login form: %v", err)
+}
+
+// sameOrigin refuses, with a 403 problem, a post from another site (login
+// CSRF).
+func sameOrigin(h http.Handler) http.Handler {
+	c := http.NewCrossOriginProtection()
+	c.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeProblem(w, newProblem(http.StatusForbidden, "a cross-origin post to %s is refused: sign in from this server's own page", r.URL.Path))
+	}))
+	return c.Handler(h)
+}
+
 // handleLogout ends the browser's session (POST /ui/logout).
 func handleLogout() http.Handler {
-	return http.NewCrossOriginProtection().Handler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return sameOrigin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		http.SetCookie(w, &http.Cookie{
 			Name: sessionCookieName(r), Value: "", Path: "/", MaxAge: -1,
 			Secure: r.TLS != nil, HttpOnly: true, SameSite: http.SameSiteLaxMode,

@@ -1007,6 +1007,67 @@ func TestAuthSessionExpiryEndsWatch(t *testing.T) {
 	}
 }
 
+// TestAuthLoginBadInput: a login post the server cannot use says why, with
+// a 4xx: not a form, too large, too slow (the route is open: a client must
+// not hold a connection by promising more body), no token or two, another
+// site.
+func TestAuthLoginBadInput(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger(), withAuth(testTokenAuth(tokenAlice))))
+	t.Cleanup(srv.Close)
+	form := "application/x-www-form-urlencoded"
+	for _, tc := range []struct {
+		name, contentType, body string
+		header              []string
+		status              int
+		problem             bool // problem+json, else the login page
+	}{
+		{"JSON", "application/json", `{"token":"` + tokenAlice + `"}`, nil, http.StatusUnsupportedMediaType, true},
+		{"multipart", "multipart/form-data; boundary=x", "--x--", nil, http.StatusUnsupportedMediaType, true},
+		{"no content type", "", "token=" + tokenAlice, nil, http.StatusUnsupportedMediaType, true},
+		{"too large", form, "token=" + strings.Repeat("a", maxLoginForm), nil, http.StatusRequestEntityTooLarge, true},
+		{"malformed", form, "token=%zz", nil, http.StatusBadRequest, true},
+		{"no token", form, "next=/", nil, http.StatusBadRequest, false},
+		{"empty token", form, "token=+", nil, http.StatusBadRequest, false},
+		{"two tokens", form, "token=x&token=" + tokenAlice, nil, http.StatusBadRequest, false},
+		{"another site", form, "token=" + tokenAlice, []string{"Sec-Fetch-Site", "cross-site"}, http.StatusForbidden, true},
+	} {
+		req, err := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+loginPath, strings.NewReader(tc.body))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if tc.contentType != "" {
+			req.Header.Set("Content-Type", tc.contentType)
+		}
+		for i := 0; i+1 < len(tc.header); i += 2 {
+			req.Header.Set(tc.header[i], tc.header[i+1])
+		}
+		resp, body := fetch(t, srv.Client(), req)
+		want := "text/html; charset=utf-8"
+		if tc.problem {
+			want = "application/problem+json"
+		}
+		if resp.StatusCode != tc.status || resp.Header.Get("Content-Type") != want || len(resp.Cookies()) != 0 {
+			t.Errorf("%s: %d %s %v, want %d %s without a cookie: %s", tc.name, resp.StatusCode, resp.Header.Get("Content-Type"), resp.Cookies(), tc.status, want, body)
+		}
+	}
+
+	// A body shorter than promised is given up after loginReadTimeout.
+	conn, err := net.Dial("tcp", srv.Listener.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(loginReadTimeout + waitTimeout))
+	if _, err := io.WriteString(conn, "POST "+loginPath+" HTTP/1.1\r\nHost: x\r\nContent-Type: "+form+"\r\nContent-Length: 100\r\n\r\ntoken=x"); err != nil {
+		t.Fatal(err)
+	}
+	status, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil || !strings.HasPrefix(status, "HTTP/1.1 408 ") {
+		t.Errorf("a body shorter than its length: %q %v, want 408", status, err)
+	}
+}
+
 // appendNextEvent appends an event at the key after j's latest and returns
 // the key.
 func appendNextEvent(t *testing.T, j *Journal) int64 {
