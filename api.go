@@ -195,13 +195,20 @@ const (
 	paramTimeout = "timeoutSeconds"
 )
 
+// eventsParams are the query parameters of /api/v1/events, the API's only
+// ones.
+func eventsParams() [6]string {
+	return [...]string{paramOffset, paramLimit, paramWatch, paramTimeout, paramType, paramEventClass}
+}
+
 // parseEventsQuery validates the request of /api/v1/events; an offset
 // error carries j's range, as every offset error does. A client that
 // accepts text/event-stream (a browser's EventSource) watches as
 // Server-Sent Events, and its Last-Event-ID resumes after that key.
 func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 	q := eventsQuery{limit: defaultPageSize}
-	values, p := parseQuery(r.URL.RawQuery, paramOffset, paramLimit, paramWatch, paramTimeout, paramType, paramEventClass)
+	params := eventsParams()
+	values, p := parseQuery(r.URL.RawQuery, params[:]...)
 	if p != nil {
 		return q, p
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 )
 
@@ -36,11 +37,8 @@ func redactTarget(target string, depth int) string {
 // of the API, which carry offsets and filters, never a secret. Any other
 // parameter (a token, or a mistake the answer named) is logged by name.
 func loggedParam(name string) bool {
-	switch name {
-	case paramOffset, paramLimit, paramWatch, paramTimeout, paramType, paramEventClass:
-		return true
-	}
-	return false
+	params := eventsParams()
+	return slices.Contains(params[:], name)
 }
 
 // redactQuery redacts the values of a raw query but those loggedParam
