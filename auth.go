@@ -433,11 +433,13 @@ func (a *tokenAuth) protect(mux *http.ServeMux) http.Handler {
 			return
 		}
 		if digest, expires, ok := a.authenticate(r); ok {
-			ctx, cancel := context.WithCancelCause(r.Context())
+			base := r.Context()
 			if !expires.IsZero() {
-				expiry := time.AfterFunc(time.Until(expires), func() { cancel(ErrSessionExpired) })
-				defer expiry.Stop()
+				var stop context.CancelFunc
+				base, stop = context.WithDeadlineCause(base, expires, ErrSessionExpired)
+				defer stop()
 			}
+			ctx, cancel := context.WithCancelCause(base)
 			req := &authedRequest{digest: digest, cancel: cancel}
 			if a.track(req) {
 				defer a.untrack(req)
