@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"slices"
 	"strconv"
@@ -64,12 +65,15 @@ func (r *statusRecorder) Write(p []byte) (int, error) {
 
 func (r *statusRecorder) Unwrap() http.ResponseWriter { return r.ResponseWriter }
 
-// setStatus records the status of a response that the handler wrote itself
-// on a connection it took over from net/http (a watch, watch_conn.go).
-func (r *statusRecorder) setStatus(code int) {
-	if r.code == 0 {
-		r.code = code
+// Hijack is what http.ResponseController's Hijack calls. Only a watch takes
+// its connection over (watch_conn.go), to write 200 and its stream itself:
+// that is the status recorded.
+func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, rw, err := http.NewResponseController(r.ResponseWriter).Hijack()
+	if err == nil && r.code == 0 {
+		r.code = http.StatusOK
 	}
+	return conn, rw, err
 }
 
 // instrument counts every request by route and status, and logs it at

@@ -75,10 +75,6 @@ type connOutput struct {
 // longAgo is a deadline in the past: it ends a blocked read at once.
 var longAgo = time.Unix(1, 0)
 
-// statusSetter is a ResponseWriter that records the status of a response
-// its handler wrote itself (instrument's statusRecorder).
-type statusSetter interface{ setStatus(code int) }
-
 // takeConn takes the connection of an HTTP/1.x watch over from net/http
 // and writes the response head (status 200, w's header) itself: letting
 // net/http write it (WriteHeader, then Hijack, which flushes it) grows the
@@ -104,17 +100,6 @@ func takeConn(w http.ResponseWriter, r *http.Request, s watchSettings) *connOutp
 	// (RFC 9112, section 9.3.2).
 	*rw.Reader = bufio.Reader{}
 	*rw.Writer = bufio.Writer{}
-	for u := w; u != nil; {
-		if rec, ok := u.(statusSetter); ok {
-			rec.setStatus(http.StatusOK)
-			break
-		}
-		unwrapper, ok := u.(interface{ Unwrap() http.ResponseWriter })
-		if !ok {
-			break
-		}
-		u = unwrapper.Unwrap()
-	}
 
 	c := &connOutput{conn: conn, chunked: r.ProtoAtLeast(1, 1)}
 	// The request's context ends at shutdown (the server's BaseContext) and
