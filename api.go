@@ -248,7 +248,11 @@ func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 	}
 	if v, ok := values[paramLimit]; ok {
 		if q.watch {
-			return q, newProblem(http.StatusBadRequest, "parameter limit does not apply to a watch")
+			why := ""
+			if q.sse {
+				why = " (Accept: text/event-stream makes the request a watch)"
+			}
+			return q, newProblem(http.StatusBadRequest, "parameter limit does not apply to a watch%s", why)
 		}
 		n, err := strconv.Atoi(v[0])
 		if err != nil || n < 1 || n > maxPageSize || !isDigits(v[0]) {
@@ -272,14 +276,28 @@ func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 // acceptsEventStream reports whether the client asks for Server-Sent Events.
 func acceptsEventStream(r *http.Request) bool { return accepts(r, "text/event-stream") }
 
-// accepts reports whether the request's Accept headers name mediaType.
+// accepts reports whether the request's Accept headers name mediaType,
+// with a weight above zero ("q=0" means not acceptable, RFC 9110 12.4.2).
 func accepts(r *http.Request, mediaType string) bool {
 	for _, accept := range r.Header.Values("Accept") {
 		for _, media := range strings.Split(accept, ",") {
-			media, _, _ = strings.Cut(media, ";")
+			media, params, _ := strings.Cut(media, ";")
 			if strings.EqualFold(strings.TrimSpace(media), mediaType) {
-				return true
+				return !weighsZero(params)
 			}
+		}
+	}
+	return false
+}
+
+// weighsZero reports whether the parameters of a media range in Accept give
+// it the weight q=0.
+func weighsZero(params string) bool {
+	for param := range strings.SplitSeq(params, ";") {
+		name, value, _ := strings.Cut(param, "=")
+		if strings.EqualFold(strings.TrimSpace(name), "q") {
+			q, err := strconv.ParseFloat(strings.TrimSpace(value), 64)
+			return err == nil && q == 0
 		}
 	}
 	return false

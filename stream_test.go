@@ -245,6 +245,30 @@ func TestSSEHeartbeatAndErrors(t *testing.T) {
 			}
 		}
 	})
+	t.Run("Accept decides, q=0 refuses", func(t *testing.T) {
+		t.Parallel()
+		j := NewJournal(10)
+		if err := j.AppendRecord(typedRecord(1, "VmPoweredOnEvent", ClassEvent)); err != nil {
+			t.Fatal(err)
+		}
+		srv := streamServer(t, j)
+		for accept, want := range map[string]struct {
+			status int
+			detail string
+		}{
+			// q=0: not acceptable, so a page as without it.
+			"text/event-stream;q=0":               {http.StatusOK, ""},
+			"text/event-stream; q=0.0, */*":       {http.StatusOK, ""},
+			"application/json, text/event-stream": {http.StatusBadRequest, "Accept: text/event-stream makes the request a watch"},
+		} {
+			req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+"/api/v1/events?offset=1&limit=2", nil)
+			req.Header.Set("Accept", accept)
+			resp, body := fetch(t, http.DefaultClient, req)
+			if resp.StatusCode != want.status || !strings.Contains(string(body), want.detail) {
+				t.Errorf("Accept %q: %d %s, want %d naming %q", accept, resp.StatusCode, body, want.status, want.detail)
+			}
+		}
+	})
 	t.Run("timeoutSeconds", func(t *testing.T) {
 		t.Parallel()
 		srv := streamServer(t, NewJournal(10))
