@@ -522,12 +522,11 @@ func TestSSEResumeAcrossGap(t *testing.T) {
 	req, _ := http.NewRequest(http.MethodGet, srv.URL+"/api/v1/events?watch=true", nil)
 	req.Header.Set("Accept", "text/event-stream")
 	req.Header.Set("Last-Event-ID", "10")
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	resp.Body.Close()
+	resp, body := fetch(t, http.DefaultClient, req)
 	if resp.StatusCode != http.StatusGone {
 		t.Fatalf("resume after 10 (11 purged): %d, want 410", resp.StatusCode)
+	}
+	if !strings.Contains(string(body), "Last-Event-ID 10") {
+		t.Errorf("the 410 does not name what the client sent: %s", body)
 	}
 }

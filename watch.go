@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net/http"
 	"strconv"
@@ -221,7 +222,12 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 			check = j.ReadNext
 		}
 		if _, err := check(q.offset, 0, nil); err != nil {
-			writeProblem(w, offsetProblem(j, q.offset, err))
+			p := offsetProblem(j, q.offset, err)
+			if q.resume {
+				// Name what the client sent, not the offset after it.
+				p.Detail = fmt.Sprintf("resuming after Last-Event-ID %d: %s", q.offset-1, p.Detail)
+			}
+			writeProblem(w, p)
 			return
 		}
 		next = q.offset
