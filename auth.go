@@ -459,8 +459,10 @@ func (a *tokenAuth) protect(mux *http.ServeMux) http.Handler {
 			return
 		}
 		detail := "a token is required: send \"Authorization: Bearer <token>\" with one of the tokens in " + envTokensPath
-		if _, presented := bearerToken(r); presented || r.Header.Get("Authorization") != "" {
+		if _, presented := bearerToken(r); presented {
 			detail = "the token is not (or no longer) accepted: use one of the tokens in " + envTokensPath
+		} else if len(r.Header.Values("Authorization")) > 0 {
+			detail = "the Authorization header is malformed: send one, as \"Bearer <token>\" (a space, then the token)"
 		} else if _, err := r.Cookie(sessionCookieName(r)); err == nil {
 			detail = "the session is not (or no longer) valid: sign in again at " + loginPath
 		}

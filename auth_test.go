@@ -1068,6 +1068,27 @@ func TestAuthLoginBadInput(t *testing.T) {
 	}
 }
 
+// TestAuthMalformedHeader: a 401 for an Authorization header the server
+// cannot read says so, rather than that the token is not accepted.
+func TestAuthMalformedHeader(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger(), withAuth(testTokenAuth(tokenAlice))))
+	t.Cleanup(srv.Close)
+	for name, values := range map[string][]string{
+		"no token":    {"Bearer"},
+		"a tab":       {"Bearer\t" + tokenAlice},
+		"two headers": {"Bearer " + tokenAlice, "Bearer " + tokenAlice},
+		"Basic":       {"Basic " + tokenAlice},
+	} {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodGet, srv.URL+"/api/v1/range", nil)
+		req.Header["Authorization"] = values
+		resp, body := fetch(t, srv.Client(), req)
+		if resp.StatusCode != http.StatusUnauthorized || !strings.Contains(string(body), "Authorization header is malformed") {
+			t.Errorf("%s: %d %s, want 401 saying the header is malformed", name, resp.StatusCode, body)
+		}
+	}
+}
+
 // appendNextEvent appends an event at the key after j's latest and returns
 // the key.
 func appendNextEvent(t *testing.T, j *Journal) int64 {
