@@ -506,10 +506,13 @@
         const { value, done } = await reader.read();
         if (done) return { status: 200, problem: { detail: 'the stream ended' } };
         buf += value;
+        // Lines are cut from buf by index, and what is left kept once per
+        // chunk: slicing buf per line would copy a large chunk per line.
+        let start = 0;
         let nl;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          let line = buf.slice(0, nl);
-          buf = buf.slice(nl + 1);
+        while ((nl = buf.indexOf('\n', start)) >= 0) {
+          let line = buf.slice(start, nl);
+          start = nl + 1;
           if (line.endsWith('\r')) line = line.slice(0, -1);
           if (line === '') {
             if (emptyStart && (id !== null || data.length)) {
@@ -551,6 +554,7 @@
           else if (field === 'id' && !val.includes('\0')) id = val;
           else if (field === 'retry' && /^\d+$/.test(val)) retryMs = Number(val);
         }
+        buf = buf.slice(start);
       }
     } catch {
       return { status: 0, problem: { detail: 'connection lost' } };
