@@ -68,7 +68,7 @@ func newHandler(journal *Journal, status *CollectorStatus, log *slog.Logger, opt
 	if cfg.auth != nil {
 		h = cfg.auth.protect(mux)
 	}
-	return instrument(checkRequest(h), metrics, log)
+	return instrument(checkRequest(h, cfg.auth != nil), metrics, log)
 }
 
 // routeRegistry is where addRoutes registers routes: an *http.ServeMux, or
@@ -102,13 +102,9 @@ func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, met
 // checkRequest answers what no route should see: methods other than GET
 // and HEAD (every route is read-only, but for the browser's login form,
 // which takes POST) and overlong request targets.
-func checkRequest(next http.Handler) http.Handler {
+func checkRequest(next http.Handler, login bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method != http.MethodGet && r.Method != http.MethodHead && !(r.Method == http.MethodPost && acceptsPost(r.URL.Path)) {
-			allow, why := "GET, HEAD", "this API is read-only"
-			if acceptsPost(r.URL.Path) {
-				allow, why = "GET, HEAD, POST", "the login form is read and posted"
-			}
+		if allow, why := allowedMethods(r.URL.Path, login); !slices.Contains(strings.Split(allow, ", "), r.Method) {
 			w.Header().Set("Allow", allow)
 			writeProblem(w, newProblem(http.StatusMethodNotAllowed, "method %s is not allowed: %s (allowed: %s)", r.Method, why, allow))
 			return
@@ -124,6 +120,19 @@ func checkRequest(next http.Handler) http.Handler {
 		}
 		next.ServeHTTP(w, r)
 	})
+}
+
+// allowedMethods returns the methods path takes (as Allow lists them) and
+// why: the API is read-only; with tokens on, the browser's login form is
+// also posted, and its logout only posted.
+func allowedMethods(path string, login bool) (allow, why string) {
+	switch {
+	case login && path == loginPath:
+		return "GET, HEAD, POST", "the login form is read and posted"
+	case login && path == logoutPath:
+		return "POST", "signing out is a post"
+	}
+	return "GET, HEAD", "this API is read-only"
 }
 
 func handleNotFound() http.Handler {

@@ -412,11 +412,6 @@ func isAuthOpen(pattern string) bool {
 	return false
 }
 
-// acceptsPost reports whether path is one of the few that take POST: the
-// browser's login and logout.
-func acceptsPost(path string) bool {
-	return path == loginPath || path == logoutPath
-}
 
 // protect admits to mux only the requests that carry a listed token, except
 // those of the open routes. An admitted request's context ends with

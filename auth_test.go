@@ -895,7 +895,7 @@ func TestAuthBrowserLogin(t *testing.T) {
 	}
 
 	// Only the login routes take POST.
-	for path, allow := range map[string]string{"/api/v1/range": "GET, HEAD", loginPath: "GET, HEAD, POST"} {
+	for path, allow := range map[string]string{"/api/v1/range": "GET, HEAD", loginPath: "GET, HEAD, POST", logoutPath: "POST"} {
 		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPut, srv.URL+path, nil)
 		resp, err := client.Do(req)
 		if err != nil {
@@ -1065,6 +1065,22 @@ func TestAuthLoginBadInput(t *testing.T) {
 	status, err := bufio.NewReader(conn).ReadString('\n')
 	if err != nil || !strings.HasPrefix(status, "HTTP/1.1 408 ") {
 		t.Errorf("a body shorter than its length: %q %v, want 408", status, err)
+	}
+}
+
+// TestAuthLoginRoutesOnlyWithTokens: without tokens there is no login
+// form: its paths take what every other path takes.
+func TestAuthLoginRoutesOnlyWithTokens(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger()))
+	t.Cleanup(srv.Close)
+	for _, path := range []string{loginPath, logoutPath} {
+		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+path, strings.NewReader("token=x"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		resp, body := fetch(t, srv.Client(), req)
+		if resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD" {
+			t.Errorf("POST %s without tokens: %d Allow %q: %s, want 405 Allow \"GET, HEAD\"", path, resp.StatusCode, resp.Header.Get("Allow"), body)
+		}
 	}
 }
 
