@@ -229,21 +229,21 @@ func (d *Deliverer) checkResume(ctx context.Context) bool {
 	// The checkpoint's own key held (or a later one): the same vCenter.
 	// Start at once, before the collector has read the whole backlog,
 	// which the journal may not hold all of.
-	reached, stop := context.WithCancel(ctx)
-	defer stop()
-	if d.collectorCaughtUp != nil {
-		go func() {
-			select {
-			case <-d.collectorCaughtUp:
-				stop()
-			case <-reached.Done():
-			}
-		}()
-	} else {
-		stop()
-	}
-	if d.journal.Wait(reached, d.resume.Offset) == nil {
-		return true
+	for caughtUp := d.collectorCaughtUp; ; {
+		appended := d.journal.appendedAfter(d.resume.Offset)
+		if appended == nil {
+			return true
+		}
+		if caughtUp == nil {
+			break
+		}
+		select {
+		case <-appended:
+		case <-caughtUp:
+			caughtUp = nil // one more look, then the journal tells
+		case <-ctx.Done():
+			return false
+		}
 	}
 	for ctx.Err() == nil {
 		// Caught up below the checkpoint, or with nothing since its time:
