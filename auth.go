@@ -412,7 +412,6 @@ func isAuthOpen(pattern string) bool {
 	return false
 }
 
-
 // protect admits to mux only the requests that carry a listed token, except
 // those of the open routes. An admitted request's context ends with
 // ErrTokenRevoked when its token is removed, and one a browser session

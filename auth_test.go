@@ -1018,9 +1018,9 @@ func TestAuthLoginBadInput(t *testing.T) {
 	form := "application/x-www-form-urlencoded"
 	for _, tc := range []struct {
 		name, contentType, body string
-		header              []string
-		status              int
-		problem             bool // problem+json, else the login page
+		header                  []string
+		status                  int
+		problem                 bool // problem+json, else the login page
 	}{
 		{"JSON", "application/json", `{"token":"` + tokenAlice + `"}`, nil, http.StatusUnsupportedMediaType, true},
 		{"multipart", "multipart/form-data; boundary=x", "--x--", nil, http.StatusUnsupportedMediaType, true},
