@@ -51,9 +51,8 @@ type Journal struct {
 	// first is the first offset ever appended, -1 before: records below it
 	// came before the stream began, so no reader can have them.
 	first int64
-	// appended is closed by the next Append, waking every waiting reader. It
-	// is made only when a reader waits, so appends with no waiter cost nothing.
-	appended chan struct{}
+	// appends wakes the readers that wait for a record (Wait).
+	appends notifier
 }
 
 // NewJournal returns an empty journal holding at most 2 x maxSegment records.
@@ -80,6 +79,16 @@ func (j *Journal) Append(offset int64, data []byte) error {
 // AppendRecord adds rec, whose offset must be above every offset held. The
 // journal keeps rec.Data as it is: the caller must not modify it afterwards.
 func (j *Journal) AppendRecord(rec Record) error {
+	if err := j.add(rec); err != nil {
+		return err
+	}
+	// After the lock is released: a woken reader finds the record.
+	j.appends.notify()
+	return nil
+}
+
+// add appends rec under the lock.
+func (j *Journal) add(rec Record) error {
 	offset := rec.Offset
 	j.mu.Lock()
 	defer j.mu.Unlock()
@@ -112,10 +121,6 @@ func (j *Journal) AppendRecord(rec Record) error {
 	}
 	j.active = append(j.active, rec)
 	j.bytes += len(rec.Data)
-	if j.appended != nil {
-		close(j.appended)
-		j.appended = nil
-	}
 	return nil
 }
 
@@ -248,45 +253,24 @@ func (j *Journal) ReadLast(limit int, dst []Record) []Record {
 }
 
 // Wait blocks until the journal holds a record with an offset >= offset, or
-// ctx is done, in which case it returns ctx's error. Readers wait on a
-// channel closed by Append: no polling, and an idle reader costs nothing.
+// ctx is done, in which case it returns ctx's error. Readers are woken by
+// the appends: no polling, and an idle reader costs nothing.
 func (j *Journal) Wait(ctx context.Context, offset int64) error {
-	for {
-		appended := j.appendedAfter(offset)
-		if appended == nil {
-			return nil
-		}
-		select {
-		case <-appended:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	if !j.appends.waitFor(ctx, func() bool { return j.holds(offset) }) {
+		return ctx.Err()
 	}
+	return nil
 }
 
-// holds reports whether the journal holds offset or a later one: the
-// question appendedAfter answers, under the read lock and without making a
-// channel (a taken watch is woken by the waker, not by that channel).
+// holds reports whether the journal holds offset or a later one.
 func (j *Journal) holds(offset int64) bool {
 	_, latest, ok := j.Range()
 	return ok && latest >= offset
 }
 
-// appendedAfter returns nil if the journal holds a record with an offset
-// >= offset, else a channel that the next append closes (which may still
-// be below offset: ask again). It lets a waiter also wait for other things
-// (a heartbeat's timer) without a context of its own per wait.
-func (j *Journal) appendedAfter(offset int64) <-chan struct{} {
-	j.mu.Lock()
-	defer j.mu.Unlock()
-	if _, latest, ok := j.rangeLocked(); ok && latest >= offset {
-		return nil
-	}
-	if j.appended == nil {
-		j.appended = make(chan struct{})
-	}
-	return j.appended
-}
+// appended returns a channel closed by the next append, for a waiter that
+// also waits for something else (the watch waker).
+func (j *Journal) appended() <-chan struct{} { return j.appends.changed() }
 
 func (j *Journal) segmentsLocked() [2][]Record {
 	return [2][]Record{j.history, j.active}

@@ -95,11 +95,11 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 // hasWaiter reports whether a reader is blocked (or about to block) in Wait:
-// Wait makes the appended channel just before it blocks, and Append clears it.
+// Wait makes the notifier's channel just before it blocks, and Append clears it.
 func hasWaiter(j *Journal) bool {
-	j.mu.RLock()
-	defer j.mu.RUnlock()
-	return j.appended != nil
+	j.appends.mu.Lock()
+	defer j.appends.mu.Unlock()
+	return j.appends.next != nil
 }
 
 func TestJournalRollOverAndPurge(t *testing.T) {

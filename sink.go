@@ -230,8 +230,8 @@ func (d *Deliverer) checkResume(ctx context.Context) bool {
 	// Start at once, before the collector has read the whole backlog,
 	// which the journal may not hold all of.
 	for caughtUp := d.collectorCaughtUp; ; {
-		appended := d.journal.appendedAfter(d.resume.Offset)
-		if appended == nil {
+		appended := d.journal.appended()
+		if d.journal.holds(d.resume.Offset) {
 			return true
 		}
 		if caughtUp == nil {

@@ -386,28 +386,23 @@ func sendBatch(out watchOutput, j *Journal, filter eventFilter, s watchSettings,
 
 // waitOrBeat waits for a record at or above next; while none comes it
 // sends the format's heartbeat every interval. It reports whether the watch
-// goes on. One timer serves all the heartbeats of a wait.
+// goes on.
 func waitOrBeat(ctx context.Context, j *Journal, next int64, out watchOutput, s watchSettings) bool {
 	beat := s.format.heartbeat()
 	if beat == nil || s.heartbeat <= 0 {
 		return j.Wait(ctx, next) == nil
 	}
-	heartbeat := time.NewTimer(s.heartbeat)
-	defer heartbeat.Stop()
 	for {
-		appended := j.appendedAfter(next)
-		if appended == nil {
+		beatCtx, cancel := context.WithTimeout(ctx, s.heartbeat)
+		err := j.Wait(beatCtx, next)
+		cancel()
+		switch {
+		case err == nil:
 			return true
-		}
-		select {
-		case <-appended:
-		case <-ctx.Done():
+		case ctx.Err() != nil:
 			return false
-		case <-heartbeat.C:
-			if !writeHeartbeat(out, s, beat, next) {
-				return false
-			}
-			heartbeat.Reset(s.heartbeat)
+		case !writeHeartbeat(out, s, beat, next):
+			return false
 		}
 	}
 }

@@ -325,9 +325,9 @@ func (w *watchWaker) run(context.Context) {
 		if low == math.MaxInt64 {
 			continue
 		}
-		// Any append closes the channel: one below low too, which the
-		// next round sees.
-		if appended := w.j.appendedAfter(low); appended != nil {
+		// Any append wakes this: one below low too, which the next round
+		// sees.
+		if appended := w.j.appended(); !w.j.holds(low) {
 			select {
 			case <-appended:
 			case <-w.empty:
@@ -366,44 +366,33 @@ func (w *watchWaker) wakeReady() (low int64, done bool) {
 // then) to its end; one served by net/http counts too, at no harm. It is
 // safe for concurrent use.
 type takenWatches struct {
-	mu    sync.Mutex
-	n     int
-	ended chan struct{} // closed when n falls to 0, if someone waits
+	mu      sync.Mutex
+	n       int
+	changes notifier
 }
 
-func (t *takenWatches) add() {
+func (t *takenWatches) add() { t.change(1) }
+
+func (t *takenWatches) done() { t.change(-1) }
+
+func (t *takenWatches) change(by int) {
 	t.mu.Lock()
-	t.n++
+	t.n += by
 	t.mu.Unlock()
-}
-
-func (t *takenWatches) done() {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.n--; t.n == 0 && t.ended != nil {
-		close(t.ended)
-		t.ended = nil
-	}
+	t.changes.notify()
 }
 
 // wait waits until no watch runs on a taken connection, or ctx ends.
 func (t *takenWatches) wait(ctx context.Context) error {
-	t.mu.Lock()
-	if t.n == 0 {
-		t.mu.Unlock()
-		return nil
+	none := func() bool {
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		return t.n == 0
 	}
-	if t.ended == nil {
-		t.ended = make(chan struct{})
-	}
-	ended := t.ended
-	t.mu.Unlock()
-	select {
-	case <-ended:
-		return nil
-	case <-ctx.Done():
+	if !t.changes.waitFor(ctx, none) {
 		return ctx.Err()
 	}
+	return nil
 }
 
 // withTakenWatches counts the watches on taken connections in t.
