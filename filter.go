@@ -1,6 +1,7 @@
 package main
 
 import (
+	"math"
 	"net/http"
 	"net/url"
 	"slices"
@@ -91,24 +92,25 @@ func (f eventFilter) readPage(j *Journal, offset int64, limit int) (page []Recor
 }
 
 // readNewest returns the newest limit records that match f, oldest first.
+// It goes back through the journal a chunk at a time, so that it holds no
+// more than the page and one chunk, however many records match.
 func (f eventFilter) readNewest(j *Journal, limit int) []Record {
 	if f.all() {
 		return j.ReadLast(limit, make([]Record, 0, limit))
 	}
-	var matches []Record
+	var page []Record // newest first
 	chunk := make([]Record, 0, 256)
-	next := int64(-1)
-	for {
-		var err error
-		if chunk, err = j.ReadNext(next, cap(chunk), chunk[:0]); err != nil || len(chunk) == 0 {
+	for before := int64(math.MaxInt64); len(page) < limit; {
+		if chunk = j.ReadBefore(before, cap(chunk), chunk[:0]); len(chunk) == 0 {
 			break
 		}
-		for _, r := range chunk {
-			if f.match(r) {
-				matches = append(matches, r)
+		for i := len(chunk) - 1; i >= 0 && len(page) < limit; i-- {
+			if f.match(chunk[i]) {
+				page = append(page, chunk[i])
 			}
 		}
-		next = chunk[len(chunk)-1].Offset + 1
+		before = chunk[0].Offset
 	}
-	return matches[max(0, len(matches)-limit):]
+	slices.Reverse(page)
+	return page
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"math"
 	"slices"
 	"sync"
 )
@@ -238,15 +239,29 @@ func (j *Journal) readLocked(offset int64, limit int, dst []Record) []Record {
 
 // ReadLast appends to dst the newest limit records, oldest first.
 func (j *Journal) ReadLast(limit int, dst []Record) []Record {
+	return j.ReadBefore(math.MaxInt64, limit, dst)
+}
+
+// ReadBefore appends to dst the newest limit records with offsets below
+// offset, oldest first: a reader going back through the journal.
+func (j *Journal) ReadBefore(offset int64, limit int, dst []Record) []Record {
 	j.mu.RLock()
 	defer j.mu.RUnlock()
-	skip := len(j.history) + len(j.active) - limit
+	// Records before the one at index end of both segments, laid end to end.
+	end := 0
 	for _, seg := range j.segmentsLocked() {
-		if skip >= len(seg) {
-			skip -= len(seg)
+		i, _ := searchOffset(seg, offset)
+		end += i
+	}
+	skip := end - limit
+	for _, seg := range j.segmentsLocked() {
+		n := min(len(seg), end)
+		end -= n
+		if skip >= n {
+			skip -= n
 			continue
 		}
-		dst = append(dst, seg[max(skip, 0):]...)
+		dst = append(dst, seg[max(skip, 0):n]...)
 		skip = 0
 	}
 	return dst

@@ -347,6 +347,20 @@ func TestJournalReadGaps(t *testing.T) {
 		checkRecords(t, fmt.Sprintf("ReadLast(%d)", tc.limit), j.ReadLast(tc.limit, nil), tc.want)
 	}
 	checkRecords(t, "ReadLast with only an active segment", newTestJournal(t, 5, 3, 7, 9).ReadLast(2, nil), []int64{7, 9})
+	for _, tc := range []struct {
+		before int64
+		limit  int
+		want   []int64
+	}{
+		{20, 2, []int64{11, 15}},  // across the segments
+		{15, 10, []int64{10, 11}}, // fewer than the limit
+		{16, 1, []int64{15}},      // within a gap
+		{21, 1, []int64{20}},
+		{10, 5, []int64{}}, // nothing below the earliest
+		{12, 0, []int64{}},
+	} {
+		checkRecords(t, fmt.Sprintf("ReadBefore(%d, %d)", tc.before, tc.limit), j.ReadBefore(tc.before, tc.limit, nil), tc.want)
+	}
 
 	// After a purge, everything below the new earliest is purged, gaps
 	// included: history [15 20], active [30].
