@@ -221,8 +221,9 @@ func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
 	if p != nil {
 		return q, p
 	}
-	if q.filter, p = parseEventFilter(values); p != nil {
-		return q, p
+	var err error
+	if q.filter, err = parseEventFilter(values); err != nil {
+		return q, newProblem(http.StatusBadRequest, "%s", err)
 	}
 	q.sse = acceptsEventStream(r)
 	q.watch = q.sse
@@ -454,26 +455,12 @@ func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus, tokens 
 	})
 }
 
-// parseQuery parses a request's query (or SINK_FILTER, in the same
-// syntax), allowing only the given parameters, each once and with a value.
+// parseQuery parses a request's query, allowing only the given parameters
+// (parseParams), and describes what is wrong with it as a 400 problem.
 func parseQuery(rawQuery string, allowed ...string) (url.Values, *problem) {
-	values, err := url.ParseQuery(rawQuery)
+	values, err := parseParams(rawQuery, allowed...)
 	if err != nil {
-		return nil, newProblem(http.StatusBadRequest, "malformed query: %v", err)
-	}
-	for name, v := range values {
-		if !slices.Contains(allowed, name) {
-			if len(allowed) == 0 {
-				return nil, newProblem(http.StatusBadRequest, "unknown parameter %q: this resource takes no parameters", name)
-			}
-			return nil, newProblem(http.StatusBadRequest, "unknown parameter %q (allowed: %s)", name, strings.Join(allowed, ", "))
-		}
-		if len(v) > 1 && name != paramType && name != paramEventClass {
-			return nil, newProblem(http.StatusBadRequest, "parameter %s is given %d times; give it once", name, len(v))
-		}
-		if slices.Contains(v, "") {
-			return nil, newProblem(http.StatusBadRequest, "parameter %s has an empty value", name)
-		}
+		return nil, newProblem(http.StatusBadRequest, "%s", err)
 	}
 	return values, nil
 }

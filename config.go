@@ -439,14 +439,12 @@ func parseSinkConfig(getenv func(string) string) (SinkConfig, error) {
 	}
 	if v := strings.TrimSpace(getenv(envSinkFilter)); v != "" {
 		// The API's own parser, so that the filter means what it means in
-		// a watch: the same names, repetitions and refusals.
-		values, p := parseQuery(v, paramType, paramEventClass)
-		if p == nil {
-			sc.Filter, p = parseEventFilter(values)
+		// a watch.
+		f, err := parseFilter(v)
+		if err != nil {
+			return sc, &configError{envSinkFilter, fmt.Sprintf("%q: %s (e.g. type=VmPoweredOnEvent&eventclass=event)", v, err)}
 		}
-		if p != nil {
-			return sc, &configError{envSinkFilter, fmt.Sprintf("%q: %s (e.g. type=VmPoweredOnEvent&eventclass=event)", v, p.Detail)}
-		}
+		sc.Filter = f
 	}
 	if v := strings.TrimSpace(getenv(envSinkCheckpointFile)); v != "" {
 		if err := checkCheckpointDir(v); err != nil {

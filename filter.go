@@ -1,8 +1,8 @@
 package main
 
 import (
+	"fmt"
 	"math"
-	"net/http"
 	"net/url"
 	"slices"
 	"strings"
@@ -22,9 +22,44 @@ type eventFilter struct {
 	classes []EventClass // empty: any
 }
 
+// parseParams parses a query in the API's syntax (a request's, or
+// SINK_FILTER), allowing only the given parameters, each with a value and,
+// but for the filters, once.
+func parseParams(rawQuery string, allowed ...string) (url.Values, error) {
+	values, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("malformed query: %w", err)
+	}
+	for name, v := range values {
+		if !slices.Contains(allowed, name) {
+			if len(allowed) == 0 {
+				return nil, fmt.Errorf("unknown parameter %q: this resource takes no parameters", name)
+			}
+			return nil, fmt.Errorf("unknown parameter %q (allowed: %s)", name, strings.Join(allowed, ", "))
+		}
+		if len(v) > 1 && name != paramType && name != paramEventClass {
+			return nil, fmt.Errorf("parameter %s is given %d times; give it once", name, len(v))
+		}
+		if slices.Contains(v, "") {
+			return nil, fmt.Errorf("parameter %s has an empty value", name)
+		}
+	}
+	return values, nil
+}
+
+// parseFilter reads a filter on its own, as SINK_FILTER gives it: the
+// same parameters, repetitions and refusals as in a request.
+func parseFilter(rawQuery string) (eventFilter, error) {
+	values, err := parseParams(rawQuery, paramType, paramEventClass)
+	if err != nil {
+		return eventFilter{}, err
+	}
+	return parseEventFilter(values)
+}
+
 // parseEventFilter reads type= (the full CloudEvent type or just the
 // vSphere name, as in VmPoweredOnEvent) and eventclass=.
-func parseEventFilter(values url.Values) (eventFilter, *problem) {
+func parseEventFilter(values url.Values) (eventFilter, error) {
 	var f eventFilter
 	for _, t := range values[paramType] {
 		if !strings.HasPrefix(t, cloudEventTypePrefix) || !strings.HasSuffix(t, cloudEventTypeSuffix) {
@@ -35,7 +70,7 @@ func parseEventFilter(values url.Values) (eventFilter, *problem) {
 	for _, v := range values[paramEventClass] {
 		c, ok := parseEventClass(v)
 		if !ok {
-			return f, newProblem(http.StatusBadRequest, "parameter eventclass: %q is not one of %s, %s, %s", v, ClassEvent, ClassEventEx, ClassExtendedEvent)
+			return f, fmt.Errorf("parameter eventclass: %q is not one of %s, %s, %s", v, ClassEvent, ClassEventEx, ClassExtendedEvent)
 		}
 		f.classes = append(f.classes, c)
 	}
