@@ -108,7 +108,7 @@ func newAPIServer(t *testing.T, segment int, keys ...int64) *apiServer {
 func (s *apiServer) append(keys ...int64) {
 	s.t.Helper()
 	for _, k := range keys {
-		if err := s.journal.Append(k, apiRecord(k)); err != nil {
+		if err := s.journal.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
 			s.t.Fatalf("append %d: %v", k, err)
 		}
 	}
@@ -1049,7 +1049,7 @@ func TestAPIWatchLagging(t *testing.T) {
 	t.Parallel()
 	j := NewJournal(4)
 	for k := int64(1); k <= 4; k++ {
-		if err := j.Append(k, apiRecord(k)); err != nil {
+		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1078,7 +1078,7 @@ func TestAPIWatchLagging(t *testing.T) {
 	}
 	const last = 260
 	for k := int64(5); k <= last; k++ {
-		if err := j.Append(k, apiBigRecord(k, 64<<10)); err != nil {
+		if err := j.AppendRecord(Record{Offset: k, Data: apiBigRecord(k, 64<<10)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1196,7 +1196,7 @@ func TestAPIWatchLaggingGated(t *testing.T) {
 	t.Parallel()
 	j := NewJournal(2)
 	for _, k := range []int64{1, 2} {
-		if err := j.Append(k, apiRecord(k)); err != nil {
+		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1211,7 +1211,7 @@ func TestAPIWatchLaggingGated(t *testing.T) {
 	done := serveGated(apiContext(t), newHandler(j, &CollectorStatus{}, apiLogger()), w, "/api/v1/events?watch=true&offset=1")
 	waitClosed(t, "the watch to write", blocked)
 	for k := int64(3); k <= 10; k++ { // purges through 6: holds 7-10
-		if err := j.Append(k, apiRecord(k)); err != nil {
+		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1262,7 +1262,7 @@ func TestAPIWatchEndsWithContext(t *testing.T) {
 		t.Parallel()
 		j := NewJournal(2000)
 		for k := int64(1); k <= 2000; k++ {
-			if err := j.Append(k, apiRecord(k)); err != nil {
+			if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -1311,7 +1311,7 @@ func FuzzAPIRequest(f *testing.F) {
 
 	j := NewJournal(4)
 	for _, k := range []int64{1, 2, 3, 5, 8, 13, 21} {
-		if err := j.Append(k, apiRecord(k)); err != nil {
+		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
 			f.Fatal(err)
 		}
 	}
@@ -1344,7 +1344,7 @@ func FuzzAPIRequest(f *testing.F) {
 func BenchmarkAPIPage(b *testing.B) {
 	j := NewJournal(4)
 	for _, k := range []int64{1, 2, 3} {
-		if err := j.Append(k, apiRecord(k)); err != nil {
+		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1111,7 +1111,7 @@ func appendNextEvent(t *testing.T, j *Journal) int64 {
 	t.Helper()
 	_, latest, _ := j.Range()
 	next := latest + 1
-	if err := j.Append(next, []byte(fmt.Sprintf(`{"specversion":"1.0","id":"%d","data":{"Key":%d}}`, next, next))); err != nil {
+	if err := j.AppendRecord(Record{Offset: next, Data: []byte(fmt.Sprintf(`{"specversion":"1.0","id":"%d","data":{"Key":%d}}`, next, next))}); err != nil {
 		t.Fatal(err)
 	}
 	return next
@@ -1153,7 +1153,7 @@ func FuzzAuthRequest(f *testing.F) {
 	}
 	j := NewJournal(4)
 	for _, k := range []int64{1, 2, 3} {
-		if err := j.Append(k, apiRecord(k)); err != nil {
+		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
 			f.Fatal(err)
 		}
 	}

@@ -52,24 +52,6 @@ const (
 // directory (a Kubernetes Secret's key becomes a file of that name).
 const caFile = "ca.crt"
 
-// configVariables lists every variable parseConfig reads, in the order of
-// the README's table.
-func configVariables() []string {
-	vars := []string{
-		envVCenterURL, envVCenterInsecure, envSecretPath, envStreamBegin,
-		envMaxRecordSize, envMaxSegmentSize, envPort, envDebug,
-		envVCenterThumbprint,
-	}
-	vars = append(vars, sinkVariables()...)
-	return append(vars, envTokensPath, envTLSCertFile, envTLSKeyFile)
-}
-
-// sinkVariables lists the variables of delivery to a sink, a part of
-// configVariables.
-func sinkVariables() []string {
-	return []string{envSink, envCEOverrides, envSinkMode, envSinkFilter, envSinkCheckpointFile, envSinkTimeout}
-}
-
 // Defaults of the optional variables.
 const (
 	defaultSecretPath     = "/var/bindings/vsphere"

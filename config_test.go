@@ -414,6 +414,25 @@ func TestConfigSimulateNeedsNoVCenter(t *testing.T) {
 	checkConfigError(t, err, envVCenterURL)
 }
 
+// configVariables lists every variable parseConfig reads, in the order of
+// the README's table: what the tests hold the README, the manifests and
+// parseConfig to.
+func configVariables() []string {
+	vars := []string{
+		envVCenterURL, envVCenterInsecure, envSecretPath, envStreamBegin,
+		envMaxRecordSize, envMaxSegmentSize, envPort, envDebug,
+		envVCenterThumbprint,
+	}
+	vars = append(vars, sinkVariables()...)
+	return append(vars, envTokensPath, envTLSCertFile, envTLSKeyFile)
+}
+
+// sinkVariables lists the variables of delivery to a sink, a part of
+// configVariables.
+func sinkVariables() []string {
+	return []string{envSink, envCEOverrides, envSinkMode, envSinkFilter, envSinkCheckpointFile, envSinkTimeout}
+}
+
 func TestConfigVariables(t *testing.T) {
 	t.Parallel()
 	// The contract's table, in its order.

@@ -71,12 +71,6 @@ func NewJournal(maxSegment int) *Journal {
 	}
 }
 
-// Append adds data under offset, as AppendRecord does, for a record
-// without type or class.
-func (j *Journal) Append(offset int64, data []byte) error {
-	return j.AppendRecord(Record{Offset: offset, Data: data})
-}
-
 // AppendRecord adds rec, whose offset must be above every offset held. The
 // journal keeps rec.Data as it is: the caller must not modify it afterwards.
 func (j *Journal) AppendRecord(rec Record) error {

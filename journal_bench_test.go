@@ -29,13 +29,13 @@ func BenchmarkJournalAppend(b *testing.B) {
 	offset := int64(0)
 	for range 2000 {
 		offset++
-		_ = j.Append(offset, data)
+		_ = j.AppendRecord(Record{Offset: offset, Data: data})
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
 		offset++
-		if err := j.Append(offset, data); err != nil {
+		if err := j.AppendRecord(Record{Offset: offset, Data: data}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -46,7 +46,7 @@ func filledJournal(b *testing.B, segment int) (*Journal, int64) {
 	j := NewJournal(segment)
 	data := benchPayload()
 	for k := int64(1); k <= int64(2*segment); k++ {
-		if err := j.Append(k*2, data); err != nil { // gaps between keys
+		if err := j.AppendRecord(Record{Offset: k * 2, Data: data}); err != nil { // gaps between keys
 			b.Fatal(err)
 		}
 	}
@@ -115,7 +115,7 @@ func BenchmarkJournalFanOut(b *testing.B) {
 			b.ResetTimer()
 			for i := range b.N {
 				offset := int64(i + 1)
-				if err := j.Append(offset, data); err != nil {
+				if err := j.AppendRecord(Record{Offset: offset, Data: data}); err != nil {
 					b.Fatal(err)
 				}
 				for _, p := range progress {
@@ -142,7 +142,7 @@ func BenchmarkJournalMemory(b *testing.B) {
 		j := NewJournal(segment)
 		// Distinct payloads, as the collector makes one per event.
 		for k := int64(1); k <= 2*segment; k++ {
-			if err := j.Append(k, benchPayload()); err != nil {
+			if err := j.AppendRecord(Record{Offset: k, Data: benchPayload()}); err != nil {
 				b.Fatal(err)
 			}
 		}

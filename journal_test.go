@@ -30,7 +30,7 @@ func newTestJournal(t *testing.T, maxSegment int, keys ...int64) *Journal {
 	t.Helper()
 	j := NewJournal(maxSegment)
 	for _, k := range keys {
-		if err := j.Append(k, recordData(k)); err != nil {
+		if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
 			t.Fatalf("Append(%d): %v", k, err)
 		}
 	}
@@ -111,7 +111,7 @@ func TestJournalRollOverAndPurge(t *testing.T) {
 			j := NewJournal(n)
 			for count := 1; count <= len(keys); count++ {
 				k := keys[count-1]
-				if err := j.Append(k, recordData(k)); err != nil {
+				if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
 					t.Fatalf("Append(%d): %v", k, err)
 				}
 				// Model: appends fill segments of n records in turn; the
@@ -177,7 +177,7 @@ func TestJournalSegmentBoundaries(t *testing.T) {
 	}
 
 	// N+1: the full active segment is sealed as the history, nothing is lost.
-	if err := j.Append(20, recordData(20)); err != nil {
+	if err := j.AppendRecord(Record{Offset: 20, Data: recordData(20)}); err != nil {
 		t.Fatal(err)
 	}
 	if len(j.history) != n || j.history[0].Offset != 10 || len(j.active) != 1 {
@@ -188,7 +188,7 @@ func TestJournalSegmentBoundaries(t *testing.T) {
 	}
 
 	for _, k := range keys[n+1 : 2*n] {
-		if err := j.Append(k, recordData(k)); err != nil {
+		if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -198,7 +198,7 @@ func TestJournalSegmentBoundaries(t *testing.T) {
 
 	// 2N+1: exactly the first segment is purged; earliest becomes the first
 	// key of the old active segment.
-	if err := j.Append(30, recordData(30)); err != nil {
+	if err := j.AppendRecord(Record{Offset: 30, Data: recordData(30)}); err != nil {
 		t.Fatal(err)
 	}
 	if e, l, _ := j.Range(); e != 20 || l != 30 {
@@ -364,7 +364,7 @@ func TestJournalReadGaps(t *testing.T) {
 
 	// After a purge, everything below the new earliest is purged, gaps
 	// included: history [15 20], active [30].
-	if err := j.Append(30, recordData(30)); err != nil {
+	if err := j.AppendRecord(Record{Offset: 30, Data: recordData(30)}); err != nil {
 		t.Fatal(err)
 	}
 	for _, off := range []int64{10, 11, 12, 14} {
@@ -432,7 +432,7 @@ func TestJournalReadNextAfterPurge(t *testing.T) {
 		},
 	}} {
 		for _, k := range stage.append {
-			if err := j.Append(k, recordData(k)); err != nil {
+			if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -480,7 +480,7 @@ func TestJournalAppendOutOfOrder(t *testing.T) {
 			all0, _ := j.ReadFrom(e0, 100, nil)
 			latest := tc.keys[len(tc.keys)-1]
 			for _, bad := range []int64{latest, latest - 1, tc.keys[0], tc.keys[0] - 1, 0, -1} {
-				if err := j.Append(bad, []byte("bad")); !errors.Is(err, ErrOutOfOrder) {
+				if err := j.AppendRecord(Record{Offset: bad, Data: []byte("bad")}); !errors.Is(err, ErrOutOfOrder) {
 					t.Errorf("Append(%d) after %v = %v, want ErrOutOfOrder", bad, tc.keys, err)
 				}
 			}
@@ -493,7 +493,7 @@ func TestJournalAppendOutOfOrder(t *testing.T) {
 			all, _ := j.ReadFrom(e0, 100, nil)
 			checkRecords(t, "records after rejected appends", all, offsetsOf(all0))
 			// The journal still takes the next key.
-			if err := j.Append(latest+1, recordData(latest+1)); err != nil {
+			if err := j.AppendRecord(Record{Offset: latest + 1, Data: recordData(latest + 1)}); err != nil {
 				t.Errorf("Append(%d) after the rejected ones: %v", latest+1, err)
 			}
 		})
@@ -505,7 +505,7 @@ func TestJournalSharesRecords(t *testing.T) {
 	j := NewJournal(2)
 	data := make([]byte, 3, 64)
 	copy(data, "abc")
-	if err := j.Append(7, data); err != nil {
+	if err := j.AppendRecord(Record{Offset: 7, Data: data}); err != nil {
 		t.Fatal(err)
 	}
 	same := func(what string, r Record) {
@@ -537,7 +537,7 @@ func TestJournalSharesRecords(t *testing.T) {
 	// array reused for new appends.
 	batch, _ := j.ReadFrom(7, 10, nil)
 	for k := int64(8); k < 20; k++ {
-		if err := j.Append(k, recordData(k)); err != nil {
+		if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -618,7 +618,7 @@ func TestJournalWaitWokenByAppend(t *testing.T) {
 					}
 					return hasWaiter(j)
 				})
-				if err := j.Append(k, recordData(k)); err != nil {
+				if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -631,7 +631,7 @@ func TestJournalWaitWokenByAppend(t *testing.T) {
 				}
 				return hasWaiter(j)
 			})
-			if err := j.Append(tc.release, recordData(tc.release)); err != nil {
+			if err := j.AppendRecord(Record{Offset: tc.release, Data: recordData(tc.release)}); err != nil {
 				t.Fatal(err)
 			}
 			if err := waitResult(t, "after the append", done); err != nil {
@@ -669,7 +669,7 @@ func TestJournalWaitCancelled(t *testing.T) {
 				t.Errorf("Wait past its deadline = %v, want context.DeadlineExceeded", err)
 			}
 			// The journal still works for others.
-			if err := j.Append(tc.wait, recordData(tc.wait)); err != nil {
+			if err := j.AppendRecord(Record{Offset: tc.wait, Data: recordData(tc.wait)}); err != nil {
 				t.Fatal(err)
 			}
 			if err := j.Wait(context.Background(), tc.wait); err != nil {
@@ -722,7 +722,7 @@ func TestJournalWaitManyWaiters(t *testing.T) {
 		go manyWaitersWait(ctx, j, int64(4+i), done)
 	}
 	eventually(t, "every reader to block in Wait", func() bool { return blockedWaiters() == waiters })
-	if err := j.Append(100, recordData(100)); err != nil {
+	if err := j.AppendRecord(Record{Offset: 100, Data: recordData(100)}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range waiters {
@@ -884,7 +884,7 @@ func TestJournalConcurrentReaders(t *testing.T) {
 					if tc.small {
 						pace.waitFor(i - tc.maxSegment + 1)
 					}
-					if err := j.Append(k, recordData(k)); err != nil {
+					if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
 						writerErr <- fmt.Errorf("Append(%d): %w", k, err)
 						cancel() // release the readers
 						return
@@ -931,7 +931,7 @@ func TestJournalRoomBefore(t *testing.T) {
 		for offset := int64(1); offset <= int64(held)+2; offset++ {
 			j := NewJournal(segment)
 			for k := int64(1); k <= int64(held); k++ {
-				if err := j.Append(k, nil); err != nil {
+				if err := j.AppendRecord(Record{Offset: k, Data: nil}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -944,7 +944,7 @@ func TestJournalRoomBefore(t *testing.T) {
 			// still held; one more purges it.
 			next := int64(held) + 1
 			for range room {
-				if err := j.Append(next, nil); err != nil {
+				if err := j.AppendRecord(Record{Offset: next, Data: nil}); err != nil {
 					t.Fatal(err)
 				}
 				next++
@@ -955,7 +955,7 @@ func TestJournalRoomBefore(t *testing.T) {
 			if offset > int64(held) {
 				continue // not yet appended: the room is a lower bound
 			}
-			if err := j.Append(next, nil); err != nil {
+			if err := j.AppendRecord(Record{Offset: next, Data: nil}); err != nil {
 				t.Fatal(err)
 			}
 			if earliest, _, _ := j.Range(); earliest <= offset {

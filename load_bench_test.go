@@ -221,7 +221,7 @@ func cpuTime(b *testing.B) time.Duration {
 func BenchmarkIdleWatchers(b *testing.B) {
 	const watchers, idle = 1000, 10 * time.Second
 	j := NewJournal(1000)
-	_ = j.Append(1, []byte(`{"id":"1"}`))
+	_ = j.AppendRecord(Record{Offset: 1, Data: []byte(`{"id":"1"}`)})
 	srv := httptest.NewServer(newHandler(j, &CollectorStatus{}, apiLogger()))
 	b.Cleanup(srv.Close)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: watchers}}

@@ -102,7 +102,7 @@ func rawTakenWatch(t *testing.T, addr, request string) (net.Conn, *bufio.Reader,
 func TestTakenWatchHead(t *testing.T) {
 	t.Parallel()
 	s := startTakenServer(t, false)
-	if err := s.j.Append(1, apiRecord(1)); err != nil {
+	if err := s.j.AppendRecord(Record{Offset: 1, Data: apiRecord(1)}); err != nil {
 		t.Fatal(err)
 	}
 	conn, br, tp, status, head := rawTakenWatch(t, s.srv.Listener.Addr().String(),
@@ -151,7 +151,7 @@ func TestTakenWatchHead(t *testing.T) {
 	if got, want := chunk(), string(apiRecord(1))+"\n"; got != want {
 		t.Errorf("first chunk %q, want %q", got, want)
 	}
-	if err := s.j.Append(2, apiRecord(2)); err != nil {
+	if err := s.j.AppendRecord(Record{Offset: 2, Data: apiRecord(2)}); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := chunk(), string(apiRecord(2))+"\n"; got != want {
@@ -200,7 +200,7 @@ func TestTakenWatchSSEAndHTTP10(t *testing.T) {
 	if status != "HTTP/1.1 200 OK" || head.Get("Connection") != "close" || head.Get("Transfer-Encoding") != "" {
 		t.Errorf("HTTP/1.0: %q %v", status, head)
 	}
-	if err := s.j.Append(1, apiRecord(1)); err != nil {
+	if err := s.j.AppendRecord(Record{Offset: 1, Data: apiRecord(1)}); err != nil {
 		t.Fatal(err)
 	}
 	body, err := io.ReadAll(br)
@@ -282,7 +282,7 @@ func TestTakenWatchHTTP2(t *testing.T) {
 			t.Errorf("%s: Connection: close is %v, want %v", tc.name, got, tc.taken)
 		}
 		key := int64(i + 1)
-		if err := s.j.Append(key, apiRecord(key)); err != nil {
+		if err := s.j.AppendRecord(Record{Offset: key, Data: apiRecord(key)}); err != nil {
 			t.Fatal(err)
 		}
 		body, err := io.ReadAll(resp.Body)
@@ -325,7 +325,7 @@ func TestTakenWatchRevoked(t *testing.T) {
 	if rest, err := io.ReadAll(aliceSSE); err != nil || !strings.HasSuffix(string(rest), "0\r\n\r\n") {
 		t.Errorf("SSE watch of the removed token: %q, %v; want the last chunk and the end", rest, err)
 	}
-	if err := s.j.Append(1, apiRecord(1)); err != nil {
+	if err := s.j.AppendRecord(Record{Offset: 1, Data: apiRecord(1)}); err != nil {
 		t.Fatal(err)
 	}
 	want := fmt.Sprintf("%x\r\n%s\n\r\n", len(apiRecord(1))+1, apiRecord(1))
