@@ -591,7 +591,7 @@ func TestAuthConfigErrors(t *testing.T) {
 			ctx, cancel := context.WithCancel(t.Context())
 			cancel()
 			var stderr bytes.Buffer
-			err := run(ctx, []string{"vsphere-event-streaming", "--simulate"}, configEnv(tc.env), io.Discard, &stderr)
+			err := run(ctx, []string{"vsphere-event-streaming", "--simulate"}, configEnv(tc.env), io.Discard, &stderr, nil)
 			checkConfigError(t, err, tc.variable)
 			if strings.Contains(err.Error()+stderr.String(), tokenAlice) {
 				t.Errorf("a token leaks: %v %s", err, &stderr)

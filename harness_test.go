@@ -150,6 +150,9 @@ type testServer struct {
 	stop    context.CancelFunc
 	stopped <-chan struct{}
 	err     error // run's result, set before stopped is closed
+	// running is what run's started callback handed over: the values a
+	// test waits on.
+	running
 }
 
 // simulatorCreation serializes the creation of simulators: govmomi's
@@ -191,8 +194,20 @@ func (s *simulation) failMethod(method string) {
 func startServer(t testing.TB, sim *simulation, env map[string]string, args ...string) *testServer {
 	t.Helper()
 	s := launchServer(t, sim, env, args...)
-	s.logs.wait(t, "caught up with vCenter", s.stopped)
+	s.waitReady(t)
 	return s
+}
+
+// waitReady waits until the server has caught up with vCenter.
+func (s *testServer) waitReady(t testing.TB) {
+	t.Helper()
+	select {
+	case <-s.status.CaughtUp():
+	case <-s.stopped:
+		t.Fatalf("server stopped before it caught up with vCenter: %v; log:\n%s", s.err, s.logs)
+	case <-time.After(waitTimeout):
+		t.Fatalf("server did not catch up with vCenter within %v; log:\n%s", waitTimeout, s.logs)
+	}
 }
 
 // launchServer runs the program and waits only until it serves HTTP.
@@ -223,9 +238,11 @@ func launchServerLogging(t testing.TB, sim *simulation, env map[string]string, l
 	ctx, cancel := context.WithCancel(context.Background())
 	stopped := make(chan struct{})
 	s := &testServer{logs: logs, stop: cancel, stopped: stopped}
+	started := make(chan running, 1)
 	go func() {
 		defer close(stopped)
-		s.err = run(ctx, append([]string{"vsphere-event-streaming", "--poll-interval=10ms"}, args...), getenv, io.Discard, s.logs)
+		s.err = run(ctx, append([]string{"vsphere-event-streaming", "--poll-interval=10ms"}, args...), getenv, io.Discard, s.logs,
+			func(r running) { started <- r })
 	}()
 	t.Cleanup(func() {
 		s.shutdown(t)
@@ -235,12 +252,14 @@ func launchServerLogging(t testing.TB, sim *simulation, env map[string]string, l
 		}
 	})
 
-	listening := s.logs.wait(t, "serving HTTP", s.stopped)
-	_, port, err := net.SplitHostPort(listening["addr"].(string))
-	if err != nil {
-		t.Fatal(err)
+	select {
+	case s.running = <-started:
+	case <-stopped:
+		t.Fatalf("server stopped before it served HTTP: %v; log:\n%s", s.err, s.logs)
+	case <-time.After(waitTimeout):
+		t.Fatalf("server did not serve HTTP within %v; log:\n%s", waitTimeout, s.logs)
 	}
-	s.URL = "http://127.0.0.1:" + port
+	s.URL = "http://127.0.0.1:" + strconv.Itoa(s.addr.(*net.TCPAddr).Port)
 	return s
 }
 

@@ -31,7 +31,7 @@ const (
 )
 
 func main() {
-	if err := run(context.Background(), os.Args, os.Getenv, os.Stdout, os.Stderr); err != nil {
+	if err := run(context.Background(), os.Args, os.Getenv, os.Stdout, os.Stderr, nil); err != nil {
 		fmt.Fprintln(os.Stderr, "vsphere-event-streaming:", err)
 		os.Exit(1)
 	}
@@ -84,10 +84,20 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 	return o, nil
 }
 
+// running is a server that run has started, as its started callback sees
+// it: what a test waits on, rather than on the log.
+type running struct {
+	addr    net.Addr // where it listens
+	journal *Journal
+	status  *CollectorStatus
+	sink    *SinkStatus // nil without a sink
+}
+
 // run is the whole program: it serves until ctx is done or SIGINT/SIGTERM
 // arrives, then shuts down and returns nil; it returns an error for a bad
-// configuration or a failure to reach vCenter.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// configuration or a failure to reach vCenter. started, if set, is called
+// once the server listens (tests pass one; main does not).
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer, started func(running)) error {
 	opts, err := parseFlags(args, stderr)
 	if errors.Is(err, flag.ErrHelp) {
 		return nil
@@ -213,6 +223,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	workers.Go(func() { keepRunning(ctx, log, "vCenter collector", collector.Run) })
 	if sink != nil {
 		workers.Go(func() { keepRunning(ctx, log, "sink delivery", sink.Run) })
+	}
+	if started != nil {
+		started(running{addr: ln.Addr(), journal: journal, status: status, sink: sink.Status()})
 	}
 
 	<-ctx.Done()

@@ -71,7 +71,7 @@ func TestChildServer(t *testing.T) {
 		serveBare(t)
 		return
 	}
-	err := run(context.Background(), append([]string{"vsphere-event-streaming"}, strings.Fields(args)...), os.Getenv, io.Discard, os.Stderr)
+	err := run(context.Background(), append([]string{"vsphere-event-streaming"}, strings.Fields(args)...), os.Getenv, io.Discard, os.Stderr, nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -200,7 +200,7 @@ func TestTrustConfigErrors(t *testing.T) {
 	}
 	// Through run, the program stops with the error.
 	env[envVCenterThumbprint] = "nope"
-	if err := run(t.Context(), []string{"vsphere-event-streaming"}, configEnv(env), nil, nil); err == nil || !strings.Contains(err.Error(), envVCenterThumbprint) {
+	if err := run(t.Context(), []string{"vsphere-event-streaming"}, configEnv(env), nil, nil, nil); err == nil || !strings.Contains(err.Error(), envVCenterThumbprint) {
 		t.Errorf("run: %v", err)
 	}
 }

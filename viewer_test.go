@@ -1190,7 +1190,7 @@ func TestSimulatePrintsViewerURL(t *testing.T) {
 	done := make(chan error, 1)
 	env := map[string]string{envPort: "0"}
 	go func() {
-		done <- run(ctx, []string{"vsphere-event-streaming", "--simulate"}, func(k string) string { return env[k] }, out, newLogRecorder())
+		done <- run(ctx, []string{"vsphere-event-streaming", "--simulate"}, func(k string) string { return env[k] }, out, newLogRecorder(), nil)
 	}()
 	defer func() {
 		cancel()
