@@ -566,9 +566,9 @@ func readEvents(ctx context.Context, hc *event.HistoryCollector, size int) (even
 
 // ingest appends one event, skipping keys already appended; it reports
 // whether it appended. Nothing about one event stops the stream: an event
-// that cannot be decoded, encoded or appended is recorded under its key
-// without data (datadropped=error) where its key can be read, and logged and
-// counted in any case.
+// that cannot be decoded or encoded is recorded under its key without data
+// (datadropped=error, by Convert) where its key can be read, and logged and
+// counted in any case, as is a failure after its append.
 func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 	if ev == nil {
 		// govmomi's decoder leaves nil for an element whose type it cannot
@@ -585,8 +585,12 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 	}
 	key := int64(ev.GetEvent().Key)
 	defer func() {
+		// Convert recovers what fails in encoding: a panic here is in what
+		// surrounds the append, which the event is then held whole or not.
 		if p := recover(); p != nil {
-			appended = c.recordFailure(ev, key, newPanicError(p))
+			c.status.failed.Add(1)
+			c.log.Error("event could not be processed", append(errorAttrs(newPanicError(p)), "offset", key)...)
+			appended = false
 		}
 	}()
 	// A new session re-reads some events; skip them before encoding.
@@ -603,7 +607,10 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 	}
 	rec, err := c.converter.Convert(ev)
 	if err != nil {
-		return c.recordFailure(ev, key, err)
+		// Not even without its data.
+		c.status.failed.Add(1)
+		c.log.Error("event could not be recorded: not appended", append(errorAttrs(err), "offset", key)...)
+		return false
 	}
 	if err := c.journal.AppendRecord(rec.Record); err != nil {
 		// Only the collector appends, and it checked the key above.
@@ -629,34 +636,6 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 	}
 	c.appended(ev.GetEvent().CreatedTime)
 	c.log.Debug("appended event", "offset", rec.Offset, "type", rec.Type, "bytes", len(rec.Data))
-	return true
-}
-
-// recordFailure records ev under key without data (datadropped=error),
-// unless the key is already held, and logs and counts the failure; it
-// reports whether it appended.
-func (c *Collector) recordFailure(ev types.BaseEvent, key int64, cause error) (appended bool) {
-	c.status.failed.Add(1)
-	defer func() {
-		if p := recover(); p != nil {
-			c.log.Error("event could not be recorded: not appended", "offset", key, "error", cause.Error(), "panic", fmt.Sprint(p))
-			appended = false
-		}
-	}()
-	if _, latest, ok := c.journal.Range(); ok && key <= latest {
-		c.log.Error("event could not be processed", append(errorAttrs(cause), "offset", key)...)
-		return false
-	}
-	rec, err := c.converter.ConvertFailed(ev, cause)
-	if err == nil {
-		err = c.journal.AppendRecord(rec.Record)
-	}
-	if err != nil {
-		c.log.Error("event could not be recorded: not appended", append(errorAttrs(cause), "offset", key, "record_error", err.Error())...)
-		return false
-	}
-	c.log.Error("event could not be processed: recorded without data", append(errorAttrs(cause), "offset", key, "type", rec.Type)...)
-	c.appended(ev.GetEvent().CreatedTime)
 	return true
 }
 
