@@ -238,7 +238,7 @@ func (c *Collector) Run(ctx context.Context) {
 	attempt := 0
 	for {
 		progressed, err := c.safeSession(ctx)
-		c.status.connected.Store(false)
+		c.status.setConnected(false)
 		if ctx.Err() != nil {
 			return
 		}
@@ -315,7 +315,7 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 		return fail("create event collector", err)
 	}
 	succeeded()
-	c.status.connected.Store(true)
+	c.status.setConnected(true)
 
 	mode := modePoll
 	if c.opts.push {
@@ -643,13 +643,10 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 // created. An event whose time could not be read (zero) leaves the times
 // as they were: a reconnect must not start over from the stream's begin.
 func (c *Collector) appended(created time.Time) {
-	c.status.ingested.Add(1)
-	if created.IsZero() {
-		return
+	if !created.IsZero() {
+		c.lastCreated = created
 	}
-	c.lastCreated = created
-	c.status.lastEvent.Store(created.UnixNano())
-	c.status.lag.Store(int64(time.Now().Add(c.skew).Sub(created)))
+	c.status.appended(created, time.Now().Add(c.skew).Sub(created))
 }
 
 // lastKey is the latest offset held, for log lines about an event without

@@ -168,7 +168,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		// The event after the checkpoint may have been logged a little
 		// before it (a later key, an earlier time), as on a reconnect.
 		collector.beginBy = t.Add(-resumeMargin)
-		sink.collectorCaughtUp = status.CaughtUp()
+		sink.collector = status
 	}
 
 	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))

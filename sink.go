@@ -99,10 +99,10 @@ type Deliverer struct {
 	protocol *cehttp.Protocol
 	// resume is the checkpoint read at start, zero without one.
 	resume checkpoint
-	// collectorCaughtUp, if set, is closed once the collector has read
-	// vCenter's events the first time: then the journal tells whether the
+	// collector, if set, is the status of the collector: once it has read
+	// vCenter's events the first time, the journal tells whether the
 	// checkpoint is this vCenter's.
-	collectorCaughtUp <-chan struct{}
+	collector *CollectorStatus
 	// backoffMin and backoffMax bound retry pauses; grace is what the
 	// request in flight at shutdown may still take.
 	backoffMin, backoffMax time.Duration
@@ -229,36 +229,24 @@ func (d *Deliverer) checkResume(ctx context.Context) bool {
 	// The checkpoint's own key held (or a later one): the same vCenter.
 	// Start at once, before the collector has read the whole backlog,
 	// which the journal may not hold all of.
-	for caughtUp := d.collectorCaughtUp; ; {
-		appended := d.journal.appended()
-		if d.journal.holds(d.resume.Offset) {
-			return true
-		}
-		if caughtUp == nil {
-			break
-		}
-		select {
-		case <-appended:
-		case <-caughtUp:
-			caughtUp = nil // one more look, then the journal tells
-		case <-ctx.Done():
-			return false
-		}
+	held := func() bool { return d.journal.holds(d.resume.Offset) }
+	if d.collector != nil && !d.collector.waitFor(ctx, func() bool { return held() || d.collector.Ready() }) {
+		return false
 	}
-	for ctx.Err() == nil {
-		// Caught up below the checkpoint, or with nothing since its time:
-		// the first event appended tells.
-		if _, latest, ok := d.journal.Range(); ok {
-			if latest < d.resume.Offset {
-				d.log.Warn("the sink checkpoint is ahead of vCenter's newest event: vCenter was reinstalled or the checkpoint is another vCenter's; delivering from the first event held",
-					"checkpoint", d.resume.Offset, "latest", latest)
-				d.next = -1
-			}
-			return true
-		}
-		_ = d.journal.Wait(ctx, math.MinInt64)
+	if held() {
+		return true
 	}
-	return false
+	// Caught up below the checkpoint, or with nothing since its time: the
+	// first event appended tells.
+	if d.journal.Wait(ctx, math.MinInt64) != nil {
+		return false
+	}
+	if _, latest, _ := d.journal.Range(); latest < d.resume.Offset {
+		d.log.Warn("the sink checkpoint is ahead of vCenter's newest event: vCenter was reinstalled or the checkpoint is another vCenter's; delivering from the first event held",
+			"checkpoint", d.resume.Offset, "latest", latest)
+		d.next = -1
+	}
+	return true
 }
 
 // wait blocks until the journal holds the next offset; it reports false
