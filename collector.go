@@ -119,9 +119,6 @@ type collectorOptions struct {
 	// watchdog ends a session in which no vCenter call has succeeded for
 	// this long (a silent stall), so that it is rebuilt.
 	watchdog time.Duration
-	// sinkPatience is how long the first catch-up waits for a sink that
-	// takes no event before it reads on regardless (sinkRoom).
-	sinkPatience time.Duration
 	// backoffMin and backoffMax bound the pause before a new session.
 	backoffMin, backoffMax time.Duration
 }
@@ -134,7 +131,6 @@ func defaultCollectorOptions() collectorOptions {
 		safetyInterval: 10 * time.Second,
 		keepAlive:      30 * time.Second,
 		watchdog:       2 * time.Minute,
-		sinkPatience:   time.Minute,
 		backoffMin:     500 * time.Millisecond,
 		backoffMax:     30 * time.Second,
 	}
@@ -198,22 +194,20 @@ type Collector struct {
 	// singled out and the others are not lost with it.
 	readSingly int
 
-	// sink, if set, is the deliverer's status: the first catch-up reads
-	// no faster than it leaves room for (sinkRoom). sinkGaveUp: it took
-	// nothing for sinkPatience, so the catch-up no longer waits for it.
-	sink       *SinkStatus
+	// pace is the sink's, nil without a sink: the first catch-up reads no
+	// faster than the sink leaves room for (sinkRoom), from the sink's
+	// checkpoint on. sinkGaveUp: the sink took nothing for the pace's
+	// patience, so the catch-up no longer waits for it.
+	pace       *sinkPace
 	sinkGaveUp bool
 	// backlogUntil is vCenter's time when the first session began: the
 	// events created before it are the backlog that sinkRoom paces.
 	backlogUntil time.Time
-	// beginBy, unless zero, is the latest time the first session may
-	// begin at: the sink's checkpoint needs the events from then on. It
-	// is set before Run.
-	beginBy time.Time
 }
 
-// newCollector returns a collector for cfg's vCenter that appends to journal.
-func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *CollectorStatus, log *slog.Logger) *Collector {
+// newCollector returns a collector for cfg's vCenter that appends to journal
+// and reports to status, at the pace of a sink (nil: none).
+func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *CollectorStatus, pace *sinkPace, log *slog.Logger) *Collector {
 	return &Collector{
 		url:         cfg.VCenterURL,
 		insecure:    cfg.Insecure,
@@ -225,6 +219,7 @@ func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *C
 		converter:   &eventConverter{source: cfg.VCenterURL.String(), maxRecordSize: cfg.MaxRecordSize},
 		status:      status,
 		log:         log,
+		pace:        pace,
 
 		unknownTypes: make(map[string]bool),
 	}
@@ -427,15 +422,15 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 
 // beginTime returns where a new history collector begins, given vCenter's
 // current time: for the first session now minus streamBegin (vCenter's
-// clock, not ours: they may differ by minutes); later resumeMargin before
-// the creation time of the last event appended, so that an event logged
-// late, with an older time but a higher key, is not lost. The keys already
-// appended are skipped.
+// clock, not ours: they may differ by minutes), or earlier where the sink's
+// checkpoint needs it; later resumeMargin before the creation time of the
+// last event appended, so that an event logged late, with an older time
+// but a higher key, is not lost. The keys already appended are skipped.
 func (c *Collector) beginTime(now time.Time) time.Time {
 	if c.begin.IsZero() {
 		c.begin = now.Add(-c.streamBegin)
-		if !c.beginBy.IsZero() && c.beginBy.Before(c.begin) {
-			c.begin = c.beginBy
+		if c.pace != nil {
+			c.begin = c.pace.beginBy(c.begin)
 		}
 	}
 	if c.lastCreated.IsZero() {
