@@ -3,17 +3,10 @@ package main
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net/url"
 	"time"
 
-	"github.com/vmware/govmomi/event"
-	"github.com/vmware/govmomi/session"
-	"github.com/vmware/govmomi/vim25"
-	"github.com/vmware/govmomi/vim25/methods"
-	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
 
@@ -23,21 +16,11 @@ const resumeMargin = time.Minute
 
 // collectorOptions are the collector's timings, fixed at start.
 type collectorOptions struct {
+	sessionOptions
 	// push makes the collector wait for vCenter to announce new events
 	// (WaitForUpdatesEx on the history collector's latestPage). Without
 	// it, or when those waits keep failing, the collector polls.
 	push bool
-	// pollInterval is the pause between reads when polling.
-	pollInterval time.Duration
-	// safetyInterval is the longest wait for an announcement before the
-	// collector reads anyway, in case one was missed.
-	safetyInterval time.Duration
-	// keepAlive is the interval of a cheap call (CurrentTime) that keeps
-	// the session from idling out.
-	keepAlive time.Duration
-	// watchdog ends a session in which no vCenter call has succeeded for
-	// this long (a silent stall), so that it is rebuilt.
-	watchdog time.Duration
 	// backoffMin and backoffMax bound the pause before a new session.
 	backoffMin, backoffMax time.Duration
 }
@@ -45,13 +28,15 @@ type collectorOptions struct {
 // defaultCollectorOptions are the production timings.
 func defaultCollectorOptions() collectorOptions {
 	return collectorOptions{
-		push:           true,
-		pollInterval:   time.Second,
-		safetyInterval: 10 * time.Second,
-		keepAlive:      30 * time.Second,
-		watchdog:       2 * time.Minute,
-		backoffMin:     500 * time.Millisecond,
-		backoffMax:     30 * time.Second,
+		sessionOptions: sessionOptions{
+			pollInterval:   time.Second,
+			safetyInterval: 10 * time.Second,
+			keepAlive:      30 * time.Second,
+			watchdog:       2 * time.Minute,
+		},
+		push:       true,
+		backoffMin: 500 * time.Millisecond,
+		backoffMax: 30 * time.Second,
 	}
 }
 
@@ -67,10 +52,7 @@ func (o collectorOptions) stuckAfter() time.Duration {
 // exactly once each, across every vCenter fault: it reconnects with
 // backoff and resumes where it left off.
 type Collector struct {
-	url         *url.URL // SDK endpoint, without credentials
-	insecure    bool
-	trust       vcenterTrust
-	credentials *url.Userinfo
+	vc          vcLogin
 	streamBegin time.Duration
 	opts        collectorOptions
 
@@ -82,7 +64,7 @@ type Collector struct {
 	// Owned by Run's goroutine.
 	begin        time.Time       // where the first session began, on vCenter's clock
 	lastCreated  time.Time       // CreatedTime of the newest event appended
-	skew         time.Duration   // vCenter's clock minus ours, as last read
+	skew         time.Duration   // vCenter's clock minus ours, as the session last read it
 	unknownTypes map[string]bool // event type names govmomi does not know, seen so far
 	// readSingly is how many events to read one page of one at a time: after
 	// a page whose decoding panicked, so that the one event at fault is
@@ -104,10 +86,7 @@ type Collector struct {
 // and reports to status, at the pace of a sink (nil: none).
 func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *CollectorStatus, pace *sinkPace, log *slog.Logger) *Collector {
 	return &Collector{
-		url:         cfg.VCenterURL,
-		insecure:    cfg.Insecure,
-		trust:       cfg.Trust,
-		credentials: url.UserPassword(cfg.Username, cfg.Password),
+		vc:          newVCLogin(cfg),
 		streamBegin: cfg.StreamBegin,
 		opts:        opts,
 		journal:     journal,
@@ -141,7 +120,7 @@ func (c *Collector) Run(ctx context.Context) {
 		if certificateUntrusted(err) {
 			c.log.Error("vCenter's certificate is not trusted; reconnecting. Fix one of three ways: put the CA that signed it (PEM) in the file ca.crt in "+envSecretPath+
 				", set "+envVCenterThumbprint+" to the certificate's fingerprint, or set "+envVCenterInsecure+"=true to skip verification",
-				append(errorAttrs(err), "sha256_fingerprint", presentedFingerprint(ctx, err, c.url.Host), "attempt", attempt, "backoff", delay.String())...)
+				append(errorAttrs(err), "sha256_fingerprint", presentedFingerprint(ctx, err, c.vc.url.Host), "attempt", attempt, "backoff", delay.String())...)
 		} else {
 			c.log.Warn("vCenter session failed; reconnecting", append(errorAttrs(err), "attempt", attempt, "backoff", delay.String())...)
 		}
@@ -160,158 +139,65 @@ func (c *Collector) safeSession(ctx context.Context) (progressed bool, err error
 	return c.session(ctx)
 }
 
-// session runs one vCenter session: log in, create a history collector
-// from where the stream left off, and read from it until ctx is done (nil)
-// or a call fails (the error). progressed tells whether any read succeeded.
+// session runs one vCenter session: log in, read the backlog from where
+// the stream left off, then follow vCenter's announcements (or poll) and
+// read what they announce, until ctx is done or a call fails (the error;
+// Run then reconnects). progressed tells whether any read succeeded.
 func (c *Collector) session(parent context.Context) (progressed bool, err error) {
-	ctx, cancel := context.WithCancelCause(parent)
-	defer cancel(nil)
-	watchdog := newSessionWatchdog(c.opts.watchdog, func() { cancel(errStalled) })
-	defer watchdog.stop()
-	succeeded := watchdog.succeeded
-	// A call cut short by the watchdog reports a cancelled context; say why.
-	fail := func(what string, err error) (bool, error) {
-		if cause := context.Cause(ctx); parent.Err() == nil && cause != nil {
-			err = cause
-		}
-		return progressed, fmt.Errorf("%s: %w", what, err)
-	}
-
-	client, err := c.login(ctx)
+	s, ctx, err := c.vc.open(parent, c.opts.sessionOptions, c.log)
 	if err != nil {
-		return fail("log in", err)
+		return false, err
 	}
-	succeeded()
-	var (
-		hc      *event.HistoryCollector
-		updates *pageUpdates
-	)
-	defer func() { c.endSession(ctx, client, hc, updates) }()
-
-	now, err := c.readClock(ctx, client)
+	defer s.close(ctx)
+	now, err := s.now(ctx)
 	if err != nil {
-		return fail("read vCenter time", err)
+		return false, err
 	}
-	succeeded()
 	if c.backlogUntil.IsZero() {
 		c.backlogUntil = now
 	}
 	begin := c.beginTime(now)
-	hc, err = event.NewManager(client).CreateCollectorForEvents(ctx, types.EventFilterSpec{
-		Entity: &types.EventFilterSpecByEntity{Entity: client.ServiceContent.RootFolder, Recursion: types.EventFilterSpecRecursionOptionAll},
-		Time:   &types.EventFilterSpecByTime{BeginTime: &begin},
-	})
+	live, err := s.openHistory(ctx, begin, time.Time{})
 	if err != nil {
-		return fail("create event collector", err)
+		return false, err
 	}
-	succeeded()
 	c.status.setConnected(true)
-
-	mode := modePoll
-	if c.opts.push {
-		// Before the first read: the simulator's collector starts its page
-		// over when it is resized. Only the announcements' size depends on
-		// it, so a vCenter that refuses it costs CPU, not events.
-		if err := hc.SetPageSize(ctx, announcedPageSize); err != nil {
-			if ctx.Err() != nil {
-				return fail("set the event collector's page size", err)
-			}
-			c.log.Warn("cannot set the event collector's page size; announcements carry vCenter's default page", "error", err)
-		}
-		if updates, err = watchLatestPage(ctx, client, hc, c.opts.safetyInterval); err != nil {
-			return fail("watch the event collector", err)
-		}
-		succeeded()
-		mode = modePush
+	if err := s.follow(ctx, live, c.opts.push); err != nil {
+		return false, err
 	}
-	c.log.Info("collecting vCenter events", "begin", begin, "push", mode == modePush)
+	c.log.Info("collecting vCenter events", "begin", begin, "push", s.mode == modePush)
 
-	lastKeepAlive := time.Now()
-	// keepAlive makes the cheap call that keeps the session from idling
-	// out, when one is due.
-	keepAlive := func() error {
-		if time.Since(lastKeepAlive) < c.opts.keepAlive {
-			return nil
-		}
-		if _, err := c.readClock(ctx, client); err != nil {
-			return fmt.Errorf("keep-alive: %w", err)
-		}
-		succeeded()
-		lastKeepAlive = time.Now()
-		return nil
-	}
-	waitFailures := 0
 	// announced is the newest key the last announcement carried: a read
 	// that reaches it need not be confirmed by an empty one. -1: read
-	// until a read finds nothing.
+	// until a read finds nothing, as after a wait that ended without news
+	// (the safety interval, a poll), in case an announcement was missed.
 	announced := int64(-1)
 	for {
 		c.status.beat()
-		n, err := c.drain(ctx, hc, announced, watchdog, keepAlive)
+		n, err := c.drain(ctx, s, live, announced)
 		if err != nil {
-			return fail("read events", err)
+			return progressed, failed(ctx, "read events", err)
 		}
-		succeeded()
-		if next := nextMode(mode, n, waitFailures); next != mode {
-			c.log.Debug("collector mode changes", "from", mode.String(), "to", next.String(), "events", n)
-			if mode == modePush {
-				c.destroyPageUpdates(ctx, client, updates)
-				updates = nil
-			}
+		if next := nextMode(s.mode, n, s.waitFailures); next != s.mode {
+			c.log.Debug("collector mode changes", "from", s.mode.String(), "to", next.String(), "events", n)
 			if next == modePoll {
 				c.log.Warn("falling back to polling vCenter", "interval", c.opts.pollInterval.String())
 			}
-			if next == modePush {
-				if updates, err = watchLatestPage(ctx, client, hc, c.opts.safetyInterval); err != nil {
-					return fail("watch the event collector", err)
-				}
+			if err := s.setMode(ctx, next); err != nil {
+				return progressed, err
 			}
-			mode = next
 		}
 		progressed = true
 		if c.status.setReady() {
 			records, _ := c.journal.Stats()
 			c.log.Info("caught up with vCenter", "events", records)
 		}
-
-		if err := keepAlive(); err != nil {
-			return fail("keep-alive", err)
+		if err := s.keepAlive(ctx); err != nil {
+			return progressed, err
 		}
-
-		announced = -1
-		if mode != modePush {
-			pause := c.opts.pollInterval
-			if mode == modeFlood {
-				pause = floodPause
-			}
-			// A poll interval longer than the watchdog's bound is no stall.
-			if !watchdog.pause(func() bool { return sleep(ctx, pause) }) {
-				if parent.Err() != nil {
-					return progressed, nil
-				}
-				return fail("wait between reads", context.Cause(ctx))
-			}
-			continue
+		if announced, err = s.waitForEvents(ctx); err != nil {
+			return progressed, err
 		}
-		newest, err := updates.wait(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				if parent.Err() != nil {
-					return progressed, nil
-				}
-				return fail("wait for events", err)
-			}
-			// The next read tells a dead connection from a failing update
-			// wait; only the latter leads to polling.
-			waitFailures++
-			c.log.Warn("waiting for new events failed", append(errorAttrs(err), "failures", waitFailures)...)
-			continue
-		}
-		waitFailures = 0
-		succeeded()
-		// A wait that ended without news (the safety interval) reads
-		// until a read finds nothing, in case an announcement was missed.
-		announced = newest
 	}
 }
 
@@ -338,73 +224,32 @@ func (c *Collector) beginTime(now time.Time) time.Time {
 	return resume
 }
 
-// readClock reads vCenter's current time (a cheap call, also the
-// keep-alive) and remembers how far it is from ours.
-func (c *Collector) readClock(ctx context.Context, client *vim25.Client) (time.Time, error) {
-	now, err := methods.GetCurrentTime(ctx, client)
-	if err != nil {
-		return time.Time{}, err
-	}
-	c.skew = now.Sub(time.Now())
-	return *now, nil
-}
-
-// endSession destroys the session's collectors and logs out, within one
-// bound, also when vCenter is gone or ctx is cancelled.
-func (c *Collector) endSession(ctx context.Context, client *vim25.Client, hc *event.HistoryCollector, updates *pageUpdates) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	c.destroyPageUpdates(ctx, client, updates)
-	if hc != nil {
-		if err := hc.Destroy(ctx); err != nil {
-			c.log.Debug("cannot destroy event collector", "error", err)
-		}
-	}
-	defer client.CloseIdleConnections()
-	if err := session.NewManager(client).Logout(ctx); err != nil {
-		c.log.Debug("cannot log out", "error", err)
-		return
-	}
-	c.log.Info("logged out of vCenter")
-}
-
-// destroyPageUpdates destroys the property collector of updates, if any.
-// That also ends a wait still pending in vCenter, which would otherwise
-// hold on to its connection until it times out.
-func (c *Collector) destroyPageUpdates(ctx context.Context, client *vim25.Client, updates *pageUpdates) {
-	if updates == nil {
-		return
-	}
-	if _, err := methods.DestroyPropertyCollector(ctx, client, &types.DestroyPropertyCollector{This: updates.req.This}); err != nil {
-		c.log.Debug("cannot destroy property collector", "error", err)
-	}
-}
-
-// drain reads pages until vCenter has no more events for the collector,
-// and returns how many events it appended; each page read is reported to
-// the watchdog (a long backlog is progress, not a stall). Reading whole
+// drain reads live's pages until vCenter has no more events for it, and
+// returns how many events it appended; each page read puts the session's
+// watchdog off (a long backlog is progress, not a stall). Reading whole
 // pages back to back, rather than one page per interval, keeps up with any
 // burst vCenter can produce. With an announced key (>= 0) it stops once it
 // has read that event, and reads nothing if the journal holds it already:
 // every later event has an announcement of its own. On the first catch-up
 // with a sink, pages are no larger than the sink leaves room for
 // (sinkRoom).
-func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, announced int64, watchdog *sessionWatchdog, keepAlive func() error) (int, error) {
-	succeeded := watchdog.succeeded
+func (c *Collector) drain(ctx context.Context, s *vcSession, live *eventHistory, announced int64) (int, error) {
 	if _, latest, ok := c.journal.Range(); announced >= 0 && ok && latest >= announced {
 		return 0, nil
 	}
+	// The lag of what it appends is measured on vCenter's clock.
+	c.skew = s.skew
 	n := 0
 	for {
 		size := readPageSize
 		if c.readSingly > 0 {
 			size = 1
 		}
-		size, err := c.sinkRoom(ctx, size, watchdog, keepAlive)
+		size, err := c.sinkRoom(ctx, s, size)
 		if err != nil {
 			return n, err
 		}
-		events, err := readEvents(ctx, hc, size)
+		events, err := live.readNext(ctx, size)
 		switch {
 		case errors.Is(err, errPanic) && size > 1:
 			// vCenter has moved the collector past the page, which is lost
@@ -416,12 +261,10 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, annou
 			c.readSingly--
 			c.status.unreadable.Add(1)
 			c.log.Error("event could not be decoded, so its key is unknown: not appended", append(errorAttrs(err), "after", c.lastKey())...)
-			succeeded()
 			continue
 		case err != nil:
 			return n, err
 		}
-		succeeded()
 		if len(events) == 0 {
 			c.readSingly = 0
 			return n, nil
@@ -538,34 +381,6 @@ func (c *Collector) lastKey() int64 {
 		return latest
 	}
 	return -1
-}
-
-// login opens a session. The credentials are passed to Login only, never
-// put in the URL, so no error message or log line can carry them.
-func (c *Collector) login(ctx context.Context) (*vim25.Client, error) {
-	sc := soap.NewClient(c.url, c.insecure)
-	// vCenter lists sessions by user agent: say who we are.
-	sc.UserAgent = userAgent
-	sc.Types = withUnknownEvents(sc.Types)
-	if c.trust.rootCAs != nil {
-		sc.DefaultTransport().TLSClientConfig.RootCAs = c.trust.rootCAs
-	}
-	if c.trust.thumbprint != "" {
-		// govmomi accepts a certificate with this fingerprint when no CA
-		// vouches for it.
-		sc.SetThumbprint(c.url.Host, c.trust.thumbprint)
-	}
-	client, err := vim25.NewClient(ctx, sc)
-	if err != nil {
-		sc.CloseIdleConnections()
-		return nil, fmt.Errorf("connect to vCenter %s: %w", c.url.Host, err)
-	}
-	if err := session.NewManager(client).Login(ctx, c.credentials); err != nil {
-		sc.CloseIdleConnections()
-		return nil, fmt.Errorf("log in to vCenter %s: %w", c.url.Host, err)
-	}
-	c.log.Info("logged in to vCenter", "url", c.url.String())
-	return client, nil
 }
 
 // backoff returns the pause before attempt (from 1): exponential from

@@ -117,7 +117,7 @@ func (p *sinkPace) waitCaughtUp(ctx context.Context, held func() bool) bool {
 // it waits for the sink, with the watchdog paused (the wait is not
 // vCenter's) and the session kept alive, as long as the sink takes events;
 // one that takes none for the pace's patience is waited for no more.
-func (c *Collector) sinkRoom(ctx context.Context, size int, watchdog *sessionWatchdog, keepAlive func() error) (int, error) {
+func (c *Collector) sinkRoom(ctx context.Context, s *vcSession, size int) (int, error) {
 	if !c.pacesSink() {
 		return size, nil
 	}
@@ -136,7 +136,7 @@ func (c *Collector) sinkRoom(ctx context.Context, size int, watchdog *sessionWat
 		c.log.Debug("waiting for the sink before reading on", "sink_needs", needs, "purges_through", through)
 		// The keep-alive is due in the meantime.
 		bound := min(c.pace.patience, c.opts.keepAlive)
-		if !watchdog.pause(func() bool { return c.pace.waitDone(ctx, through, bound) }) {
+		if !s.idle(func() bool { return c.pace.waitDone(ctx, through, bound) }) {
 			return 0, context.Cause(ctx)
 		}
 		c.status.beat()
@@ -149,7 +149,7 @@ func (c *Collector) sinkRoom(ctx context.Context, size int, watchdog *sessionWat
 				"sink_needs", needs, "waited", c.pace.patience.String())
 			return size, nil
 		}
-		if err := keepAlive(); err != nil {
+		if err := s.keepAlive(ctx); err != nil {
 			return 0, err
 		}
 	}
