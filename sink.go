@@ -553,18 +553,21 @@ func newSinkStatus(pace *sinkPace) *SinkStatus {
 	return s
 }
 
+// setState records what the deliverer does now, as /readyz shows it.
 func (s *SinkStatus) setState(state string) {
 	s.mu.Lock()
 	s.state = state
 	s.mu.Unlock()
 }
 
+// setError records the last failure, as /readyz shows it.
 func (s *SinkStatus) setError(err error) {
 	s.mu.Lock()
 	s.lastError, s.errorAt = err.Error(), time.Now().UTC()
 	s.mu.Unlock()
 }
 
+// observe records the duration of one delivery request.
 func (s *SinkStatus) observe(d time.Duration) {
 	s.mu.Lock()
 	s.durations.observe(d.Seconds())
