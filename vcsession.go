@@ -292,10 +292,13 @@ func readEvents(ctx context.Context, hc *event.HistoryCollector, size int) (even
 }
 
 // close destroys the history collector in vCenter.
-func (h *eventHistory) close(ctx context.Context) {
-	delete(h.session.histories, h)
+func (h *eventHistory) close(ctx context.Context) { h.session.destroy(ctx, h) }
+
+// destroy destroys h in vCenter, and forgets it.
+func (s *vcSession) destroy(ctx context.Context, h *eventHistory) {
+	delete(s.histories, h)
 	if err := h.hc.Destroy(ctx); err != nil {
-		h.session.log.Debug("cannot destroy event collector", "error", err)
+		s.log.Debug("cannot destroy event collector", "error", err)
 	}
 }
 
@@ -391,7 +394,7 @@ func (s *vcSession) close(ctx context.Context) {
 	defer cancel()
 	s.unwatch(ctx)
 	for h := range s.histories {
-		h.close(ctx)
+		s.destroy(ctx, h)
 	}
 	defer s.client.CloseIdleConnections()
 	if err := session.NewManager(s.client).Logout(ctx); err != nil {
