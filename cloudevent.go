@@ -112,20 +112,11 @@ func cloudEventType(name string) string {
 }
 
 // Convert encodes ev as a CloudEvent whose id is the vCenter event key. An
-// event whose data cannot be encoded, or is too large, is still converted,
-// without data and with the datadropped extension saying why, so that no
-// offset silently goes missing.
+// event whose data cannot be decoded or encoded, or is too large, is still
+// converted, without data and with the datadropped extension saying why, so
+// that no offset silently goes missing: this is the one way an event that
+// failed is recorded. Convert fails only if even that cannot be encoded.
 func (c *eventConverter) Convert(ev types.BaseEvent) (convertedEvent, error) {
-	return c.convert(ev, nil)
-}
-
-// ConvertFailed converts ev without its data, as an event that could not be
-// processed because of cause.
-func (c *eventConverter) ConvertFailed(ev types.BaseEvent, cause error) (convertedEvent, error) {
-	return c.convert(ev, cause)
-}
-
-func (c *eventConverter) convert(ev types.BaseEvent, failed error) (convertedEvent, error) {
 	base := ev.GetEvent()
 	name, class := eventTypeAndClass(ev)
 	out := convertedEvent{Record: Record{Offset: int64(base.Key), Type: c.cloudEventType(name), Class: class}}
@@ -138,49 +129,45 @@ func (c *eventConverter) convert(ev types.BaseEvent, failed error) (convertedEve
 	ce.SetExtension(extEventClass, class.String())
 	ce.SetDataContentType(cloudevents.ApplicationJSON)
 
-	if failed == nil {
-		data, err := c.encodeData(ev)
-		if err != nil {
-			failed = err
-		} else {
-			// Set the encoded data directly: SetData would base64 a []byte.
-			ce.DataEncoded = data
-			if out.Data, err = ce.MarshalJSON(); err != nil {
-				return out, fmt.Errorf("encode cloudevent %d: %w", out.Offset, err)
-			}
-			if len(out.Data) <= c.maxRecordSize {
-				return out, nil
-			}
-			out.Dropped = dropSize
-		}
-	}
-	if failed != nil {
-		out.Dropped, out.Err = dropError, failed
+	data, err := c.encode(&ce, ev)
+	switch {
+	case err != nil:
+		out.Dropped, out.Err = dropError, err
+	case len(data) > c.maxRecordSize:
+		out.Dropped = dropSize
+	default:
+		out.Data = data
+		return out, nil
 	}
 	ce.DataEncoded = nil
 	ce.SetExtension(extDataDropped, out.Dropped)
-	var err error
 	if out.Data, err = ce.MarshalJSON(); err != nil {
 		return out, fmt.Errorf("encode cloudevent %d without data: %w", out.Offset, err)
 	}
 	return out, nil
 }
 
-// encodeData returns the data of ev in the wire format. A panic while
-// encoding (a bug, or a value no vSphere type should hold) is returned as
-// an error: one event must not stop the stream.
-func (c *eventConverter) encodeData(ev types.BaseEvent) (data []byte, err error) {
+// encode returns ce with the data of ev in the wire format, encoded whole.
+// A panic while encoding (a bug, or a value no vSphere type should hold) is
+// returned as an error: one event must not stop the stream.
+func (c *eventConverter) encode(ce *cloudevents.Event, ev types.BaseEvent) (record []byte, err error) {
 	defer recoverAsError(&err)
 	if c.beforeEncode != nil {
 		c.beforeEncode(ev)
 	}
+	// Set the encoded data directly: SetData would base64 a []byte.
 	if u, ok := ev.(*unknownEvent); ok {
 		if u.DecodeErr != nil {
 			return nil, u.DecodeErr
 		}
-		return appendUnknownEventData(nil, &c.wire, u), nil
+		ce.DataEncoded = appendUnknownEventData(nil, &c.wire, u)
+	} else {
+		ce.DataEncoded = c.wire.Append(nil, ev)
 	}
-	return c.wire.Append(nil, ev), nil
+	if record, err = ce.MarshalJSON(); err != nil {
+		return nil, fmt.Errorf("encode cloudevent %s: %w", ce.ID(), err)
+	}
+	return record, nil
 }
 
 // cloudEventType is cloudEventType(name), made once per name: the records

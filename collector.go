@@ -2,126 +2,25 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
-	"fmt"
 	"log/slog"
 	"math/rand/v2"
-	"net"
-	"net/url"
-	"strings"
 	"time"
 
-	"github.com/vmware/govmomi/event"
-	"github.com/vmware/govmomi/property"
-	"github.com/vmware/govmomi/session"
-	"github.com/vmware/govmomi/vim25"
-	"github.com/vmware/govmomi/vim25/methods"
-	"github.com/vmware/govmomi/vim25/soap"
 	"github.com/vmware/govmomi/vim25/types"
 )
-
-// readPageSize is the number of events asked of vCenter per ReadNextEvents
-// call: the largest page vCenter accepts, so that a burst is drained in as
-// few round trips as possible.
-const readPageSize = 1000
-
-// userAgent identifies the server's sessions in vCenter.
-const userAgent = "vsphere-event-streaming"
-
-// cleanupTimeout bounds the calls made to vCenter at the end of a session
-// (destroying the history collector, logging out), all together.
-const cleanupTimeout = 2 * time.Second
 
 // resumeMargin is how far before the last event appended a new session
 // begins reading.
 const resumeMargin = time.Minute
 
-// A drain that finds floodEvents or more after an announcement starts a
-// flood: the collector then reads every floodPause without announcements,
-// until a read finds fewer than a tenth as many.
-const (
-	floodEvents = 100
-	floodPause  = 20 * time.Millisecond
-)
-
-// updateWaitFailures is how many failed waits for an update in a row make a
-// session fall back to polling.
-const updateWaitFailures = 3
-
-// announcedPageSize is the size of the history collector's latestPage,
-// which every announcement carries whole: the newest event is all it needs
-// to tell, the reads fetch the rest. (vCenter's default is 10, each
-// decoded on every announcement.)
-const announcedPageSize = 1
-
-// collectMode is how a session learns of new events.
-type collectMode int
-
-const (
-	// modePush waits for vCenter to announce a new event, then reads up
-	// to the event announced.
-	modePush collectMode = iota
-	// modeFlood reads back to back, every floodPause, without
-	// announcements: in a flood they cost more than they save, since
-	// vCenter queues one per event (the simulator with a copy of the
-	// latest page each) while every read finds many events anyway.
-	modeFlood
-	// modePoll reads every poll interval: push is off, or waiting for
-	// announcements keeps failing.
-	modePoll
-)
-
-func (m collectMode) String() string {
-	switch m {
-	case modePush:
-		return "push"
-	case modeFlood:
-		return "flood"
-	}
-	return "poll"
-}
-
-// nextMode decides a session's next mode from its current one, the number
-// of events its last read found and its failed waits for announcements in
-// a row. It is the one place where the mode changes.
-func nextMode(m collectMode, read, waitFailures int) collectMode {
-	switch {
-	case m == modePoll:
-		return modePoll
-	case m == modePush && waitFailures >= updateWaitFailures:
-		return modePoll
-	case m == modePush && read >= floodEvents:
-		return modeFlood
-	case m == modeFlood && read < floodEvents/10:
-		return modePush
-	}
-	return m
-}
-
-// errStalled ends a session whose vCenter calls stopped succeeding.
-var errStalled = errors.New("vCenter stalled: no call succeeded within the watchdog bound")
-
 // collectorOptions are the collector's timings, fixed at start.
 type collectorOptions struct {
+	sessionOptions
 	// push makes the collector wait for vCenter to announce new events
 	// (WaitForUpdatesEx on the history collector's latestPage). Without
 	// it, or when those waits keep failing, the collector polls.
 	push bool
-	// pollInterval is the pause between reads when polling.
-	pollInterval time.Duration
-	// safetyInterval is the longest wait for an announcement before the
-	// collector reads anyway, in case one was missed.
-	safetyInterval time.Duration
-	// keepAlive is the interval of a cheap call (CurrentTime) that keeps
-	// the session from idling out.
-	keepAlive time.Duration
-	// watchdog ends a session in which no vCenter call has succeeded for
-	// this long (a silent stall), so that it is rebuilt.
-	watchdog time.Duration
-	// sinkPatience is how long the first catch-up waits for a sink that
-	// takes no event before it reads on regardless (sinkRoom).
-	sinkPatience time.Duration
 	// backoffMin and backoffMax bound the pause before a new session.
 	backoffMin, backoffMax time.Duration
 }
@@ -129,39 +28,16 @@ type collectorOptions struct {
 // defaultCollectorOptions are the production timings.
 func defaultCollectorOptions() collectorOptions {
 	return collectorOptions{
-		push:           true,
-		pollInterval:   time.Second,
-		safetyInterval: 10 * time.Second,
-		keepAlive:      30 * time.Second,
-		watchdog:       2 * time.Minute,
-		sinkPatience:   time.Minute,
-		backoffMin:     500 * time.Millisecond,
-		backoffMax:     30 * time.Second,
+		sessionOptions: sessionOptions{
+			pollInterval:   time.Second,
+			safetyInterval: 10 * time.Second,
+			keepAlive:      30 * time.Second,
+			watchdog:       2 * time.Minute,
+		},
+		push:       true,
+		backoffMin: 500 * time.Millisecond,
+		backoffMax: 30 * time.Second,
 	}
-}
-
-// sessionWatchdog ends a session in which no vCenter call has succeeded
-// for its bound, whatever the call is blocked on; each success puts it off.
-// It does not run while the session waits for something other than
-// vCenter (between polls, for the sink).
-type sessionWatchdog struct {
-	timer *time.Timer
-	bound time.Duration
-}
-
-func newSessionWatchdog(bound time.Duration, stalled func()) *sessionWatchdog {
-	return &sessionWatchdog{timer: time.AfterFunc(bound, stalled), bound: bound}
-}
-
-func (w *sessionWatchdog) succeeded() { w.timer.Reset(w.bound) }
-
-func (w *sessionWatchdog) stop() { w.timer.Stop() }
-
-// pause stops the watchdog while wait runs, and returns what wait does.
-func (w *sessionWatchdog) pause(wait func() bool) bool {
-	w.timer.Stop()
-	defer w.succeeded()
-	return wait()
 }
 
 // stuckAfter is how long the collector's loop may go without turning
@@ -176,10 +52,7 @@ func (o collectorOptions) stuckAfter() time.Duration {
 // exactly once each, across every vCenter fault: it reconnects with
 // backoff and resumes where it left off.
 type Collector struct {
-	url         *url.URL // SDK endpoint, without credentials
-	insecure    bool
-	trust       vcenterTrust
-	credentials *url.Userinfo
+	vc          vcLogin
 	streamBegin time.Duration
 	opts        collectorOptions
 
@@ -191,40 +64,36 @@ type Collector struct {
 	// Owned by Run's goroutine.
 	begin        time.Time       // where the first session began, on vCenter's clock
 	lastCreated  time.Time       // CreatedTime of the newest event appended
-	skew         time.Duration   // vCenter's clock minus ours, as last read
+	skew         time.Duration   // vCenter's clock minus ours, as the session last read it
 	unknownTypes map[string]bool // event type names govmomi does not know, seen so far
 	// readSingly is how many events to read one page of one at a time: after
 	// a page whose decoding panicked, so that the one event at fault is
 	// singled out and the others are not lost with it.
 	readSingly int
 
-	// sink, if set, is the deliverer's status: the first catch-up reads
-	// no faster than it leaves room for (sinkRoom). sinkGaveUp: it took
-	// nothing for sinkPatience, so the catch-up no longer waits for it.
-	sink       *SinkStatus
+	// pace is the sink's, nil without a sink: the first catch-up reads no
+	// faster than the sink leaves room for (sinkRoom), from the sink's
+	// checkpoint on. sinkGaveUp: the sink took nothing for the pace's
+	// patience, so the catch-up no longer waits for it.
+	pace       *sinkPace
 	sinkGaveUp bool
 	// backlogUntil is vCenter's time when the first session began: the
 	// events created before it are the backlog that sinkRoom paces.
 	backlogUntil time.Time
-	// beginBy, unless zero, is the latest time the first session may
-	// begin at: the sink's checkpoint needs the events from then on. It
-	// is set before Run.
-	beginBy time.Time
 }
 
-// newCollector returns a collector for cfg's vCenter that appends to journal.
-func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *CollectorStatus, log *slog.Logger) *Collector {
+// newCollector returns a collector for cfg's vCenter that appends to journal
+// and reports to status, at the pace of a sink (nil: none).
+func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *CollectorStatus, pace *sinkPace, log *slog.Logger) *Collector {
 	return &Collector{
-		url:         cfg.VCenterURL,
-		insecure:    cfg.Insecure,
-		trust:       cfg.Trust,
-		credentials: url.UserPassword(cfg.Username, cfg.Password),
+		vc:          newVCLogin(cfg),
 		streamBegin: cfg.StreamBegin,
 		opts:        opts,
 		journal:     journal,
 		converter:   &eventConverter{source: cfg.VCenterURL.String(), maxRecordSize: cfg.MaxRecordSize},
 		status:      status,
 		log:         log,
+		pace:        pace,
 
 		unknownTypes: make(map[string]bool),
 	}
@@ -238,7 +107,7 @@ func (c *Collector) Run(ctx context.Context) {
 	attempt := 0
 	for {
 		progressed, err := c.safeSession(ctx)
-		c.status.connected.Store(false)
+		c.status.setConnected(false)
 		if ctx.Err() != nil {
 			return
 		}
@@ -251,7 +120,7 @@ func (c *Collector) Run(ctx context.Context) {
 		if certificateUntrusted(err) {
 			c.log.Error("vCenter's certificate is not trusted; reconnecting. Fix one of three ways: put the CA that signed it (PEM) in the file ca.crt in "+envSecretPath+
 				", set "+envVCenterThumbprint+" to the certificate's fingerprint, or set "+envVCenterInsecure+"=true to skip verification",
-				append(errorAttrs(err), "sha256_fingerprint", presentedFingerprint(ctx, err, c.url.Host), "attempt", attempt, "backoff", delay.String())...)
+				append(errorAttrs(err), "sha256_fingerprint", presentedFingerprint(ctx, err, c.vc.url.Host), "attempt", attempt, "backoff", delay.String())...)
 		} else {
 			c.log.Warn("vCenter session failed; reconnecting", append(errorAttrs(err), "attempt", attempt, "backoff", delay.String())...)
 		}
@@ -270,172 +139,79 @@ func (c *Collector) safeSession(ctx context.Context) (progressed bool, err error
 	return c.session(ctx)
 }
 
-// session runs one vCenter session: log in, create a history collector
-// from where the stream left off, and read from it until ctx is done (nil)
-// or a call fails (the error). progressed tells whether any read succeeded.
+// session runs one vCenter session: log in, read the backlog from where
+// the stream left off, then follow vCenter's announcements (or poll) and
+// read what they announce, until ctx is done or a call fails (the error;
+// Run then reconnects). progressed tells whether any read succeeded.
 func (c *Collector) session(parent context.Context) (progressed bool, err error) {
-	ctx, cancel := context.WithCancelCause(parent)
-	defer cancel(nil)
-	watchdog := newSessionWatchdog(c.opts.watchdog, func() { cancel(errStalled) })
-	defer watchdog.stop()
-	succeeded := watchdog.succeeded
-	// A call cut short by the watchdog reports a cancelled context; say why.
-	fail := func(what string, err error) (bool, error) {
-		if cause := context.Cause(ctx); parent.Err() == nil && cause != nil {
-			err = cause
-		}
-		return progressed, fmt.Errorf("%s: %w", what, err)
-	}
-
-	client, err := c.login(ctx)
+	s, ctx, err := c.vc.open(parent, c.opts.sessionOptions, c.log)
 	if err != nil {
-		return fail("log in", err)
+		return false, err
 	}
-	succeeded()
-	var (
-		hc      *event.HistoryCollector
-		updates *pageUpdates
-	)
-	defer func() { c.endSession(ctx, client, hc, updates) }()
-
-	now, err := c.readClock(ctx, client)
+	defer s.close(ctx)
+	now, err := s.now(ctx)
 	if err != nil {
-		return fail("read vCenter time", err)
+		return false, err
 	}
-	succeeded()
 	if c.backlogUntil.IsZero() {
 		c.backlogUntil = now
 	}
 	begin := c.beginTime(now)
-	hc, err = event.NewManager(client).CreateCollectorForEvents(ctx, types.EventFilterSpec{
-		Entity: &types.EventFilterSpecByEntity{Entity: client.ServiceContent.RootFolder, Recursion: types.EventFilterSpecRecursionOptionAll},
-		Time:   &types.EventFilterSpecByTime{BeginTime: &begin},
-	})
+	live, err := s.openHistory(ctx, begin, time.Time{})
 	if err != nil {
-		return fail("create event collector", err)
+		return false, err
 	}
-	succeeded()
-	c.status.connected.Store(true)
+	c.status.setConnected(true)
+	if err := s.follow(ctx, live, c.opts.push); err != nil {
+		return false, err
+	}
+	c.log.Info("collecting vCenter events", "begin", begin, "push", s.mode == modePush)
 
-	mode := modePoll
-	if c.opts.push {
-		// Before the first read: the simulator's collector starts its page
-		// over when it is resized. Only the announcements' size depends on
-		// it, so a vCenter that refuses it costs CPU, not events.
-		if err := hc.SetPageSize(ctx, announcedPageSize); err != nil {
-			if ctx.Err() != nil {
-				return fail("set the event collector's page size", err)
-			}
-			c.log.Warn("cannot set the event collector's page size; announcements carry vCenter's default page", "error", err)
-		}
-		if updates, err = watchLatestPage(ctx, client, hc, c.opts.safetyInterval); err != nil {
-			return fail("watch the event collector", err)
-		}
-		succeeded()
-		mode = modePush
-	}
-	c.log.Info("collecting vCenter events", "begin", begin, "push", mode == modePush)
-
-	lastKeepAlive := time.Now()
-	// keepAlive makes the cheap call that keeps the session from idling
-	// out, when one is due.
-	keepAlive := func() error {
-		if time.Since(lastKeepAlive) < c.opts.keepAlive {
-			return nil
-		}
-		if _, err := c.readClock(ctx, client); err != nil {
-			return fmt.Errorf("keep-alive: %w", err)
-		}
-		succeeded()
-		lastKeepAlive = time.Now()
-		return nil
-	}
-	waitFailures := 0
 	// announced is the newest key the last announcement carried: a read
 	// that reaches it need not be confirmed by an empty one. -1: read
-	// until a read finds nothing.
+	// until a read finds nothing, as after a wait that ended without news
+	// (the safety interval, a poll), in case an announcement was missed.
 	announced := int64(-1)
 	for {
 		c.status.beat()
-		n, err := c.drain(ctx, hc, announced, watchdog, keepAlive)
+		n, err := c.drain(ctx, s, live, announced)
 		if err != nil {
-			return fail("read events", err)
+			return progressed, failed(ctx, "read events", err)
 		}
-		succeeded()
-		if next := nextMode(mode, n, waitFailures); next != mode {
-			c.log.Debug("collector mode changes", "from", mode.String(), "to", next.String(), "events", n)
-			if mode == modePush {
-				c.destroyPageUpdates(ctx, client, updates)
-				updates = nil
-			}
+		if next := nextMode(s.mode, n, s.waitFailures); next != s.mode {
+			c.log.Debug("collector mode changes", "from", s.mode.String(), "to", next.String(), "events", n)
 			if next == modePoll {
 				c.log.Warn("falling back to polling vCenter", "interval", c.opts.pollInterval.String())
 			}
-			if next == modePush {
-				if updates, err = watchLatestPage(ctx, client, hc, c.opts.safetyInterval); err != nil {
-					return fail("watch the event collector", err)
-				}
+			if err := s.setMode(ctx, next); err != nil {
+				return progressed, err
 			}
-			mode = next
 		}
 		progressed = true
 		if c.status.setReady() {
 			records, _ := c.journal.Stats()
 			c.log.Info("caught up with vCenter", "events", records)
 		}
-
-		if err := keepAlive(); err != nil {
-			return fail("keep-alive", err)
+		if err := s.keepAlive(ctx); err != nil {
+			return progressed, err
 		}
-
-		announced = -1
-		if mode != modePush {
-			pause := c.opts.pollInterval
-			if mode == modeFlood {
-				pause = floodPause
-			}
-			// A poll interval longer than the watchdog's bound is no stall.
-			if !watchdog.pause(func() bool { return sleep(ctx, pause) }) {
-				if parent.Err() != nil {
-					return progressed, nil
-				}
-				return fail("wait between reads", context.Cause(ctx))
-			}
-			continue
+		if announced, err = s.waitForEvents(ctx); err != nil {
+			return progressed, err
 		}
-		newest, err := updates.wait(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				if parent.Err() != nil {
-					return progressed, nil
-				}
-				return fail("wait for events", err)
-			}
-			// The next read tells a dead connection from a failing update
-			// wait; only the latter leads to polling.
-			waitFailures++
-			c.log.Warn("waiting for new events failed", append(errorAttrs(err), "failures", waitFailures)...)
-			continue
-		}
-		waitFailures = 0
-		succeeded()
-		// A wait that ended without news (the safety interval) reads
-		// until a read finds nothing, in case an announcement was missed.
-		announced = newest
 	}
 }
 
 // beginTime returns where a new history collector begins, given vCenter's
 // current time: for the first session now minus streamBegin (vCenter's
-// clock, not ours: they may differ by minutes); later resumeMargin before
-// the creation time of the last event appended, so that an event logged
-// late, with an older time but a higher key, is not lost. The keys already
-// appended are skipped.
+// clock, not ours: they may differ by minutes), or earlier where the sink's
+// checkpoint needs it; later resumeMargin before the creation time of the
+// last event appended, so that an event logged late, with an older time
+// but a higher key, is not lost. The keys already appended are skipped.
 func (c *Collector) beginTime(now time.Time) time.Time {
 	if c.begin.IsZero() {
 		c.begin = now.Add(-c.streamBegin)
-		if !c.beginBy.IsZero() && c.beginBy.Before(c.begin) {
-			c.begin = c.beginBy
+		if c.pace != nil {
+			c.begin = c.pace.beginBy(c.begin)
 		}
 	}
 	if c.lastCreated.IsZero() {
@@ -448,73 +224,32 @@ func (c *Collector) beginTime(now time.Time) time.Time {
 	return resume
 }
 
-// readClock reads vCenter's current time (a cheap call, also the
-// keep-alive) and remembers how far it is from ours.
-func (c *Collector) readClock(ctx context.Context, client *vim25.Client) (time.Time, error) {
-	now, err := methods.GetCurrentTime(ctx, client)
-	if err != nil {
-		return time.Time{}, err
-	}
-	c.skew = now.Sub(time.Now())
-	return *now, nil
-}
-
-// endSession destroys the session's collectors and logs out, within one
-// bound, also when vCenter is gone or ctx is cancelled.
-func (c *Collector) endSession(ctx context.Context, client *vim25.Client, hc *event.HistoryCollector, updates *pageUpdates) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	c.destroyPageUpdates(ctx, client, updates)
-	if hc != nil {
-		if err := hc.Destroy(ctx); err != nil {
-			c.log.Debug("cannot destroy event collector", "error", err)
-		}
-	}
-	defer client.CloseIdleConnections()
-	if err := session.NewManager(client).Logout(ctx); err != nil {
-		c.log.Debug("cannot log out", "error", err)
-		return
-	}
-	c.log.Info("logged out of vCenter")
-}
-
-// destroyPageUpdates destroys the property collector of updates, if any.
-// That also ends a wait still pending in vCenter, which would otherwise
-// hold on to its connection until it times out.
-func (c *Collector) destroyPageUpdates(ctx context.Context, client *vim25.Client, updates *pageUpdates) {
-	if updates == nil {
-		return
-	}
-	if _, err := methods.DestroyPropertyCollector(ctx, client, &types.DestroyPropertyCollector{This: updates.req.This}); err != nil {
-		c.log.Debug("cannot destroy property collector", "error", err)
-	}
-}
-
-// drain reads pages until vCenter has no more events for the collector,
-// and returns how many events it appended; each page read is reported to
-// the watchdog (a long backlog is progress, not a stall). Reading whole
+// drain reads live's pages until vCenter has no more events for it, and
+// returns how many events it appended; each page read puts the session's
+// watchdog off (a long backlog is progress, not a stall). Reading whole
 // pages back to back, rather than one page per interval, keeps up with any
 // burst vCenter can produce. With an announced key (>= 0) it stops once it
 // has read that event, and reads nothing if the journal holds it already:
 // every later event has an announcement of its own. On the first catch-up
 // with a sink, pages are no larger than the sink leaves room for
 // (sinkRoom).
-func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, announced int64, watchdog *sessionWatchdog, keepAlive func() error) (int, error) {
-	succeeded := watchdog.succeeded
+func (c *Collector) drain(ctx context.Context, s *vcSession, live *eventHistory, announced int64) (int, error) {
 	if _, latest, ok := c.journal.Range(); announced >= 0 && ok && latest >= announced {
 		return 0, nil
 	}
+	// The lag of what it appends is measured on vCenter's clock.
+	c.skew = s.skew
 	n := 0
 	for {
 		size := readPageSize
 		if c.readSingly > 0 {
 			size = 1
 		}
-		size, err := c.sinkRoom(ctx, size, watchdog, keepAlive)
+		size, err := c.sinkRoom(ctx, s, size)
 		if err != nil {
 			return n, err
 		}
-		events, err := readEvents(ctx, hc, size)
+		events, err := live.readNext(ctx, size)
 		switch {
 		case errors.Is(err, errPanic) && size > 1:
 			// vCenter has moved the collector past the page, which is lost
@@ -526,12 +261,10 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, annou
 			c.readSingly--
 			c.status.unreadable.Add(1)
 			c.log.Error("event could not be decoded, so its key is unknown: not appended", append(errorAttrs(err), "after", c.lastKey())...)
-			succeeded()
 			continue
 		case err != nil:
 			return n, err
 		}
-		succeeded()
 		if len(events) == 0 {
 			c.readSingly = 0
 			return n, nil
@@ -556,19 +289,11 @@ func (c *Collector) drain(ctx context.Context, hc *event.HistoryCollector, annou
 	}
 }
 
-// readEvents reads the next page of up to size events of hc.
-// A panic of govmomi's decoder (a type it maps to something that is not an
-// event) is returned as an error wrapping errPanic.
-func readEvents(ctx context.Context, hc *event.HistoryCollector, size int) (events []types.BaseEvent, err error) {
-	defer recoverAsError(&err)
-	return hc.ReadNextEvents(ctx, int32(size))
-}
-
 // ingest appends one event, skipping keys already appended; it reports
 // whether it appended. Nothing about one event stops the stream: an event
-// that cannot be decoded, encoded or appended is recorded under its key
-// without data (datadropped=error) where its key can be read, and logged and
-// counted in any case.
+// that cannot be decoded or encoded is recorded under its key without data
+// (datadropped=error, by Convert) where its key can be read, and logged and
+// counted in any case, as is a failure after its append.
 func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 	if ev == nil {
 		// govmomi's decoder leaves nil for an element whose type it cannot
@@ -585,8 +310,12 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 	}
 	key := int64(ev.GetEvent().Key)
 	defer func() {
+		// Convert recovers what fails in encoding: a panic here is in what
+		// surrounds the append, which the event is then held whole or not.
 		if p := recover(); p != nil {
-			appended = c.recordFailure(ev, key, newPanicError(p))
+			c.status.failed.Add(1)
+			c.log.Error("event could not be processed", append(errorAttrs(newPanicError(p)), "offset", key)...)
+			appended = false
 		}
 	}()
 	// A new session re-reads some events; skip them before encoding.
@@ -603,7 +332,10 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 	}
 	rec, err := c.converter.Convert(ev)
 	if err != nil {
-		return c.recordFailure(ev, key, err)
+		// Not even without its data.
+		c.status.failed.Add(1)
+		c.log.Error("event could not be recorded: not appended", append(errorAttrs(err), "offset", key)...)
+		return false
 	}
 	if err := c.journal.AppendRecord(rec.Record); err != nil {
 		// Only the collector appends, and it checked the key above.
@@ -632,45 +364,14 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 	return true
 }
 
-// recordFailure records ev under key without data (datadropped=error),
-// unless the key is already held, and logs and counts the failure; it
-// reports whether it appended.
-func (c *Collector) recordFailure(ev types.BaseEvent, key int64, cause error) (appended bool) {
-	c.status.failed.Add(1)
-	defer func() {
-		if p := recover(); p != nil {
-			c.log.Error("event could not be recorded: not appended", "offset", key, "error", cause.Error(), "panic", fmt.Sprint(p))
-			appended = false
-		}
-	}()
-	if _, latest, ok := c.journal.Range(); ok && key <= latest {
-		c.log.Error("event could not be processed", append(errorAttrs(cause), "offset", key)...)
-		return false
-	}
-	rec, err := c.converter.ConvertFailed(ev, cause)
-	if err == nil {
-		err = c.journal.AppendRecord(rec.Record)
-	}
-	if err != nil {
-		c.log.Error("event could not be recorded: not appended", append(errorAttrs(cause), "offset", key, "record_error", err.Error())...)
-		return false
-	}
-	c.log.Error("event could not be processed: recorded without data", append(errorAttrs(cause), "offset", key, "type", rec.Type)...)
-	c.appended(ev.GetEvent().CreatedTime)
-	return true
-}
-
 // appended updates the status after an append of an event created at
 // created. An event whose time could not be read (zero) leaves the times
 // as they were: a reconnect must not start over from the stream's begin.
 func (c *Collector) appended(created time.Time) {
-	c.status.ingested.Add(1)
-	if created.IsZero() {
-		return
+	if !created.IsZero() {
+		c.lastCreated = created
 	}
-	c.lastCreated = created
-	c.status.lastEvent.Store(created.UnixNano())
-	c.status.lag.Store(int64(time.Now().Add(c.skew).Sub(created)))
+	c.status.appended(created, time.Now().Add(c.skew).Sub(created))
 }
 
 // lastKey is the latest offset held, for log lines about an event without
@@ -680,144 +381,6 @@ func (c *Collector) lastKey() int64 {
 		return latest
 	}
 	return -1
-}
-
-// login opens a session. The credentials are passed to Login only, never
-// put in the URL, so no error message or log line can carry them.
-func (c *Collector) login(ctx context.Context) (*vim25.Client, error) {
-	sc := soap.NewClient(c.url, c.insecure)
-	// vCenter lists sessions by user agent: say who we are.
-	sc.UserAgent = userAgent
-	sc.Types = withUnknownEvents(sc.Types)
-	if c.trust.rootCAs != nil {
-		sc.DefaultTransport().TLSClientConfig.RootCAs = c.trust.rootCAs
-	}
-	if c.trust.thumbprint != "" {
-		// govmomi accepts a certificate with this fingerprint when no CA
-		// vouches for it.
-		sc.SetThumbprint(c.url.Host, c.trust.thumbprint)
-	}
-	client, err := vim25.NewClient(ctx, sc)
-	if err != nil {
-		sc.CloseIdleConnections()
-		return nil, fmt.Errorf("connect to vCenter %s: %w", c.url.Host, err)
-	}
-	if err := session.NewManager(client).Login(ctx, c.credentials); err != nil {
-		sc.CloseIdleConnections()
-		return nil, fmt.Errorf("log in to vCenter %s: %w", c.url.Host, err)
-	}
-	c.log.Info("logged in to vCenter", "url", c.url.String())
-	return client, nil
-}
-
-// certificateUntrusted tells whether err is a TLS verification failure that
-// trusting vCenter's certificate would fix: no CA vouches for it, it is not
-// for vCenter's host name, or it does not have the pinned fingerprint.
-func certificateUntrusted(err error) bool {
-	if err == nil {
-		return false
-	}
-	// govmomi's thumbprint check has no error type of its own.
-	return soap.IsCertificateUntrusted(err) || strings.Contains(err.Error(), "thumbprint does not match")
-}
-
-// presentedFingerprint returns the SHA-256 fingerprint of the certificate
-// host presents (from failure, the handshake's error, or else read anew),
-// in the form VCENTER_THUMBPRINT takes, so that an operator who checks it
-// can pin it; "" if it cannot be read.
-func presentedFingerprint(ctx context.Context, failure error, host string) string {
-	// The failed handshake usually carries the certificate.
-	var verification *tls.CertificateVerificationError
-	if errors.As(failure, &verification) && len(verification.UnverifiedCertificates) > 0 {
-		return soap.ThumbprintSHA256(verification.UnverifiedCertificates[0])
-	}
-	if _, port, err := net.SplitHostPort(host); err != nil || port == "" {
-		host = net.JoinHostPort(strings.Trim(host, "[]"), "443")
-	}
-	ctx, cancel := context.WithTimeout(ctx, cleanupTimeout)
-	defer cancel()
-	// Verification is off only to read the certificate: nothing is sent.
-	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true}}
-	conn, err := d.DialContext(ctx, "tcp", host)
-	if err != nil {
-		return ""
-	}
-	defer conn.Close()
-	certs := conn.(*tls.Conn).ConnectionState().PeerCertificates
-	if len(certs) == 0 {
-		return ""
-	}
-	return soap.ThumbprintSHA256(certs[0])
-}
-
-// pageUpdates waits for vCenter to announce a change of a history
-// collector's latestPage, which it does for every new event.
-type pageUpdates struct {
-	client *vim25.Client
-	req    types.WaitForUpdatesEx
-}
-
-// watchLatestPage creates a property collector of the session's own with a
-// filter on hc's latestPage. Each wait returns at the latest after
-// safetyInterval, so that a missed announcement costs at most that long.
-func watchLatestPage(ctx context.Context, client *vim25.Client, hc *event.HistoryCollector, safetyInterval time.Duration) (*pageUpdates, error) {
-	pc, err := property.DefaultCollector(client).Create(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("create property collector: %w", err)
-	}
-	_, err = pc.CreateFilter(ctx, types.CreateFilter{Spec: types.PropertyFilterSpec{
-		ObjectSet: []types.ObjectSpec{{Obj: hc.Reference()}},
-		PropSet:   []types.PropertySpec{{Type: hc.Reference().Type, PathSet: []string{"latestPage"}}},
-	}})
-	if err != nil {
-		return nil, fmt.Errorf("create property filter: %w", err)
-	}
-	maxWait := int32(max(1, safetyInterval/time.Second))
-	return &pageUpdates{client: client, req: types.WaitForUpdatesEx{
-		This:    pc.Reference(),
-		Options: &types.WaitOptions{MaxWaitSeconds: &maxWait},
-	}}, nil
-}
-
-// wait returns when latestPage changed or the safety interval passed. It
-// returns the newest key the announcement carried, -1 if none (the safety
-// interval passed). The announcement carries the latest page of events: an
-// event that govmomi cannot decode makes the wait fail, and repeated
-// failures make the collector poll instead.
-func (u *pageUpdates) wait(ctx context.Context) (newest int64, err error) {
-	defer recoverAsError(&err)
-	res, err := methods.WaitForUpdatesEx(ctx, u.client, &u.req)
-	if err != nil {
-		return -1, err
-	}
-	set := res.Returnval
-	if set == nil {
-		return -1, nil
-	}
-	u.req.Version = set.Version
-	return newestAnnounced(set), nil
-}
-
-// newestAnnounced returns the newest event key among the latestPage
-// values of set, -1 if it has none.
-func newestAnnounced(set *types.UpdateSet) int64 {
-	newest := int64(-1)
-	for _, filter := range set.FilterSet {
-		for _, object := range filter.ObjectSet {
-			for _, change := range object.ChangeSet {
-				page, ok := change.Val.(types.ArrayOfEvent)
-				if change.Name != "latestPage" || !ok {
-					continue
-				}
-				for _, ev := range page.Event {
-					if ev != nil { // a type govmomi cannot map
-						newest = max(newest, int64(ev.GetEvent().Key))
-					}
-				}
-			}
-		}
-	}
-	return newest
 }
 
 // backoff returns the pause before attempt (from 1): exponential from
@@ -833,16 +396,4 @@ func backoff(attempt int, lowest, highest time.Duration) time.Duration {
 	}
 	// Jitter above d, never below lowest: up to half of it again, capped.
 	return min(highest, d+rand.N(d/2+1))
-}
-
-// sleep waits for d or until ctx is done; it reports whether d passed.
-func sleep(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
-	}
 }

@@ -308,6 +308,27 @@ func TestCollectorLiveness(t *testing.T) {
 	}
 }
 
+// TestCollectorStatusWaitReady: waitReady returns true once the collector
+// is ready, and false if its context ends first.
+func TestCollectorStatusWaitReady(t *testing.T) {
+	t.Parallel()
+	status := newCollectorStatus(time.Minute)
+	ended, cancel := context.WithCancel(t.Context())
+	cancel()
+	if status.waitReady(ended) {
+		t.Error("waitReady with its context done, before the collector is ready: true")
+	}
+	ready := make(chan bool)
+	go func() { ready <- status.waitReady(t.Context()) }()
+	status.setReady()
+	if !<-ready {
+		t.Error("waitReady after setReady: false")
+	}
+	if !status.waitReady(ended) {
+		t.Error("waitReady of a ready collector: false")
+	}
+}
+
 // TestCollectorAppendedWithoutTime: an event whose time could not be read
 // keeps the collector's place in time (where a reconnect reads from) and
 // its status as they were.

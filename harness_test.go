@@ -201,12 +201,37 @@ func startServer(t testing.TB, sim *simulation, env map[string]string, args ...s
 // waitReady waits until the server has caught up with vCenter.
 func (s *testServer) waitReady(t testing.TB) {
 	t.Helper()
-	select {
-	case <-s.status.CaughtUp():
-	case <-s.stopped:
-		t.Fatalf("server stopped before it caught up with vCenter: %v; log:\n%s", s.err, s.logs)
-	case <-time.After(waitTimeout):
-		t.Fatalf("server did not catch up with vCenter within %v; log:\n%s", waitTimeout, s.logs)
+	s.waitStatus(t, "the catch-up with vCenter", s.status.Ready)
+}
+
+// waitStatus waits until cond holds, looking again whenever the
+// collector's status changes (which includes every append).
+func (s *testServer) waitStatus(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	s.waitOn(t, &s.status.changes, what, cond)
+}
+
+// waitOn waits until cond holds, looking again at every change n
+// announces; it fails the test if the server stops first or waitTimeout
+// passes.
+func (s *testServer) waitOn(t testing.TB, n *notifier, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	defer cancel()
+	go func() {
+		select {
+		case <-s.stopped:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	if !n.waitFor(ctx, cond) {
+		select {
+		case <-s.stopped:
+			t.Fatalf("server stopped (%v) before %s; log:\n%s", s.err, what, s.logs)
+		default:
+			t.Fatalf("no %s within %v; log:\n%s", what, waitTimeout, s.logs)
+		}
 	}
 }
 

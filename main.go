@@ -162,24 +162,25 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 	journal := NewJournal(cfg.MaxSegmentSize)
 	status := newCollectorStatus(opts.collector.stuckAfter())
-	collector := newCollector(cfg, opts.collector, journal, status, log)
-	sink, err := newDeliverer(cfg.Sink, journal, log)
-	if err != nil {
-		return err
-	}
-	handlerOpts = append(handlerOpts, withSink(sink.Status()))
-	if sink != nil {
-		collector.sink = sink.Status()
+	// Without a sink there is no deliverer, and no pace for the collector.
+	var (
+		sink       *Deliverer
+		pace       *sinkPace
+		sinkStatus *SinkStatus
+	)
+	if cfg.Sink.URL != nil {
 		// A sink that retries one event, timing out and backing off, is
 		// still taking events.
-		collector.opts.sinkPatience = max(collector.opts.sinkPatience, 2*cfg.Sink.Timeout+sinkBackoffMax)
+		if pace, err = newSinkPace(cfg.Sink, max(sinkPatience, 2*cfg.Sink.Timeout+sinkBackoffMax), status); err != nil {
+			return err
+		}
+		if sink, err = newDeliverer(cfg.Sink, journal, pace, log); err != nil {
+			return err
+		}
+		sinkStatus = sink.Status()
+		handlerOpts = append(handlerOpts, withSink(sinkStatus))
 	}
-	if t := sink.ResumeTime(); !t.IsZero() {
-		// The event after the checkpoint may have been logged a little
-		// before it (a later key, an earlier time), as on a reconnect.
-		collector.beginBy = t.Add(-resumeMargin)
-		sink.collectorCaughtUp = status.CaughtUp()
-	}
+	collector := newCollector(cfg, opts.collector, journal, status, pace, log)
 
 	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
 	if err != nil {
@@ -225,7 +226,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		workers.Go(func() { keepRunning(ctx, log, "sink delivery", sink.Run) })
 	}
 	if started != nil {
-		started(running{addr: ln.Addr(), journal: journal, status: status, sink: sink.Status()})
+		started(running{addr: ln.Addr(), journal: journal, status: status, sink: sinkStatus})
 	}
 
 	<-ctx.Done()

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"sync"
+	"time"
 )
 
 // notifier tells any number of waiters that something changed: the
@@ -54,5 +55,17 @@ func (n *notifier) waitFor(ctx context.Context, cond func() bool) bool {
 		case <-ctx.Done():
 			return false
 		}
+	}
+}
+
+// sleep waits for d or until ctx is done; it reports whether d passed.
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
 	}
 }

@@ -94,7 +94,7 @@ func runCollector(t *testing.T, sim *simulation, log *slog.Logger, prepare func(
 	opts := defaultCollectorOptions()
 	journal := NewJournal(cfg.MaxSegmentSize)
 	status := newCollectorStatus(opts.stuckAfter())
-	collector := newCollector(cfg, opts, journal, status, log)
+	collector := newCollector(cfg, opts, journal, status, nil, log)
 	if prepare != nil {
 		prepare(collector)
 	}

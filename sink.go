@@ -97,12 +97,13 @@ type Deliverer struct {
 	status   *SinkStatus
 	log      *slog.Logger
 	protocol *cehttp.Protocol
-	// resume is the checkpoint read at start, zero without one.
+	// pace is where the deliverer tells the collector how far it has got,
+	// and learns of the collector's first catch-up: then the journal tells
+	// whether the checkpoint is this vCenter's.
+	pace *sinkPace
+	// resume is the checkpoint to check at start (checkResume), zero
+	// without one or once checked.
 	resume checkpoint
-	// collectorCaughtUp, if set, is closed once the collector has read
-	// vCenter's events the first time: then the journal tells whether the
-	// checkpoint is this vCenter's.
-	collectorCaughtUp <-chan struct{}
 	// backoffMin and backoffMax bound retry pauses; grace is what the
 	// request in flight at shutdown may still take.
 	backoffMin, backoffMax time.Duration
@@ -120,12 +121,9 @@ type Deliverer struct {
 	untimed bool
 }
 
-// newDeliverer returns the deliverer for cfg, or nil without a sink. With
-// a checkpoint file, delivery resumes after the offset it holds.
-func newDeliverer(cfg SinkConfig, journal *Journal, log *slog.Logger) (*Deliverer, error) {
-	if cfg.URL == nil {
-		return nil, nil
-	}
+// newDeliverer returns the deliverer for cfg, which has a sink URL, at
+// pace: delivery resumes after the pace's checkpoint, if any.
+func newDeliverer(cfg SinkConfig, journal *Journal, pace *sinkPace, log *slog.Logger) (*Deliverer, error) {
 	// A transport of its own, so that the connection to the sink is kept
 	// alive between events whatever else uses the default one.
 	transport := http.DefaultTransport.(*http.Transport).Clone()
@@ -136,38 +134,17 @@ func newDeliverer(cfg SinkConfig, journal *Journal, log *slog.Logger) (*Delivere
 	}
 	d := &Deliverer{
 		cfg: cfg, journal: journal, log: log.With("sink", redactedURL(cfg.URL)), protocol: p,
-		status: newSinkStatus(), next: -1, saved: -1,
+		pace: pace, status: newSinkStatus(pace), next: -1, saved: -1,
 		backoffMin: sinkBackoffMin, backoffMax: sinkBackoffMax, grace: sinkShutdownGrace,
 	}
-	if cfg.CheckpointFile != "" {
-		cp, ok, err := loadCheckpoint(cfg.CheckpointFile)
-		if err != nil {
-			return nil, &configError{envSinkCheckpointFile, err.Error()}
-		}
-		if ok {
-			d.next, d.saved, d.savedTime, d.resume = cp.Offset+1, cp.Offset, cp.Time, cp
-			d.status.done.Store(cp.Offset)
-		}
+	if cp := pace.resume; !cp.Time.IsZero() {
+		d.next, d.saved, d.savedTime, d.resume = cp.Offset+1, cp.Offset, cp.Time, cp
 	}
 	return d, nil
 }
 
 // Status returns what the deliverer reports to /readyz and /metrics.
-func (d *Deliverer) Status() *SinkStatus {
-	if d == nil {
-		return nil
-	}
-	return d.status
-}
-
-// ResumeTime is the creation time of the event in the checkpoint, or the
-// zero time without one: the collector must read from there on.
-func (d *Deliverer) ResumeTime() time.Time {
-	if d == nil {
-		return time.Time{}
-	}
-	return d.resume.Time
-}
+func (d *Deliverer) Status() *SinkStatus { return d.status }
 
 // Run delivers until ctx is done. A request in flight then gets up to
 // the shutdown grace to finish before it is cancelled; the checkpoint is
@@ -229,36 +206,24 @@ func (d *Deliverer) checkResume(ctx context.Context) bool {
 	// The checkpoint's own key held (or a later one): the same vCenter.
 	// Start at once, before the collector has read the whole backlog,
 	// which the journal may not hold all of.
-	for caughtUp := d.collectorCaughtUp; ; {
-		appended := d.journal.appended()
-		if d.journal.holds(d.resume.Offset) {
-			return true
-		}
-		if caughtUp == nil {
-			break
-		}
-		select {
-		case <-appended:
-		case <-caughtUp:
-			caughtUp = nil // one more look, then the journal tells
-		case <-ctx.Done():
-			return false
-		}
+	held := func() bool { return d.journal.holds(d.resume.Offset) }
+	if !d.pace.waitCaughtUp(ctx, held) {
+		return false
 	}
-	for ctx.Err() == nil {
-		// Caught up below the checkpoint, or with nothing since its time:
-		// the first event appended tells.
-		if _, latest, ok := d.journal.Range(); ok {
-			if latest < d.resume.Offset {
-				d.log.Warn("the sink checkpoint is ahead of vCenter's newest event: vCenter was reinstalled or the checkpoint is another vCenter's; delivering from the first event held",
-					"checkpoint", d.resume.Offset, "latest", latest)
-				d.next = -1
-			}
-			return true
-		}
-		_ = d.journal.Wait(ctx, math.MinInt64)
+	if held() {
+		return true
 	}
-	return false
+	// Caught up below the checkpoint, or with nothing since its time: the
+	// first event appended tells.
+	if d.journal.Wait(ctx, math.MinInt64) != nil {
+		return false
+	}
+	if _, latest, _ := d.journal.Range(); latest < d.resume.Offset {
+		d.log.Warn("the sink checkpoint is ahead of vCenter's newest event: vCenter was reinstalled or the checkpoint is another vCenter's; delivering from the first event held",
+			"checkpoint", d.resume.Offset, "latest", latest)
+		d.next = -1
+	}
+	return true
 }
 
 // wait blocks until the journal holds the next offset; it reports false
@@ -306,7 +271,7 @@ func (d *Deliverer) lose() {
 func (d *Deliverer) markDone(rec Record) {
 	d.done, d.doneOK, d.untimed = rec, true, false
 	d.next = rec.Offset + 1
-	d.status.setDone(rec.Offset)
+	d.pace.setDone(rec.Offset)
 }
 
 // dirty reports whether the checkpoint file is behind what is done.
@@ -571,75 +536,38 @@ type SinkStatus struct {
 	delivered, retries, rejected, lost atomic.Int64
 	// lastDelivered is the offset of the last event acknowledged, -1 before.
 	lastDelivered atomic.Int64
-	// done is the offset of the last event done with (acknowledged,
-	// refused, not selected or lost), -1 before.
-	done      atomic.Int64
+	// pace tells the last offset done with (the lag is measured from it).
+	pace      *sinkPace
 	mu        sync.Mutex
 	state     string
 	lastError string
 	errorAt   time.Time
 	durations histogram
-	// reached is closed once the deliverer is done with reachTarget; made
-	// only while the collector waits (doneThrough), so delivery without a
-	// waiter costs nothing more.
-	reached     chan struct{}
-	reachTarget int64
 }
 
-func newSinkStatus() *SinkStatus {
-	s := &SinkStatus{state: sinkStateStarting, durations: newHistogram(sinkDurationBuckets)}
+// newSinkStatus returns the status of a deliverer at pace that has not
+// started yet.
+func newSinkStatus(pace *sinkPace) *SinkStatus {
+	s := &SinkStatus{pace: pace, state: sinkStateStarting, durations: newHistogram(sinkDurationBuckets)}
 	s.lastDelivered.Store(-1)
-	s.done.Store(-1)
 	return s
 }
 
-// setDone records that the deliverer is done with offset, waking a
-// collector that waits for it.
-func (s *SinkStatus) setDone(offset int64) {
-	s.done.Store(offset)
-	s.mu.Lock()
-	if s.reached != nil && offset >= s.reachTarget {
-		close(s.reached)
-		s.reached = nil
-	}
-	s.mu.Unlock()
-}
-
-// needsFrom is the first offset the deliverer still needs to be held; -1
-// for the first event held.
-func (s *SinkStatus) needsFrom() int64 {
-	if done := s.done.Load(); done >= 0 {
-		return done + 1
-	}
-	return -1
-}
-
-// doneThrough returns a channel closed once the deliverer is done with
-// offset (one waiter at a time: the collector).
-func (s *SinkStatus) doneThrough(offset int64) <-chan struct{} {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	ch := make(chan struct{})
-	if s.done.Load() >= offset {
-		close(ch)
-		return ch
-	}
-	s.reached, s.reachTarget = ch, offset
-	return ch
-}
-
+// setState records what the deliverer does now, as /readyz shows it.
 func (s *SinkStatus) setState(state string) {
 	s.mu.Lock()
 	s.state = state
 	s.mu.Unlock()
 }
 
+// setError records the last failure, as /readyz shows it.
 func (s *SinkStatus) setError(err error) {
 	s.mu.Lock()
 	s.lastError, s.errorAt = err.Error(), time.Now().UTC()
 	s.mu.Unlock()
 }
 
+// observe records the duration of one delivery request.
 func (s *SinkStatus) observe(d time.Duration) {
 	s.mu.Lock()
 	s.durations.observe(d.Seconds())
@@ -683,8 +611,9 @@ func (s *SinkStatus) writeMetrics(w io.Writer, j *Journal) {
 	if _, latest, ok := j.Range(); ok {
 		// Measured from the last offset done with, so that events the
 		// filter leaves out do not count as lag.
-		lag := latest - s.done.Load()
-		if s.done.Load() < 0 {
+		done := s.pace.doneWith()
+		lag := latest - done
+		if done < 0 {
 			earliest, _, _ := j.Range()
 			lag = latest - earliest + 1
 		}

@@ -145,10 +145,7 @@ func BenchmarkSinkThroughput(b *testing.B) {
 			cfg := mode.cfg
 			cfg.URL, _ = url.Parse(sink.URL)
 			cfg.Timeout = defaultSinkTimeout
-			d, err := newDeliverer(cfg, j, slog.New(slog.DiscardHandler))
-			if err != nil {
-				b.Fatal(err)
-			}
+			d := newTestDeliverer(b, cfg, j, slog.New(slog.DiscardHandler))
 			arrived := sink.expect(int64(b.N))
 			ctx, cancel := context.WithCancel(context.Background())
 			done := make(chan struct{})

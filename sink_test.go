@@ -840,7 +840,7 @@ func TestSinkConfigErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = newDeliverer(cfg.Sink, NewJournal(1), slog.New(slog.DiscardHandler))
+		_, err = newSinkPace(cfg.Sink, sinkPatience, newCollectorStatus(time.Minute))
 		checkConfigError(t, err, envSinkCheckpointFile)
 		if !errors.Is(err, ErrCheckpointCorrupt) && !strings.Contains(err.Error(), ErrCheckpointCorrupt.Error()) {
 			t.Errorf("error %v does not say the checkpoint is corrupt", err)
@@ -898,6 +898,21 @@ func TestParseRetryAfter(t *testing.T) {
 	}
 }
 
+// newTestDeliverer returns a deliverer of j for cfg, at the pace of a
+// collector that never runs.
+func newTestDeliverer(t testing.TB, cfg SinkConfig, j *Journal, log *slog.Logger) *Deliverer {
+	t.Helper()
+	pace, err := newSinkPace(cfg, sinkPatience, newCollectorStatus(time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := newDeliverer(cfg, j, pace, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
 // runDeliverer runs, until the test ends, a deliverer of j configured by
 // env (tune, if set, adjusts it first), and returns its debug log and a
 // channel closed when it stops.
@@ -908,10 +923,7 @@ func runDeliverer(t *testing.T, j *Journal, env map[string]string, tune func(*De
 		t.Fatal(err)
 	}
 	logs := newLogRecorder()
-	d, err := newDeliverer(cfg.Sink, j, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDeliverer(t, cfg.Sink, j, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if tune != nil {
 		tune(d)
 	}
@@ -1038,10 +1050,7 @@ func TestSinkAnswers(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)
-	d, err := newDeliverer(SinkConfig{URL: u, Timeout: 5 * time.Second}, NewJournal(1), slog.New(slog.DiscardHandler))
-	if err != nil {
-		t.Fatal(err)
-	}
+	d := newTestDeliverer(t, SinkConfig{URL: u, Timeout: 5 * time.Second}, NewJournal(1), slog.New(slog.DiscardHandler))
 	msg, err := d.message(benchRecords(t, 1)[0])
 	if err != nil {
 		t.Fatal(err)
@@ -1127,12 +1136,15 @@ func TestSinkBacklogStalledSink(t *testing.T) {
 	cfg := Config{VCenterURL: sim.URL, Insecure: true, Username: sim.Username, Password: sim.Password,
 		StreamBegin: defaultStreamBegin, MaxRecordSize: defaultMaxRecordSize, MaxSegmentSize: 5}
 	opts := defaultCollectorOptions()
-	opts.sinkPatience = 50 * time.Millisecond
 	journal := NewJournal(cfg.MaxSegmentSize)
 	status := newCollectorStatus(opts.stuckAfter())
 	logs := newLogRecorder()
-	collector := newCollector(cfg, opts, journal, status, slog.New(slog.NewJSONHandler(logs, nil)))
-	collector.sink = newSinkStatus() // takes nothing: needs the first event held
+	// No deliverer takes from it: the sink needs the first event held.
+	pace, err := newSinkPace(SinkConfig{}, 50*time.Millisecond, status)
+	if err != nil {
+		t.Fatal(err)
+	}
+	collector := newCollector(cfg, opts, journal, status, pace, slog.New(slog.NewJSONHandler(logs, nil)))
 	stopped := runUntilCleanup(t, collector.Run)
 
 	logs.wait(t, "caught up with vCenter", stopped)
@@ -1165,11 +1177,16 @@ func TestCollectorPacesSink(t *testing.T) {
 		{name: "gave up on the sink", gaveUp: true},
 		{name: "caught up once", ready: true},
 	} {
-		c := &Collector{status: newCollectorStatus(time.Minute), sink: newSinkStatus(), backlogUntil: began,
-			lastCreated: tc.lastCreated, sinkGaveUp: tc.gaveUp}
-		if tc.noSink {
-			c.sink = nil
+		status := newCollectorStatus(time.Minute)
+		pace, err := newSinkPace(SinkConfig{}, sinkPatience, status)
+		if err != nil {
+			t.Fatal(err)
 		}
+		if tc.noSink {
+			pace = nil
+		}
+		c := &Collector{status: status, pace: pace, backlogUntil: began,
+			lastCreated: tc.lastCreated, sinkGaveUp: tc.gaveUp}
 		if tc.ready {
 			c.status.setReady()
 		}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"sync/atomic"
 	"time"
 )
@@ -8,12 +9,13 @@ import (
 // CollectorStatus is what the collector reports about itself to the HTTP
 // API (readiness, liveness, metrics). All methods are safe for concurrent use.
 type CollectorStatus struct {
-	// ready is set after the first successful read from vCenter, and
-	// caughtUp closed then (if made by newCollectorStatus).
-	ready    atomic.Bool
-	caughtUp chan struct{}
+	// ready is set after the first successful read from vCenter.
+	ready atomic.Bool
 	// connected is true while the collector holds a working session.
 	connected atomic.Bool
+	// changes is notified as ready or connected change and at each
+	// append: whoever waits for the collector (waitFor) looks again then.
+	changes notifier
 	// lastEvent is the CreatedTime (Unix nanoseconds) of the newest event appended.
 	lastEvent atomic.Int64
 	// heartbeat is when the collector's loop last turned (Unix nanoseconds).
@@ -38,7 +40,7 @@ type CollectorStatus struct {
 // newCollectorStatus returns the status of a collector that has not run yet;
 // its loop counts as stuck if it does not turn within stuckAfter.
 func newCollectorStatus(stuckAfter time.Duration) *CollectorStatus {
-	s := &CollectorStatus{stuckAfter: stuckAfter, caughtUp: make(chan struct{})}
+	s := &CollectorStatus{stuckAfter: stuckAfter}
 	s.beat()
 	return s
 }
@@ -46,23 +48,49 @@ func newCollectorStatus(stuckAfter time.Duration) *CollectorStatus {
 // Ready reports whether the collector has read from vCenter at least once.
 func (s *CollectorStatus) Ready() bool { return s.ready.Load() }
 
-// CaughtUp is closed once the collector has read all of vCenter's events
-// the first time, as Ready turns true.
-func (s *CollectorStatus) CaughtUp() <-chan struct{} { return s.caughtUp }
-
-// setReady marks the collector ready; it reports whether it was not yet.
+// setReady marks the collector ready, once it has read all of vCenter's
+// events the first time; it reports whether it was not yet.
 func (s *CollectorStatus) setReady() bool {
 	if s.ready.Swap(true) {
 		return false
 	}
-	if s.caughtUp != nil {
-		close(s.caughtUp)
-	}
+	s.changes.notify()
 	return true
+}
+
+// waitReady waits until the collector is ready and reports true, or until
+// ctx is done (false).
+func (s *CollectorStatus) waitReady(ctx context.Context) bool { return s.waitFor(ctx, s.Ready) }
+
+// waitFor waits until cond holds and reports true, or until ctx is done
+// (false). It looks at cond again whenever what the status reports
+// changes: readiness, the connection, and each append, so that cond may
+// also be about the journal the collector appends to.
+func (s *CollectorStatus) waitFor(ctx context.Context, cond func() bool) bool {
+	return s.changes.waitFor(ctx, cond)
 }
 
 // Connected reports whether the collector has a working vCenter session now.
 func (s *CollectorStatus) Connected() bool { return s.connected.Load() }
+
+// setConnected records whether the collector has a working session.
+func (s *CollectorStatus) setConnected(connected bool) {
+	if s.connected.Swap(connected) != connected {
+		s.changes.notify()
+	}
+}
+
+// appended records the append of an event created at created (zero if its
+// time could not be read: the times then stay as they were), which took
+// lag from its creation in vCenter.
+func (s *CollectorStatus) appended(created time.Time, lag time.Duration) {
+	s.ingested.Add(1)
+	if !created.IsZero() {
+		s.lastEvent.Store(created.UnixNano())
+		s.lag.Store(int64(lag))
+	}
+	s.changes.notify()
+}
 
 // Alive reports whether the collector's loop has turned recently. It is
 // false only when the process itself is wedged: vCenter outages and stalls
@@ -105,4 +133,5 @@ func (s *CollectorStatus) Skipped() int64 { return s.skipped.Load() }
 // Reconnects returns the number of vCenter sessions opened again after a failure.
 func (s *CollectorStatus) Reconnects() int64 { return s.reconnects.Load() }
 
+// beat records that the collector's loop turned now (Alive).
 func (s *CollectorStatus) beat() { s.heartbeat.Store(time.Now().UnixNano()) }
