@@ -208,30 +208,35 @@ func (s *testServer) waitReady(t testing.TB) {
 // collector's status changes (which includes every append).
 func (s *testServer) waitStatus(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	s.waitOn(t, &s.status.changes, what, cond)
+	waitUntil(t, &s.status.changes, s.stopped, what, cond)
 }
 
-// waitOn waits until cond holds, looking again at every change n
-// announces; it fails the test if the server stops first or waitTimeout
-// passes.
-func (s *testServer) waitOn(t testing.TB, n *notifier, what string, cond func() bool) {
+// waitSink waits until cond holds, looking again whenever the sink's
+// status changes.
+func (s *testServer) waitSink(t testing.TB, what string, cond func() bool) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
+	waitUntil(t, &s.sink.changes, s.stopped, what, cond)
+}
+
+// waitUntil waits until cond holds, looking again at every change n
+// announces; it fails the test if stopped (may be nil) is closed first
+// (the server or loop under test ended) or waitTimeout passes.
+func waitUntil(t testing.TB, n *notifier, stopped <-chan struct{}, what string, cond func() bool) {
+	t.Helper()
+	ctx, cancel := context.WithTimeoutCause(t.Context(), waitTimeout, fmt.Errorf("no %s within %v", what, waitTimeout))
 	defer cancel()
 	go func() {
 		select {
-		case <-s.stopped:
+		case <-stopped:
 			cancel()
 		case <-ctx.Done():
 		}
 	}()
 	if !n.waitFor(ctx, cond) {
-		select {
-		case <-s.stopped:
-			t.Fatalf("server stopped (%v) before %s; log:\n%s", s.err, what, s.logs)
-		default:
-			t.Fatalf("no %s within %v; log:\n%s", what, waitTimeout, s.logs)
+		if cause := context.Cause(ctx); cause != context.Canceled {
+			t.Fatal(cause)
 		}
+		t.Fatalf("stopped before %s", what)
 	}
 }
 

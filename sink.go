@@ -261,7 +261,7 @@ func (d *Deliverer) lose() {
 		return
 	}
 	lost := earliest - d.next
-	d.status.lost.Add(lost)
+	d.status.add(&d.status.lost, lost)
 	d.log.Error("events purged before delivery to the sink: lost",
 		"from", d.next, "to", earliest-1, "lost", lost, "earliest", earliest, "latest", latest)
 	d.next = earliest
@@ -306,6 +306,7 @@ func (d *Deliverer) checkpoint(now bool) {
 		return
 	}
 	d.saved, d.savedTime = cp.Offset, cp.Time
+	d.status.setCheckpointed(cp.Offset)
 	d.log.Debug("sink checkpoint written", "offset", cp.Offset, "time", cp.Time)
 }
 
@@ -326,7 +327,7 @@ func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) (done boo
 	// or something panics on the way, is skipped like one the sink
 	// refuses: the stream goes on.
 	skip := func(err error) bool {
-		d.status.rejected.Add(1)
+		d.status.add(&d.status.rejected, 1)
 		d.status.setError(err)
 		d.log.Error("cannot deliver an event: skipped", append(errorAttrs(err), "key", rec.Offset)...)
 		return true
@@ -355,7 +356,7 @@ func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) (done boo
 			res = d.attempt(requests, rec.Offset, msg, attempt)
 			mode = decide(ctx, res)
 		case modeBackoff:
-			d.status.retries.Add(1)
+			d.status.add(&d.status.retries, 1)
 			d.status.setState(sinkStateRetrying)
 			// A retry may take long: keep the checkpoint current meanwhile.
 			d.checkpoint(true)
@@ -370,12 +371,11 @@ func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) (done boo
 			}
 			mode = modeDeliver
 		case modeSkip:
-			d.status.rejected.Add(1)
+			d.status.add(&d.status.rejected, 1)
 			d.log.Error("sink rejected the event: skipped", "key", rec.Offset, "status", res.status, "body", res.body)
 			return true
 		case modeAcked:
-			d.status.delivered.Add(1)
-			d.status.lastDelivered.Store(rec.Offset)
+			d.status.acked(rec.Offset)
 			return true
 		case modeStop:
 			return false
@@ -536,6 +536,10 @@ type SinkStatus struct {
 	delivered, retries, rejected, lost atomic.Int64
 	// lastDelivered is the offset of the last event acknowledged, -1 before.
 	lastDelivered atomic.Int64
+	// checkpointed is the offset of the checkpoint last written, -1 before.
+	checkpointed atomic.Int64
+	// changes is notified whenever any of the above or the state changes.
+	changes notifier
 	// pace tells the last offset done with (the lag is measured from it).
 	pace      *sinkPace
 	mu        sync.Mutex
@@ -550,14 +554,45 @@ type SinkStatus struct {
 func newSinkStatus(pace *sinkPace) *SinkStatus {
 	s := &SinkStatus{pace: pace, state: sinkStateStarting, durations: newHistogram(sinkDurationBuckets)}
 	s.lastDelivered.Store(-1)
+	s.checkpointed.Store(-1)
 	return s
+}
+
+// add adds n to one of the status's counters.
+func (s *SinkStatus) add(counter *atomic.Int64, n int64) {
+	counter.Add(n)
+	s.changes.notify()
+}
+
+// acked records that the sink acknowledged offset.
+func (s *SinkStatus) acked(offset int64) {
+	s.delivered.Add(1)
+	s.lastDelivered.Store(offset)
+	s.changes.notify()
+}
+
+// setCheckpointed records that the checkpoint file now holds offset.
+func (s *SinkStatus) setCheckpointed(offset int64) {
+	s.checkpointed.Store(offset)
+	s.changes.notify()
 }
 
 // setState records what the deliverer does now, as /readyz shows it.
 func (s *SinkStatus) setState(state string) {
 	s.mu.Lock()
+	changed := s.state != state
 	s.state = state
 	s.mu.Unlock()
+	if changed {
+		s.changes.notify()
+	}
+}
+
+// currentState is what the deliverer does now.
+func (s *SinkStatus) currentState() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state
 }
 
 // setError records the last failure, as /readyz shows it.
@@ -565,6 +600,7 @@ func (s *SinkStatus) setError(err error) {
 	s.mu.Lock()
 	s.lastError, s.errorAt = err.Error(), time.Now().UTC()
 	s.mu.Unlock()
+	s.changes.notify()
 }
 
 // observe records the duration of one delivery request.
@@ -572,6 +608,14 @@ func (s *SinkStatus) observe(d time.Duration) {
 	s.mu.Lock()
 	s.durations.observe(d.Seconds())
 	s.mu.Unlock()
+	s.changes.notify()
+}
+
+// attempts is the number of delivery requests made, answered or not.
+func (s *SinkStatus) attempts() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.durations.count
 }
 
 // sinkReady is the sink's part of the /readyz body.

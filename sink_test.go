@@ -260,7 +260,9 @@ func heldEvents(t *testing.T, srv *testServer) ([]string, map[string]json.RawMes
 // idle: its status and metrics are then final.
 func waitCaughtUp(t testing.TB, srv *testServer, key int64) {
 	t.Helper()
-	srv.logs.waitWhere(t, "sink caught up", srv.stopped, func(rec map[string]any) bool { return rec["next"] == float64(key+1) })
+	srv.waitSink(t, fmt.Sprintf("idle deliverer done with %d", key), func() bool {
+		return srv.sink.currentState() == sinkStateIdle && srv.sink.pace.doneWith() >= key
+	})
 }
 
 // firstOccurrences returns keys without repeats, in the order first seen.
@@ -303,8 +305,8 @@ func TestSinkMisbehavingReceiver(t *testing.T) {
 		envCEOverrides: `{"extensions":{"cluster":"test","team":"vmware"}}`,
 		envSinkTimeout: "300ms",
 	})
-	refused := srv.logs.wait(t, "sink did not take the event; retrying", srv.stopped)
-	if msg, _ := refused["error"].(string); !strings.Contains(msg, "refused") {
+	srv.waitSink(t, "a retry", func() bool { return srv.sink.retries.Load() > 0 })
+	if msg := *srv.sink.ready().LastError; !strings.Contains(msg, "refused") {
 		t.Errorf("first failure %q, want connection refused", msg)
 	}
 
@@ -412,12 +414,12 @@ func TestSinkMisbehavingReceiver(t *testing.T) {
 	if rejectedTries != 1 {
 		t.Errorf("rejected event %s answered 400 %d times, want 1 (no retry)", rejected, rejectedTries)
 	}
-	srv.logs.wait(t, "sink rejected the event: skipped", srv.stopped)
-	// Every attempt is logged at debug level, those refused at connect too.
+	srv.waitSink(t, "a rejected event", func() bool { return srv.sink.rejected.Load() > 0 })
+	// Every attempt is counted, those refused at connect too.
 	sink.mu.Lock()
 	requests := len(sink.requests)
 	sink.mu.Unlock()
-	srv.logs.waitN(t, "sink attempt", requests+1, srv.stopped)
+	srv.waitSink(t, fmt.Sprintf("%d attempts", requests+1), func() bool { return srv.sink.attempts() >= uint64(requests+1) })
 
 	m := serverMetrics(t, srv)
 	p := metricPrefix
@@ -477,7 +479,7 @@ func TestSinkRestartResumes(t *testing.T) {
 	sink.waitAcked(t, before)
 	// Written within a second while running, not only at shutdown: a
 	// crash now would send nothing again.
-	first.logs.waitWhere(t, "sink checkpoint written", first.stopped, func(rec map[string]any) bool { return rec["offset"] == float64(before) })
+	first.waitSink(t, fmt.Sprintf("checkpoint %d", before), func() bool { return first.sink.checkpointed.Load() == before })
 	first.shutdown(t)
 	cp, ok, err := loadCheckpoint(cpFile)
 	if err != nil || !ok || cp.Offset != before {
@@ -492,7 +494,6 @@ func TestSinkRestartResumes(t *testing.T) {
 	vc.postEvents(t, 2)
 	latest := vc.latestKey(t)
 	sink.waitAcked(t, latest)
-	second.logs.wait(t, "delivering events to the sink", second.stopped)
 
 	acked := sink.ackedKeys(t)
 	if !slices.IsSorted(acked) || len(firstOccurrences(acked)) != len(acked) {
@@ -916,7 +917,7 @@ func newTestDeliverer(t testing.TB, cfg SinkConfig, j *Journal, log *slog.Logger
 // runDeliverer runs, until the test ends, a deliverer of j configured by
 // env (tune, if set, adjusts it first), and returns its debug log and a
 // channel closed when it stops.
-func runDeliverer(t *testing.T, j *Journal, env map[string]string, tune func(*Deliverer)) (*logRecorder, <-chan struct{}) {
+func runDeliverer(t *testing.T, j *Journal, env map[string]string, tune func(*Deliverer)) (*logRecorder, *SinkStatus, <-chan struct{}) {
 	t.Helper()
 	cfg, err := parseConfig(configEnv(env), false)
 	if err != nil {
@@ -927,7 +928,7 @@ func runDeliverer(t *testing.T, j *Journal, env map[string]string, tune func(*De
 	if tune != nil {
 		tune(d)
 	}
-	return logs, runUntilCleanup(t, d.Run)
+	return logs, d.Status(), runUntilCleanup(t, d.Run)
 }
 
 // TestSinkFilterAdvancesCheckpoint: events SINK_FILTER leaves out are not
@@ -955,9 +956,9 @@ func TestSinkFilterAdvancesCheckpoint(t *testing.T) {
 	}
 	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
 	cpFile := filepath.Join(t.TempDir(), "cp")
-	logs, stopped := runDeliverer(t, j, map[string]string{envSink: sink.URL, envSinkFilter: "eventclass=eventex", envSinkCheckpointFile: cpFile}, nil)
+	_, status, stopped := runDeliverer(t, j, map[string]string{envSink: sink.URL, envSinkFilter: "eventclass=eventex", envSinkCheckpointFile: cpFile}, nil)
 	sink.waitAcked(t, 9)
-	logs.waitWhere(t, "sink checkpoint written", stopped, func(rec map[string]any) bool { return rec["offset"] == float64(10) })
+	waitUntil(t, &status.changes, stopped, "checkpoint 10", func() bool { return status.checkpointed.Load() == 10 })
 	if got := sink.ackedKeys(t); !slices.Equal(got, []int64{1, 3, 5, 7, 9}) {
 		t.Errorf("delivered %v, want the EventEx only: [1 3 5 7 9]", got)
 	}
@@ -991,11 +992,11 @@ func TestSinkCheckpointEventWithoutTime(t *testing.T) {
 	appendAt(3, created.Add(3*time.Second))
 	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
 	cpFile := filepath.Join(t.TempDir(), "cp")
-	logs, stopped := runDeliverer(t, j, map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile}, nil)
+	logs, status, stopped := runDeliverer(t, j, map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile}, nil)
 	checkpointAt := func(offset int64, at time.Time) {
 		t.Helper()
 		sink.waitAcked(t, offset)
-		logs.waitWhere(t, "sink checkpoint written", stopped, func(rec map[string]any) bool { return rec["offset"] == float64(offset) })
+		waitUntil(t, &status.changes, stopped, fmt.Sprintf("checkpoint %d", offset), func() bool { return status.checkpointed.Load() == offset })
 		cp, ok, err := loadCheckpoint(cpFile)
 		if err != nil || !ok || cp.Offset != offset || !cp.Time.Equal(at) {
 			t.Fatalf("checkpoint %+v %v %v, want offset %d at %v", cp, ok, err, offset, at)
