@@ -115,7 +115,7 @@ func (c *Collector) Run(ctx context.Context) {
 			attempt = 0
 		}
 		attempt++
-		c.status.reconnects.Add(1)
+		c.status.reconnecting()
 		delay := backoff(attempt, c.opts.backoffMin, c.opts.backoffMax)
 		if certificateUntrusted(err) {
 			c.log.Error("vCenter's certificate is not trusted; reconnecting. Fix one of three ways: put the CA that signed it (PEM) in the file ca.crt in "+envSecretPath+
@@ -165,6 +165,7 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 	if err := s.follow(ctx, live, c.opts.push); err != nil {
 		return false, err
 	}
+	c.status.setMode(s.mode)
 	c.log.Info("collecting vCenter events", "begin", begin, "push", s.mode == modePush)
 
 	// announced is the newest key the last announcement carried: a read
@@ -186,6 +187,7 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 			if err := s.setMode(ctx, next); err != nil {
 				return progressed, err
 			}
+			c.status.setMode(next)
 		}
 		progressed = true
 		if c.status.setReady() {

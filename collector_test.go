@@ -34,12 +34,16 @@ func readyz(t testing.TB, s *testServer) readyState {
 	return readyState{code: code, connected: r.VCenterConnected}
 }
 
-// waitReconnecting waits for the nth failed session and returns its error.
-func waitReconnecting(t testing.TB, s *testServer, n int) string {
+// waitReconnecting waits for the nth failed session.
+func waitReconnecting(t testing.TB, s *testServer, n int) {
 	t.Helper()
-	rec := s.logs.waitN(t, "vCenter session failed; reconnecting", n, s.stopped)
-	msg, _ := rec["error"].(string)
-	return msg
+	s.waitStatus(t, fmt.Sprintf("failed session #%d", n), func() bool { return s.status.Reconnects() >= int64(n) })
+}
+
+// waitCollecting waits until a session after a failed one collects events.
+func waitCollecting(t testing.TB, s *testServer) {
+	t.Helper()
+	s.waitStatus(t, "a new session", func() bool { return s.status.Reconnects() > 0 && s.status.Connected() })
 }
 
 // checkOutage checks what clients see while vCenter is gone: the server
@@ -73,7 +77,7 @@ func TestCollectorConnectionCut(t *testing.T) {
 	checkOutage(t, srv, before)
 
 	proxy.heal()
-	srv.logs.waitN(t, "collecting vCenter events", 2, srv.stopped)
+	waitCollecting(t, srv)
 	vc.powerCycleVMs(t, 1)
 	expectEvents(t, w, vc.events(t, before))
 	if r := readyz(t, srv); !r.connected {
@@ -109,10 +113,8 @@ func TestCollectorSessionTerminated(t *testing.T) {
 	}
 
 	vc.powerCycleVMs(t, 1)
-	if msg := waitReconnecting(t, srv, 1); !strings.Contains(msg, "NotAuthenticated") && !strings.Contains(msg, "session is not authenticated") {
-		t.Logf("session failed with %q", msg)
-	}
-	srv.logs.waitN(t, "collecting vCenter events", 2, srv.stopped)
+	waitReconnecting(t, srv, 1)
+	waitCollecting(t, srv)
 	vc.powerCycleVMs(t, 1)
 	expectEvents(t, w, vc.events(t, before))
 }
@@ -136,7 +138,7 @@ func TestCollectorVCenterDownAtStart(t *testing.T) {
 	waitReconnecting(t, srv, 3)
 
 	proxy.heal()
-	srv.logs.wait(t, "caught up with vCenter", srv.stopped)
+	srv.waitReady(t)
 	if r := readyz(t, srv); r.code != http.StatusOK || !r.connected {
 		t.Errorf("after vCenter came up /readyz = %+v, want 200 and connected", r)
 	}
@@ -159,7 +161,9 @@ func TestCollectorStall(t *testing.T) {
 
 	proxy.stall()
 	vc.powerCycleVMs(t, 1)
-	if msg := waitReconnecting(t, srv, 1); !strings.Contains(msg, errStalled.Error()) {
+	// The log says why the session failed: the operator's only clue.
+	failure := srv.logs.wait(t, "vCenter session failed; reconnecting", srv.stopped)
+	if msg, _ := failure["error"].(string); !strings.Contains(msg, errStalled.Error()) {
 		t.Errorf("session failed with %q, want the watchdog's %q", msg, errStalled)
 	}
 	checkOutage(t, srv, before)
@@ -252,7 +256,7 @@ func TestCollectorPollingFallback(t *testing.T) {
 	sim.failMethod("WaitForUpdatesEx")
 	vc := connectVCenter(t, sim)
 	srv := startServer(t, sim, nil)
-	srv.logs.wait(t, "falling back to polling vCenter", srv.stopped)
+	srv.waitStatus(t, "polling", func() bool { return srv.status.currentMode() == modePoll })
 
 	before, w := watchFromNow(t, vc, srv)
 	vc.postEvents(t, 5) // power operations would wait for their tasks with WaitForUpdatesEx

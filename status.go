@@ -31,6 +31,7 @@ type CollectorStatus struct {
 	ingested   atomic.Int64 // events appended to the journal
 	skipped    atomic.Int64 // events not appended: their key was not above the latest (already seen)
 	reconnects atomic.Int64 // sessions that ended in an error and were opened again
+	mode       atomic.Int32 // the collectMode of the current session
 
 	unknownTypes atomic.Int64 // events of a type govmomi does not know, appended
 	failed       atomic.Int64 // events that could not be decoded, encoded or appended whole
@@ -132,6 +133,22 @@ func (s *CollectorStatus) Skipped() int64 { return s.skipped.Load() }
 
 // Reconnects returns the number of vCenter sessions opened again after a failure.
 func (s *CollectorStatus) Reconnects() int64 { return s.reconnects.Load() }
+
+// reconnecting records that a session failed and another is to be opened.
+func (s *CollectorStatus) reconnecting() {
+	s.reconnects.Add(1)
+	s.changes.notify()
+}
+
+// setMode records how the current session learns of new events.
+func (s *CollectorStatus) setMode(m collectMode) {
+	if collectMode(s.mode.Swap(int32(m))) != m {
+		s.changes.notify()
+	}
+}
+
+// currentMode is how the current session learns of new events.
+func (s *CollectorStatus) currentMode() collectMode { return collectMode(s.mode.Load()) }
 
 // beat records that the collector's loop turned now (Alive).
 func (s *CollectorStatus) beat() { s.heartbeat.Store(time.Now().UnixNano()) }
