@@ -9,7 +9,6 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -62,8 +61,9 @@ func newHandler(journal *Journal, status *CollectorStatus, log *slog.Logger, opt
 		o(&cfg)
 	}
 	metrics := newHTTPMetrics()
+	watches := &watchLimit{max: int64(cfg.maxWatches)}
 	mux := http.NewServeMux()
-	addRoutes(mux, journal, status, metrics, log, cfg)
+	addRoutes(mux, journal, status, metrics, watches, log, cfg)
 	var h http.Handler = mux
 	if cfg.auth != nil {
 		h = cfg.auth.protect(mux)
@@ -79,14 +79,14 @@ type routeRegistry interface {
 
 // addRoutes registers every route of the server; this is the one place to
 // look for what the server answers.
-func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, metrics *httpMetrics, log *slog.Logger, cfg handlerConfig) {
+func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, metrics *httpMetrics, watches *watchLimit, log *slog.Logger, cfg handlerConfig) {
 	mux.Handle("GET /api/v1/openapi.yaml", handleOpenAPI())
 	mux.Handle("GET /api/v1/range", handleRange(journal))
-	mux.Handle("GET /api/v1/events", handleEvents(journal, metrics, log, cfg))
+	mux.Handle("GET /api/v1/events", handleEvents(journal, watches, log, cfg))
 	mux.Handle("GET /api/v1/events/{id}", handleEvent(journal))
 	mux.Handle("GET /livez", handleLivez(status))
 	mux.Handle("GET /readyz", handleReadyz(journal, status, cfg.sink, cfg.auth != nil))
-	mux.Handle("GET /metrics", handleMetrics(journal, status, metrics, cfg.sink))
+	mux.Handle("GET /metrics", handleMetrics(journal, status, metrics, watches, cfg.sink))
 	if cfg.auth != nil {
 		addLoginRoutes(mux, cfg.auth)
 	}
@@ -312,7 +312,7 @@ func weighsZero(params string) bool {
 	return false
 }
 
-func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handlerConfig) http.Handler {
+func handleEvents(j *Journal, watches *watchLimit, log *slog.Logger, cfg handlerConfig) http.Handler {
 	buffers := newWatchBuffers()
 	waker := newWatchWaker(j, log)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -325,13 +325,12 @@ func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handle
 			servePage(w, r, j, q)
 			return
 		}
-		if n := metrics.watchers.Add(1); cfg.maxWatches > 0 && n > int64(cfg.maxWatches) {
-			metrics.watchers.Add(-1)
+		release, ok := watches.acquire()
+		if !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(watchRetryAfter.Seconds())))
-			writeProblem(w, newProblem(http.StatusServiceUnavailable, "too many watches: %d are open, the limit is %d; retry later", n-1, cfg.maxWatches))
+			writeProblem(w, newProblem(http.StatusServiceUnavailable, "too many watches: %d are open, the limit is %d; retry later", watches.open.Load(), watches.max))
 			return
 		}
-		release := sync.OnceFunc(func() { metrics.watchers.Add(-1) })
 		defer release()
 		s := watchSettings{format: ndjson{}, buffers: buffers, log: log, taken: cfg.taken, waker: waker, release: release}
 		if q.sse {

@@ -11,7 +11,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -20,8 +19,6 @@ const metricPrefix = "vsphere_event_streaming_"
 
 // httpMetrics counts what the HTTP API does. It is safe for concurrent use.
 type httpMetrics struct {
-	watchers atomic.Int64 // open watches
-
 	mu       sync.Mutex
 	requests map[requestKey]int64
 }
@@ -106,7 +103,7 @@ func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handle
 }
 
 // handleMetrics serves the metrics in the Prometheus text exposition format.
-func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, sink *SinkStatus) http.Handler {
+func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, watches *watchLimit, sink *SinkStatus) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if _, p := parseQuery(r.URL.RawQuery); p != nil {
 			writeProblem(w, p)
@@ -115,7 +112,7 @@ func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, sink *Si
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		out := bufio.NewWriter(w)
-		writeMetrics(out, j, status, m)
+		writeMetrics(out, j, status, m, watches)
 		if sink != nil {
 			sink.writeMetrics(out, j)
 		}
@@ -123,7 +120,7 @@ func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, sink *Si
 	})
 }
 
-func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpMetrics) {
+func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpMetrics, watches *watchLimit) {
 	metric := func(name, kind, help string, value float64) { writeMetric(w, name, kind, help, value) }
 	records, bytes := j.Stats()
 	metric("events_ingested_total", "counter", "Events read from vCenter and appended to the journal.", float64(status.Ingested()))
@@ -137,7 +134,7 @@ func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpM
 		metric("journal_earliest_offset", "gauge", "Smallest offset (vCenter event key) held.", float64(earliest))
 		metric("journal_latest_offset", "gauge", "Largest offset (vCenter event key) held.", float64(latest))
 	}
-	metric("watchers", "gauge", "Open watches.", float64(m.watchers.Load()))
+	metric("watchers", "gauge", "Open watches.", float64(watches.open.Load()))
 	metric("vcenter_connected", "gauge", "1 while the collector has a working vCenter session.", boolValue(status.Connected()))
 	metric("vcenter_reconnects_total", "counter", "vCenter sessions opened again after a failure.", float64(status.Reconnects()))
 	if t := status.LastEventTime(); !t.IsZero() {

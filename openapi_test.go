@@ -350,7 +350,7 @@ func TestOpenAPIRoutes(t *testing.T) {
 	t.Parallel()
 	doc := openAPIDoc(t)
 	var routes openAPIRouteList
-	addRoutes(&routes, NewJournal(10), &CollectorStatus{}, newHTTPMetrics(), apiLogger(), handlerConfig{auth: testTokenAuth("x")})
+	addRoutes(&routes, NewJournal(10), &CollectorStatus{}, newHTTPMetrics(), &watchLimit{}, apiLogger(), handlerConfig{auth: testTokenAuth("x")})
 	registered := make(map[string]bool)
 	for _, pattern := range routes {
 		if pattern == "/" {

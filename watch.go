@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -123,6 +124,25 @@ type watchSettings struct {
 	// that a client that saw the end can open another watch at once, as
 	// with net/http, which writes the end after the handler returned.
 	release func()
+}
+
+// watchLimit caps the watches open at once (--max-watches); the watchers
+// metric reads how many are open. It is safe for concurrent use.
+type watchLimit struct {
+	max  int64 // 0: no limit
+	open atomic.Int64
+}
+
+// acquire takes a watch's place under the cap, unless the cap is reached.
+// release gives it back and may be called more than once: a watch on a
+// taken connection gives its place back before it writes its end, and
+// again when its handler returns.
+func (l *watchLimit) acquire() (release func(), ok bool) {
+	if n := l.open.Add(1); l.max > 0 && n > l.max {
+		l.open.Add(-1)
+		return nil, false
+	}
+	return sync.OnceFunc(func() { l.open.Add(-1) }), true
 }
 
 // watchBuffers lends watches what they need only while they write: the
