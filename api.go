@@ -23,52 +23,47 @@ const (
 	maxTimeoutSeconds = 1<<31 - 1
 )
 
-// Defaults of the handler's options.
+// Defaults of the handler.
 const (
-	defaultMaxWatches   = 10000
+	defaultMaxWatches   = 10000 // of --max-watches
 	defaultSSEHeartbeat = 15 * time.Second
 	// watchRetryAfter is the Retry-After of a watch refused for the cap.
 	watchRetryAfter = 5 * time.Second
 )
 
-// handlerConfig holds the handler's options.
-type handlerConfig struct {
-	maxWatches   int           // open watches at most; 0: no limit
-	sseHeartbeat time.Duration // interval of the SSE ": ping" comment
-	sink         *SinkStatus   // delivery to a sink; nil without one
-	auth         *tokenAuth    // nil: no token needed
-	taken        *takenWatches // counts watches on connections taken from net/http; may be nil
+// handlerDeps is what the HTTP handler serves from. Only journal is
+// required: every other field's zero value is a working default.
+type handlerDeps struct {
+	journal      *Journal
+	status       *CollectorStatus // nil: a collector that has not read yet (not ready)
+	log          *slog.Logger     // nil: nothing is logged
+	sink         *SinkStatus      // delivery to a sink, in /readyz and /metrics; nil: none
+	auth         *tokenAuth       // nil: no token needed
+	taken        *takenWatches    // counts the watches on connections taken from net/http; nil: not counted
+	maxWatches   int              // open watches at most; 0: no limit
+	sseHeartbeat time.Duration    // interval of the SSE ": ping" comment; 0: defaultSSEHeartbeat
 }
 
-// handlerOption changes a handlerConfig.
-type handlerOption func(*handlerConfig)
-
-// withMaxWatches caps the watches open at once; beyond, a watch gets 503.
-func withMaxWatches(n int) handlerOption { return func(c *handlerConfig) { c.maxWatches = n } }
-
-// withSSEHeartbeat sets the interval of the SSE heartbeat.
-func withSSEHeartbeat(d time.Duration) handlerOption {
-	return func(c *handlerConfig) { c.sseHeartbeat = d }
-}
-
-// withSink adds the sink's state to /readyz and its metrics to /metrics.
-func withSink(s *SinkStatus) handlerOption { return func(c *handlerConfig) { c.sink = s } }
-
-// newHandler builds the server's HTTP handler from its dependencies.
-func newHandler(journal *Journal, status *CollectorStatus, log *slog.Logger, opts ...handlerOption) http.Handler {
-	cfg := handlerConfig{maxWatches: defaultMaxWatches, sseHeartbeat: defaultSSEHeartbeat}
-	for _, o := range opts {
-		o(&cfg)
+// newHandler builds the server's HTTP handler.
+func newHandler(d handlerDeps) http.Handler {
+	if d.status == nil {
+		d.status = &CollectorStatus{}
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.sseHeartbeat <= 0 {
+		d.sseHeartbeat = defaultSSEHeartbeat
 	}
 	metrics := newHTTPMetrics()
-	watches := &watchLimit{max: int64(cfg.maxWatches)}
+	watches := &watchLimit{max: int64(d.maxWatches)}
 	mux := http.NewServeMux()
-	addRoutes(mux, journal, status, metrics, watches, log, cfg)
+	addRoutes(mux, d, metrics, watches)
 	var h http.Handler = mux
-	if cfg.auth != nil {
-		h = cfg.auth.protect(mux)
+	if d.auth != nil {
+		h = d.auth.protect(mux)
 	}
-	return instrument(checkRequest(h, cfg.auth != nil), metrics, log)
+	return instrument(checkRequest(h, d.auth != nil), metrics, d.log)
 }
 
 // routeRegistry is where addRoutes registers routes: an *http.ServeMux, or
@@ -79,20 +74,20 @@ type routeRegistry interface {
 
 // addRoutes registers every route of the server; this is the one place to
 // look for what the server answers.
-func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, metrics *httpMetrics, watches *watchLimit, log *slog.Logger, cfg handlerConfig) {
+func addRoutes(mux routeRegistry, d handlerDeps, metrics *httpMetrics, watches *watchLimit) {
 	mux.Handle("GET /api/v1/openapi.yaml", handleOpenAPI())
-	mux.Handle("GET /api/v1/range", handleRange(journal))
-	mux.Handle("GET /api/v1/events", handleEvents(journal, watches, log, cfg))
-	mux.Handle("GET /api/v1/events/{id}", handleEvent(journal))
-	mux.Handle("GET /livez", handleLivez(status))
-	mux.Handle("GET /readyz", handleReadyz(journal, status, cfg.sink, cfg.auth != nil))
-	mux.Handle("GET /metrics", handleMetrics(journal, status, metrics, watches, cfg.sink))
-	if cfg.auth != nil {
-		addLoginRoutes(mux, cfg.auth)
+	mux.Handle("GET /api/v1/range", handleRange(d.journal))
+	mux.Handle("GET /api/v1/events", handleEvents(d, watches))
+	mux.Handle("GET /api/v1/events/{id}", handleEvent(d.journal))
+	mux.Handle("GET /livez", handleLivez(d.status))
+	mux.Handle("GET /readyz", handleReadyz(d.journal, d.status, d.sink, d.auth != nil))
+	mux.Handle("GET /metrics", handleMetrics(d.journal, d.status, metrics, watches, d.sink))
+	if d.auth != nil {
+		addLoginRoutes(mux, d.auth)
 	}
 	viewer, err := loadViewerAssets()
 	if err != nil {
-		log.Error("live event viewer unavailable", "error", err)
+		d.log.Error("live event viewer unavailable", "error", err)
 	}
 	mux.Handle("GET /{$}", handleViewerPage(viewer))
 	mux.Handle("GET "+viewerAssetPrefix+"{asset}", handleViewerAsset(viewer))
@@ -312,9 +307,10 @@ func weighsZero(params string) bool {
 	return false
 }
 
-func handleEvents(j *Journal, watches *watchLimit, log *slog.Logger, cfg handlerConfig) http.Handler {
+func handleEvents(d handlerDeps, watches *watchLimit) http.Handler {
+	j := d.journal
 	buffers := newWatchBuffers()
-	waker := newWatchWaker(j, log)
+	waker := newWatchWaker(j, d.log)
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q, p := parseEventsQuery(r, j)
 		if p != nil {
@@ -332,9 +328,9 @@ func handleEvents(j *Journal, watches *watchLimit, log *slog.Logger, cfg handler
 			return
 		}
 		defer release()
-		s := watchSettings{format: ndjson{}, buffers: buffers, log: log, taken: cfg.taken, waker: waker, release: release}
+		s := watchSettings{format: ndjson{}, buffers: buffers, log: d.log, taken: d.taken, waker: waker, release: release}
 		if q.sse {
-			s.format, s.heartbeat = serverSentEvents{}, cfg.sseHeartbeat
+			s.format, s.heartbeat = serverSentEvents{}, d.sseHeartbeat
 		}
 		serveWatch(w, r, j, q, s)
 	})

@@ -486,9 +486,6 @@ func writeUnauthorized(w http.ResponseWriter, detail string) {
 	writeProblem(w, newProblem(http.StatusUnauthorized, "%s", detail))
 }
 
-// withAuth requires the tokens of a for every route but the open ones.
-func withAuth(a *tokenAuth) handlerOption { return func(c *handlerConfig) { c.auth = a } }
-
 // loginPageHTML is the browser's login form. It has no script, and its
 // one style block is allowed by hash in the page's CSP.
 //

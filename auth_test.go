@@ -696,7 +696,7 @@ func TestAuthRunStops(t *testing.T) {
 func authTestServer(t *testing.T, tls bool) (*httptest.Server, *tokenAuth) {
 	t.Helper()
 	a, _, _ := newTestAuth(t, tokenAlice+"\n"+tokenBob+"\n")
-	h := newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger(), withAuth(a))
+	h := newHandler(handlerDeps{journal: openAPIGoldenJournal(t), log: apiLogger(), auth: a})
 	var srv *httptest.Server
 	if tls {
 		srv = httptest.NewUnstartedServer(h)
@@ -983,7 +983,7 @@ func TestAuthSessionExpiryEndsWatch(t *testing.T) {
 	t.Parallel()
 	a := testTokenAuth(tokenAlice)
 	j := openAPIGoldenJournal(t)
-	srv := httptest.NewServer(newHandler(j, &CollectorStatus{}, apiLogger(), withAuth(a)))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: j, log: apiLogger(), auth: a}))
 	t.Cleanup(srv.Close)
 	for _, sse := range []bool{false, true} {
 		// A short session: its expiry is in whole seconds.
@@ -1013,7 +1013,7 @@ func TestAuthSessionExpiryEndsWatch(t *testing.T) {
 // site.
 func TestAuthLoginBadInput(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger(), withAuth(testTokenAuth(tokenAlice))))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: openAPIGoldenJournal(t), log: apiLogger(), auth: testTokenAuth(tokenAlice)}))
 	t.Cleanup(srv.Close)
 	form := "application/x-www-form-urlencoded"
 	for _, tc := range []struct {
@@ -1072,7 +1072,7 @@ func TestAuthLoginBadInput(t *testing.T) {
 // form: its paths take what every other path takes.
 func TestAuthLoginRoutesOnlyWithTokens(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger()))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: openAPIGoldenJournal(t), log: apiLogger()}))
 	t.Cleanup(srv.Close)
 	for _, path := range []string{loginPath, logoutPath} {
 		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+path, strings.NewReader("token=x"))
@@ -1088,7 +1088,7 @@ func TestAuthLoginRoutesOnlyWithTokens(t *testing.T) {
 // cannot read says so, rather than that the token is not accepted.
 func TestAuthMalformedHeader(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger(), withAuth(testTokenAuth(tokenAlice))))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: openAPIGoldenJournal(t), log: apiLogger(), auth: testTokenAuth(tokenAlice)}))
 	t.Cleanup(srv.Close)
 	for name, values := range map[string][]string{
 		"no token":    {"Bearer"},
@@ -1157,7 +1157,7 @@ func FuzzAuthRequest(f *testing.F) {
 			f.Fatal(err)
 		}
 	}
-	h := newHandler(j, &CollectorStatus{}, apiLogger(), withAuth(a))
+	h := newHandler(handlerDeps{journal: j, log: apiLogger(), auth: a})
 	// The request context has ended: a watch answers and ends at once.
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()

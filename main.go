@@ -107,13 +107,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// Watches on connections taken over from net/http: srv.Shutdown does
 	// not wait for them, run does.
 	taken := new(takenWatches)
-	handlerOpts := []handlerOption{withMaxWatches(opts.maxWatches), withTakenWatches(taken)}
 	var auth *tokenAuth
 	if cfg.TokensPath != "" {
 		if auth, err = newTokenAuth(cfg.TokensPath, log); err != nil {
 			return err
 		}
-		handlerOpts = append(handlerOpts, withAuth(auth))
 	}
 	var certs *certReloader
 	if cfg.TLSCertFile != "" {
@@ -157,7 +155,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
-	handlerOpts = append(handlerOpts, withSink(sink.Status()))
 	if sink != nil {
 		collector.sink = sink.Status()
 		// A sink that retries one event, timing out and backing off, is
@@ -180,7 +177,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	requests, endRequests := context.WithCancel(context.WithoutCancel(ctx))
 	defer endRequests()
 	srv := &http.Server{
-		Handler:           newHandler(journal, status, log, handlerOpts...),
+		Handler: newHandler(handlerDeps{
+			journal: journal, status: status, log: log, sink: sink.Status(), auth: auth, taken: taken,
+			maxWatches: opts.maxWatches,
+		}),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
