@@ -57,83 +57,14 @@ func newHandler(d handlerDeps) http.Handler {
 	}
 	metrics := newHTTPMetrics()
 	watches := &watchLimit{max: int64(d.maxWatches)}
-	mux := http.NewServeMux()
-	addRoutes(mux, d, metrics, watches)
-	var h http.Handler = mux
-	if d.auth != nil {
-		h = d.auth.protect(mux)
-	}
-	return instrument(checkRequest(h, d.auth != nil), metrics, d.log)
+	return instrument(newRouter(d.routes(metrics, watches), d.auth), metrics, d.log)
 }
 
-// routeRegistry is where addRoutes registers routes: an *http.ServeMux, or
-// a test's list of routes.
-type routeRegistry interface {
-	Handle(pattern string, handler http.Handler)
-}
-
-// addRoutes registers every route of the server; this is the one place to
-// look for what the server answers.
-func addRoutes(mux routeRegistry, d handlerDeps, metrics *httpMetrics, watches *watchLimit) {
-	mux.Handle("GET /api/v1/openapi.yaml", handleOpenAPI())
-	mux.Handle("GET /api/v1/range", handleRange(d.journal))
-	mux.Handle("GET /api/v1/events", handleEvents(d, watches))
-	mux.Handle("GET /api/v1/events/{id}", handleEvent(d.journal))
-	mux.Handle("GET /livez", handleLivez(d.status))
-	mux.Handle("GET /readyz", handleReadyz(d.journal, d.status, d.sink, d.auth != nil))
-	mux.Handle("GET /metrics", handleMetrics(d.journal, d.status, metrics, watches, d.sink))
-	if d.auth != nil {
-		addLoginRoutes(mux, d.auth)
-	}
-	viewer, err := loadViewerAssets()
-	if err != nil {
-		d.log.Error("live event viewer unavailable", "error", err)
-	}
-	mux.Handle("GET /{$}", handleViewerPage(viewer))
-	mux.Handle("GET "+viewerAssetPrefix+"{asset}", handleViewerAsset(viewer))
-	mux.Handle("/", handleNotFound())
-}
-
-// checkRequest answers what no route should see: methods other than GET
-// and HEAD (every route is read-only, but for the browser's login form,
-// which takes POST) and overlong request targets.
-func checkRequest(next http.Handler, login bool) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if allow, why := allowedMethods(r.URL.Path, login); !slices.Contains(strings.Split(allow, ", "), r.Method) {
-			w.Header().Set("Allow", allow)
-			writeProblem(w, newProblem(http.StatusMethodNotAllowed, "method %s is not allowed: %s (allowed: %s)", r.Method, why, allow))
-			return
-		}
-		if len(r.RequestURI) > maxRequestTarget {
-			writeProblem(w, newProblem(http.StatusRequestURITooLong, "request target is %d bytes, more than %d", len(r.RequestURI), maxRequestTarget))
-			return
-		}
-		if !strings.HasPrefix(r.URL.Path, "/") {
-			// "GET *": ServeMux would answer a bare 400, not a problem.
-			writeProblem(w, newProblem(http.StatusBadRequest, "request target %q is not a path", r.RequestURI))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// allowedMethods returns the methods path takes (as Allow lists them) and
-// why: the API is read-only; with tokens on, the browser's login form is
-// also posted, and its logout only posted.
-func allowedMethods(path string, login bool) (allow, why string) {
-	switch {
-	case login && path == loginPath:
-		return "GET, HEAD, POST", "the login form is read and posted"
-	case login && path == logoutPath:
-		return "POST", "signing out is a post"
-	}
-	return "GET, HEAD", "this API is read-only"
-}
-
-func handleNotFound() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// handleNotFound answers a path no route takes.
+func handleNotFound() routeHandler {
+	return func(w http.ResponseWriter, r *http.Request, _ url.Values) {
 		writeProblem(w, newProblem(http.StatusNotFound, "no such resource: %s (see /api/v1/events, /api/v1/range)", r.URL.Path))
-	})
+	}
 }
 
 // rangeResponse is the body of /api/v1/range.
@@ -142,27 +73,21 @@ type rangeResponse struct {
 	Latest   int64 `json:"latest"`
 }
 
-func handleRange(j *Journal) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r.URL.RawQuery); p != nil {
-			writeProblem(w, p)
-			return
-		}
+// handleRange answers the range of offsets held.
+func handleRange(j *Journal) routeHandler {
+	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
 		earliest, latest, ok := j.Range()
 		if !ok {
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
 		writeJSON(w, http.StatusOK, rangeResponse{Earliest: earliest, Latest: latest})
-	})
+	}
 }
 
-func handleEvent(j *Journal) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r.URL.RawQuery); p != nil {
-			writeProblem(w, p)
-			return
-		}
+// handleEvent answers the event at an offset.
+func handleEvent(j *Journal) routeHandler {
+	return func(w http.ResponseWriter, r *http.Request, _ url.Values) {
 		id, p := parseOffset("id", r.PathValue("id"))
 		if p != nil {
 			writeProblem(w, p.withRange(j))
@@ -176,7 +101,7 @@ func handleEvent(j *Journal) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Content-Length", strconv.Itoa(len(rec.Data)))
 		writeBody(w, rec.Data)
-	})
+	}
 }
 
 // eventsQuery is the validated request of /api/v1/events.
@@ -201,21 +126,18 @@ const (
 
 // eventsParams are the query parameters of /api/v1/events, the API's only
 // ones.
-func eventsParams() [6]string {
-	return [...]string{paramOffset, paramLimit, paramWatch, paramTimeout, paramType, paramEventClass}
+func eventsParams() []string {
+	return []string{paramOffset, paramLimit, paramWatch, paramTimeout, paramType, paramEventClass}
 }
 
-// parseEventsQuery validates the request of /api/v1/events; an offset
-// error carries j's range, as every offset error does. A client that
-// accepts text/event-stream (a browser's EventSource) watches as
-// Server-Sent Events, and its Last-Event-ID resumes after that key.
-func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
+// parseEventsQuery validates the request of /api/v1/events, whose query
+// parameters (values) the route table checked; an offset error carries
+// j's range, as every offset error does. A client that accepts
+// text/event-stream (a browser's EventSource) watches as Server-Sent
+// Events, and its Last-Event-ID resumes after that key.
+func parseEventsQuery(r *http.Request, values url.Values, j *Journal) (eventsQuery, *problem) {
 	q := eventsQuery{limit: defaultPageSize}
-	params := eventsParams()
-	values, p := parseQuery(r.URL.RawQuery, params[:]...)
-	if p != nil {
-		return q, p
-	}
+	var p *problem
 	if q.filter, p = parseEventFilter(values); p != nil {
 		return q, p
 	}
@@ -307,12 +229,13 @@ func weighsZero(params string) bool {
 	return false
 }
 
-func handleEvents(d handlerDeps, watches *watchLimit) http.Handler {
+// handleEvents answers a list or a watch.
+func handleEvents(d handlerDeps, watches *watchLimit) routeHandler {
 	j := d.journal
 	buffers := newWatchBuffers()
 	waker := newWatchWaker(j, d.log)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		q, p := parseEventsQuery(r, j)
+	return func(w http.ResponseWriter, r *http.Request, params url.Values) {
+		q, p := parseEventsQuery(r, params, j)
 		if p != nil {
 			writeProblem(w, p)
 			return
@@ -333,7 +256,7 @@ func handleEvents(d handlerDeps, watches *watchLimit) http.Handler {
 			s.format, s.heartbeat = serverSentEvents{}, d.sseHeartbeat
 		}
 		serveWatch(w, r, j, q, s)
-	})
+	}
 }
 
 // servePage answers a list: the newest page, or the page from an offset
@@ -395,18 +318,14 @@ func nextPageURL(r *http.Request, next int64) string {
 // handleLivez fails only when the process is wedged (the collector's loop
 // stopped turning), so that Kubernetes restarts it; vCenter outages are
 // not the process's fault and a restart would not cure them.
-func handleLivez(status *CollectorStatus) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r.URL.RawQuery); p != nil {
-			writeProblem(w, p)
-			return
-		}
+func handleLivez(status *CollectorStatus) routeHandler {
+	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
 		if !status.Alive() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "collector loop stuck"})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	}
 }
 
 // readyResponse is the body of /readyz.
@@ -425,12 +344,8 @@ type readyResponse struct {
 
 // handleReadyz is ready once the collector has read from vCenter, and stays
 // ready through later vCenter outages: the cached events are still served.
-func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus, tokens bool) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r.URL.RawQuery); p != nil {
-			writeProblem(w, p)
-			return
-		}
+func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus, tokens bool) routeHandler {
+	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
 		body := readyResponse{Ready: status.Ready(), VCenterConnected: status.Connected(), Tokens: tokens}
 		if earliest, latest, ok := j.Range(); ok {
 			body.Range = &rangeResponse{Earliest: earliest, Latest: latest}
@@ -446,7 +361,7 @@ func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus, tokens 
 			code = http.StatusServiceUnavailable
 		}
 		writeJSON(w, code, body)
-	})
+	}
 }
 
 // parseQuery parses a request's query (or SINK_FILTER, in the same

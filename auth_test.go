@@ -948,7 +948,7 @@ func TestAuthRevokedRequestEnds(t *testing.T) {
 		<-r.Context().Done()
 		ended <- context.Cause(r.Context())
 	}))
-	h := a.protect(mux)
+	h := a.require(mux, false)
 	serve := func(token string) {
 		r := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/wait", nil)
 		r.Header.Set("Authorization", "Bearer "+token)

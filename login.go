@@ -185,22 +185,17 @@ func localPath(next string) string {
 }
 
 // handleLoginForm serves the login form (GET /ui/login?next=...).
-func handleLoginForm(page *loginPage) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		values, p := parseQuery(r.URL.RawQuery, paramNext)
-		if p != nil {
-			writeProblem(w, p)
-			return
-		}
-		page.write(w, r, http.StatusOK, loginPageData{Next: localPath(values.Get(paramNext))})
-	})
+func handleLoginForm(page *loginPage) routeHandler {
+	return func(w http.ResponseWriter, r *http.Request, params url.Values) {
+		page.write(w, r, http.StatusOK, loginPageData{Next: localPath(params.Get(paramNext))})
+	}
 }
 
 // handleLogin takes the login form (POST /ui/login, field token): a listed
 // token sets the session cookie and leads on to next; any other answers
 // the form again with 401. Cross-origin posts are refused (login CSRF).
-func handleLogin(a *tokenAuth, page *loginPage) http.Handler {
-	return sameOrigin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleLogin(a *tokenAuth, page *loginPage) routeHandler {
+	return sameOrigin(func(w http.ResponseWriter, r *http.Request, _ url.Values) {
 		if p := readLoginForm(w, r); p != nil {
 			writeProblem(w, p)
 			return
@@ -234,7 +229,7 @@ func handleLogin(a *tokenAuth, page *loginPage) http.Handler {
 		})
 		w.Header().Set("Cache-Control", "no-store")
 		http.Redirect(w, r, next, http.StatusSeeOther)
-	}))
+	})
 }
 
 // readLoginForm reads the login form into r.PostForm, or returns the
@@ -261,30 +256,25 @@ func readLoginForm(w http.ResponseWriter, r *http.Request) *problem {
 
 // sameOrigin refuses, with a 403 problem, a post from another site (login
 // CSRF).
-func sameOrigin(h http.Handler) http.Handler {
+func sameOrigin(h routeHandler) routeHandler {
 	c := http.NewCrossOriginProtection()
-	c.SetDenyHandler(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		writeProblem(w, newProblem(http.StatusForbidden, "a cross-origin post to %s is refused: sign in from this server's own page", r.URL.Path))
-	}))
-	return c.Handler(h)
+	return func(w http.ResponseWriter, r *http.Request, params url.Values) {
+		if c.Check(r) != nil {
+			writeProblem(w, newProblem(http.StatusForbidden, "a cross-origin post to %s is refused: sign in from this server's own page", r.URL.Path))
+			return
+		}
+		h(w, r, params)
+	}
 }
 
 // handleLogout ends the browser's session (POST /ui/logout).
-func handleLogout() http.Handler {
-	return sameOrigin(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleLogout() routeHandler {
+	return sameOrigin(func(w http.ResponseWriter, r *http.Request, _ url.Values) {
 		http.SetCookie(w, &http.Cookie{
 			Name: sessionCookieName(r), Value: "", Path: "/", MaxAge: -1,
 			Secure: r.TLS != nil, HttpOnly: true, SameSite: http.SameSiteLaxMode,
 		})
 		w.Header().Set("Cache-Control", "no-store")
 		http.Redirect(w, r, loginPath, http.StatusSeeOther)
-	}))
-}
-
-// addLoginRoutes registers the browser's login routes.
-func addLoginRoutes(mux routeRegistry, a *tokenAuth) {
-	page := newLoginPage()
-	mux.Handle("GET "+loginPath, handleLoginForm(page))
-	mux.Handle("POST "+loginPath, handleLogin(a, page))
-	mux.Handle("POST "+logoutPath, handleLogout())
+	})
 }

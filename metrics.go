@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
@@ -87,10 +88,13 @@ func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handle
 		if rec.code == 0 {
 			rec.code = http.StatusOK
 		}
-		// The mux sets the pattern it matched; requests refused before it
-		// (405, 414) or matching no route have none worth a label.
+		// The route that answered names itself in the pattern ("GET
+		// /api/v1/range"). A request none did (refused before one: 405,
+		// 414; redirected to its clean path by ServeMux, whose patterns
+		// name no method) or that took the catch-all has none worth a
+		// label.
 		route := r.Pattern
-		if route == "" || route == "/" {
+		if _, path, ok := strings.Cut(route, " "); !ok || path == "/" {
 			route = "other"
 		}
 		m.countRequest(route, rec.code)
@@ -103,12 +107,8 @@ func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handle
 }
 
 // handleMetrics serves the metrics in the Prometheus text exposition format.
-func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, watches *watchLimit, sink *SinkStatus) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r.URL.RawQuery); p != nil {
-			writeProblem(w, p)
-			return
-		}
+func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, watches *watchLimit, sink *SinkStatus) routeHandler {
+	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		out := bufio.NewWriter(w)
@@ -117,7 +117,7 @@ func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, watches 
 			sink.writeMetrics(out, j)
 		}
 		_ = out.Flush()
-	})
+	}
 }
 
 func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpMetrics, watches *watchLimit) {

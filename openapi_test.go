@@ -341,19 +341,14 @@ func TestOpenAPIDocument(t *testing.T) {
 	}
 }
 
-// openAPIRouteList records the routes addRoutes registers.
-type openAPIRouteList []string
-
-func (l *openAPIRouteList) Handle(pattern string, _ http.Handler) { *l = append(*l, pattern) }
-
 func TestOpenAPIRoutes(t *testing.T) {
 	t.Parallel()
 	doc := openAPIDoc(t)
-	var routes openAPIRouteList
-	addRoutes(&routes, handlerDeps{journal: NewJournal(10), status: &CollectorStatus{}, log: apiLogger(), auth: testTokenAuth("x")}, newHTTPMetrics(), &watchLimit{})
+	d := handlerDeps{journal: NewJournal(10), status: &CollectorStatus{}, log: apiLogger(), auth: testTokenAuth("x")}
 	registered := make(map[string]bool)
-	for _, pattern := range routes {
-		if pattern == "/" {
+	for _, rt := range d.routes(newHTTPMetrics(), &watchLimit{}) {
+		pattern := rt.method + " " + rt.path
+		if rt.path == "/" {
 			continue // the catch-all: 404 for unknown paths
 		}
 		if _, path, _ := strings.Cut(pattern, " "); path == "/ui/login" || path == "/ui/logout" {

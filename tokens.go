@@ -300,30 +300,16 @@ func bearerToken(r *http.Request) (string, bool) {
 	return token, ok && strings.EqualFold(scheme, "Bearer") && token != ""
 }
 
-// isAuthOpen reports whether a route pattern is served without a token:
-// the probes (kubelet carries no token) and the login form.
-func isAuthOpen(pattern string) bool {
-	switch pattern {
-	case "GET /livez", "GET /readyz", "GET " + loginPath, "POST " + loginPath, "POST " + logoutPath:
-		return true
-	}
-	return false
-}
-
-// protect admits to mux only the requests that carry a listed token, except
-// those of the open routes. An admitted request's context ends with
+// require admits to next only the requests that carry a listed token (a
+// bearer token, or a browser session made with one); where a route is a
+// page, a browser navigating to it without one is sent to the login form
+// instead of answered 401. An admitted request's context ends with
 // ErrTokenRevoked when its token is removed, and one a browser session
 // admitted with ErrSessionExpired when the session expires, which ends a
-// watch cleanly.
-// An admitted request's answer is marked for its client only
-// (privatecache.go).
-func (a *tokenAuth) protect(mux *http.ServeMux) http.Handler {
+// watch cleanly. An admitted request's answer is marked for its client
+// only (privatecache.go).
+func (a *tokenAuth) require(next http.Handler, page bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		_, pattern := mux.Handler(r)
-		if isAuthOpen(pattern) {
-			mux.ServeHTTP(w, r)
-			return
-		}
 		if digest, expires, ok := a.authenticate(r); ok {
 			base := r.Context()
 			if !expires.IsZero() {
@@ -336,17 +322,12 @@ func (a *tokenAuth) protect(mux *http.ServeMux) http.Handler {
 			if a.track(req) {
 				defer a.untrack(req)
 				defer cancel(nil)
-				r2 := r.WithContext(ctx)
-				mux.ServeHTTP(&privateWriter{ResponseWriter: w}, r2)
-				// instrument labels the request with the route the mux
-				// matched, on its own copy of the request.
-				r.Pattern = r2.Pattern
+				next.ServeHTTP(&privateWriter{ResponseWriter: w}, r.WithContext(ctx))
 				return
 			}
 			cancel(nil) // the token was removed in the meantime
 		}
-		r.Pattern = pattern
-		if wantsLoginPage(r) {
+		if page && accepts(r, "text/html") {
 			http.Redirect(w, r, loginPath+"?next="+url.QueryEscape(r.URL.RequestURI()), http.StatusSeeOther)
 			return
 		}
@@ -360,19 +341,6 @@ func (a *tokenAuth) protect(mux *http.ServeMux) http.Handler {
 		}
 		writeUnauthorized(w, detail)
 	})
-}
-
-// wantsLoginPage reports whether an unauthenticated request is a browser
-// navigating to a page (not to the API or metrics, which answer 401).
-func wantsLoginPage(r *http.Request) bool {
-	if r.Method != http.MethodGet && r.Method != http.MethodHead {
-		return false
-	}
-	p := r.URL.Path
-	if p == "/api" || strings.HasPrefix(p, "/api/") || p == "/metrics" {
-		return false
-	}
-	return accepts(r, "text/html")
 }
 
 // bearerChallenge is the WWW-Authenticate of every 401 (RFC 6750).
