@@ -68,10 +68,9 @@ func loadViewerAssets() (map[string]viewerAsset, error) {
 
 // setPageSecurityHeaders sets the headers every page the server serves
 // (the viewer and its assets, the login form) carries: its own policy, no
-// sniffing, no referrer, no framing.
+// referrer, no framing (instrument forbids sniffing for every answer).
 func setPageSecurityHeaders(h http.Header, policy string) {
 	h.Set("Content-Security-Policy", policy)
-	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("X-Frame-Options", "DENY")
 }

@@ -258,7 +258,6 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 	h := w.Header()
 	h.Set("Content-Type", s.format.contentType())
 	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
 	// Tell nginx-style proxies not to buffer the stream.
 	h.Set("X-Accel-Buffering", "no")
 	if r.Method == http.MethodHead {
