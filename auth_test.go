@@ -496,12 +496,13 @@ func TestAuthCertificateRenewal(t *testing.T) {
 		t.Fatalf("range: %d %s", resp.StatusCode, body)
 	}
 
-	// Renewal by renaming new files over the old ones.
+	// Renewal by renaming new files over the old ones; the server reads
+	// them again within a second.
 	writeKeyPair(t, ca, dir, 11)
+	s.logs.wait(t, "reloaded TLS certificate", s.stopped)
 	if got := served(); got != 11 {
 		t.Errorf("after renewal: serial %d, want 11", got)
 	}
-	s.logs.wait(t, "reloaded TLS certificate", s.stopped)
 	if resp, body := authGet(t, client, s.URL+"/api/v1/range", tokenAlice); resp.StatusCode != http.StatusOK {
 		t.Errorf("range after renewal: %d %s", resp.StatusCode, body)
 	}
@@ -509,14 +510,15 @@ func TestAuthCertificateRenewal(t *testing.T) {
 	// A certificate whose key is not yet written: the previous pair stays.
 	certPEM, keyPEM := ca.issue(t, 12)
 	replaceFile(t, certFile, certPEM)
+	s.logs.wait(t, "cannot reload TLS certificate; the previous one stays in use", s.stopped)
 	if got := served(); got != 11 {
 		t.Errorf("with a mismatched key: serial %d, want 11 still", got)
 	}
-	s.logs.wait(t, "cannot reload TLS certificate; the previous one stays in use", s.stopped)
 	// Rewritten in place, not renamed.
 	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	s.logs.waitN(t, "reloaded TLS certificate", 2, s.stopped)
 	if got := served(); got != 12 {
 		t.Errorf("once the key is written: serial %d, want 12", got)
 	}
@@ -530,6 +532,7 @@ func TestAuthCertificateRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	vol.update(t, map[string]string{"tls.crt": string(c14), "tls.key": string(k14)})
+	ss.reload()
 	got, err := ss.GetCertificate(nil)
 	if err != nil || got.Leaf.SerialNumber.Int64() != 14 {
 		t.Errorf("after a Secret volume update: %v, %v; want serial 14", got.Leaf.SerialNumber, err)
@@ -645,7 +648,7 @@ func TestAuthReload(t *testing.T) {
 		_, _, ok := a.authenticate(r)
 		return ok
 	}
-	// In place, same size: the modification time tells.
+	// In place, same size: the content tells.
 	replacement := strings.Repeat("b", len(tokenAlice))
 	if err := os.WriteFile(path, []byte(replacement+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -1119,7 +1122,7 @@ func appendNextEvent(t *testing.T, j *Journal) int64 {
 
 // testTokenAuth admits the given tokens; it reads no file.
 func testTokenAuth(tokens ...string) *tokenAuth {
-	a := &tokenAuth{log: apiLogger(), interval: defaultTokenReloadInterval, inflight: make(map[*authedRequest]struct{})}
+	a := &tokenAuth{fileReloader: fileReloader{log: apiLogger(), interval: reloadInterval}, inflight: make(map[*authedRequest]struct{})}
 	a.tokens.Store(newTokenSet(tokens))
 	return a
 }

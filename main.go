@@ -210,6 +210,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if auth != nil {
 		workers.Go(func() { keepRunning(ctx, log, "token reload", auth.Run) })
 	}
+	if certs != nil {
+		workers.Go(func() { keepRunning(ctx, log, "certificate reload", certs.Run) })
+	}
 	workers.Go(func() { keepRunning(ctx, log, "vCenter collector", collector.Run) })
 	if sink != nil {
 		workers.Go(func() { keepRunning(ctx, log, "sink delivery", sink.Run) })

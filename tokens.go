@@ -31,19 +31,6 @@ import (
 // authRealm is the realm of every WWW-Authenticate challenge.
 const authRealm = "vsphere-event-streaming"
 
-// defaultTokenReloadInterval is how often the token file is checked for
-// a change. Go's standard library has no file notification (inotify is
-// reachable only through raw, Linux-only syscalls), and kubelet itself
-// refreshes Secret volumes only about once a minute, so reading one
-// small file per second costs nothing and adds nothing noticeable to a
-// rotation. The content is compared, not the modification time: a
-// Secret update swaps a "..data" symlink (another inode, any mtime), and
-// two writes within the file system's timestamp granularity share one
-// mtime. A watcher (rather than a check per request) is what lets a
-// removed token end the watches it opened even when no new request
-// arrives.
-const defaultTokenReloadInterval = time.Second
-
 // ErrTokenRevoked ends the open requests (watches) of a token that was
 // removed from the token file.
 var ErrTokenRevoked = errors.New("API token removed from the token file")
@@ -132,39 +119,17 @@ func parseTokens(b []byte) ([]string, error) {
 	return tokens, nil
 }
 
-// readTokenFile reads and parses the token file, unless its content's
-// digest is unchanged (then set is nil): parsing derives keys per token,
-// work a reload every second need not repeat.
-func readTokenFile(path string, unchanged [sha256.Size]byte) (set *tokenSet, sum [sha256.Size]byte, err error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return nil, sum, err
-	}
-	if sum = sha256.Sum256(b); sum == unchanged {
-		return nil, sum, nil
-	}
-	tokens, err := parseTokens(b)
-	if err != nil {
-		return nil, sum, err
-	}
-	return newTokenSet(tokens), sum, nil
-}
-
 // tokenAuth admits requests that carry a listed token. It is safe for
-// concurrent use; Run keeps its token list in step with the file.
+// concurrent use; Run (fileReloader) keeps its token list in step with the
+// file.
 type tokenAuth struct {
-	path     string
-	log      *slog.Logger
-	interval time.Duration
-
+	fileReloader
 	tokens atomic.Pointer[tokenSet]
 
 	// mu guards the requests in flight, so that a reload ends exactly
-	// those whose token it removed, and the reload state below.
+	// those whose token it removed.
 	mu       sync.Mutex
 	inflight map[*authedRequest]struct{}
-	sum      [sha256.Size]byte // of the file the current tokens were read from
-	lastErr  string            // the reload error last logged, not to repeat it
 }
 
 // authedRequest is a request admitted with a token, until it ends.
@@ -176,73 +141,43 @@ type authedRequest struct {
 // newTokenAuth reads the token file; its errors are configuration errors
 // naming API_TOKENS_PATH.
 func newTokenAuth(path string, log *slog.Logger) (*tokenAuth, error) {
-	set, sum, err := readTokenFile(path, [sha256.Size]byte{})
-	if err != nil {
-		return nil, &configError{envTokensPath, fmt.Sprintf("%q: %s", path, fileProblem(err))}
-	}
-	a := &tokenAuth{
-		path:     path,
+	a := &tokenAuth{inflight: make(map[*authedRequest]struct{})}
+	a.fileReloader = fileReloader{
+		read: func() ([][]byte, error) {
+			b, err := os.ReadFile(path)
+			return [][]byte{b}, fileError(err)
+		},
+		load:     a.takeTokens,
 		log:      log,
-		interval: defaultTokenReloadInterval,
-		inflight: make(map[*authedRequest]struct{}),
-		sum:      sum,
+		failure:  "cannot reload API tokens; the previous ones stay in force",
+		attrs:    []any{"variable", envTokensPath, "path", path},
+		interval: reloadInterval,
 	}
-	a.tokens.Store(set)
-	log.Info("loaded API tokens", "tokens", len(set.digests), "path", path)
+	if err := a.start(); err != nil {
+		return nil, &configError{envTokensPath, fmt.Sprintf("%q: %v", path, err)}
+	}
+	log.Info("loaded API tokens", "tokens", len(a.tokens.Load().digests), "path", path)
 	return a, nil
 }
 
-// fileProblem describes a file error on one line, without repeating the
-// path (the caller quotes it, whatever characters it holds).
-func fileProblem(err error) string {
-	if unwrapped := withoutPath(err); unwrapped != err {
-		return "cannot read: " + unwrapped.Error()
+// takeTokens puts a version of the token file in force, and ends the
+// requests in flight whose token it removed.
+func (a *tokenAuth) takeTokens(file [][]byte) error {
+	tokens, err := parseTokens(file[0])
+	if err != nil {
+		return err
 	}
-	return err.Error()
-}
-
-// Run re-reads the token file whenever it changes, until ctx is done.
-func (a *tokenAuth) Run(ctx context.Context) {
-	tick := time.NewTicker(a.interval)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-tick.C:
-			a.reload()
-		}
-	}
-}
-
-// reload takes a changed token file. A file that cannot be read or lists
-// no valid token (a half-written file, a mistake) leaves the current
-// tokens in force: failing closed would lock every client out over a typo,
-// failing open is out of the question. The error is logged once, and the
-// file is tried again at every check.
-func (a *tokenAuth) reload() {
-	a.mu.Lock()
-	known := a.sum
-	a.mu.Unlock()
-	set, sum, err := readTokenFile(a.path, known)
+	set := newTokenSet(tokens)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if err != nil {
-		if msg := fileProblem(err); msg != a.lastErr {
-			a.lastErr = msg
-			a.log.Error("cannot reload API tokens; the previous ones stay in force", "variable", envTokensPath, "path", a.path, "error", msg)
-		}
-		return
-	}
-	a.lastErr = ""
-	if set == nil || sum == a.sum {
-		return
-	}
-	a.sum = sum
-	if set.equal(a.tokens.Load()) {
-		return // comments or blank lines changed
+	old := a.tokens.Load()
+	if old != nil && set.equal(old) {
+		return nil // comments or blank lines changed
 	}
 	a.tokens.Store(set)
+	if old == nil {
+		return nil // the first version: newTokenAuth logs it
+	}
 	ended := 0
 	for req := range a.inflight {
 		if set.match(req.digest) < 0 {
@@ -252,6 +187,7 @@ func (a *tokenAuth) reload() {
 		}
 	}
 	a.log.Info("reloaded API tokens", "tokens", len(set.digests), "endedRequests", ended)
+	return nil
 }
 
 // track registers an admitted request, unless its token was removed since
