@@ -6,10 +6,8 @@ import (
 	"math"
 	"net/http"
 	"net/url"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 )
 
@@ -24,121 +22,48 @@ const (
 	maxTimeoutSeconds = 1<<31 - 1
 )
 
-// Defaults of the handler's options.
+// Defaults of the handler.
 const (
-	defaultMaxWatches   = 10000
+	defaultMaxWatches   = 10000 // of --max-watches
 	defaultSSEHeartbeat = 15 * time.Second
 	// watchRetryAfter is the Retry-After of a watch refused for the cap.
 	watchRetryAfter = 5 * time.Second
 )
 
-// handlerConfig holds the handler's options.
-type handlerConfig struct {
-	maxWatches   int           // open watches at most; 0: no limit
-	sseHeartbeat time.Duration // interval of the SSE ": ping" comment
-	sink         *SinkStatus   // delivery to a sink; nil without one
-	auth         *tokenAuth    // nil: no token needed
-	taken        *takenWatches // counts watches on connections taken from net/http; may be nil
+// handlerDeps is what the HTTP handler serves from. Only journal is
+// required: every other field's zero value is a working default.
+type handlerDeps struct {
+	journal      *Journal
+	status       *CollectorStatus // nil: a collector that has not read yet (not ready)
+	log          *slog.Logger     // nil: nothing is logged
+	sink         *SinkStatus      // delivery to a sink, in /readyz and /metrics; nil: none
+	auth         *tokenAuth       // nil: no token needed
+	taken        *takenWatches    // counts the watches on connections taken from net/http; nil: not counted
+	maxWatches   int              // open watches at most; 0: no limit
+	sseHeartbeat time.Duration    // interval of the SSE ": ping" comment; 0: defaultSSEHeartbeat
 }
 
-// handlerOption changes a handlerConfig.
-type handlerOption func(*handlerConfig)
-
-// withMaxWatches caps the watches open at once; beyond, a watch gets 503.
-func withMaxWatches(n int) handlerOption { return func(c *handlerConfig) { c.maxWatches = n } }
-
-// withSSEHeartbeat sets the interval of the SSE heartbeat.
-func withSSEHeartbeat(d time.Duration) handlerOption {
-	return func(c *handlerConfig) { c.sseHeartbeat = d }
-}
-
-// withSink adds the sink's state to /readyz and its metrics to /metrics.
-func withSink(s *SinkStatus) handlerOption { return func(c *handlerConfig) { c.sink = s } }
-
-// newHandler builds the server's HTTP handler from its dependencies.
-func newHandler(journal *Journal, status *CollectorStatus, log *slog.Logger, opts ...handlerOption) http.Handler {
-	cfg := handlerConfig{maxWatches: defaultMaxWatches, sseHeartbeat: defaultSSEHeartbeat}
-	for _, o := range opts {
-		o(&cfg)
+// newHandler builds the server's HTTP handler.
+func newHandler(d handlerDeps) http.Handler {
+	if d.status == nil {
+		d.status = &CollectorStatus{}
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if d.sseHeartbeat <= 0 {
+		d.sseHeartbeat = defaultSSEHeartbeat
 	}
 	metrics := newHTTPMetrics()
-	mux := http.NewServeMux()
-	addRoutes(mux, journal, status, metrics, log, cfg)
-	var h http.Handler = mux
-	if cfg.auth != nil {
-		h = cfg.auth.protect(mux)
-	}
-	return instrument(checkRequest(h, cfg.auth != nil), metrics, log)
+	watches := &watchLimit{max: int64(d.maxWatches)}
+	return instrument(newRouter(d.routes(metrics, watches), d.auth), metrics, d.log)
 }
 
-// routeRegistry is where addRoutes registers routes: an *http.ServeMux, or
-// a test's list of routes.
-type routeRegistry interface {
-	Handle(pattern string, handler http.Handler)
-}
-
-// addRoutes registers every route of the server; this is the one place to
-// look for what the server answers.
-func addRoutes(mux routeRegistry, journal *Journal, status *CollectorStatus, metrics *httpMetrics, log *slog.Logger, cfg handlerConfig) {
-	mux.Handle("GET /api/v1/openapi.yaml", handleOpenAPI())
-	mux.Handle("GET /api/v1/range", handleRange(journal))
-	mux.Handle("GET /api/v1/events", handleEvents(journal, metrics, log, cfg))
-	mux.Handle("GET /api/v1/events/{id}", handleEvent(journal))
-	mux.Handle("GET /livez", handleLivez(status))
-	mux.Handle("GET /readyz", handleReadyz(journal, status, cfg.sink, cfg.auth != nil))
-	mux.Handle("GET /metrics", handleMetrics(journal, status, metrics, cfg.sink))
-	if cfg.auth != nil {
-		addLoginRoutes(mux, cfg.auth)
-	}
-	viewer, err := loadViewerAssets()
-	if err != nil {
-		log.Error("live event viewer unavailable", "error", err)
-	}
-	mux.Handle("GET /{$}", handleViewerPage(viewer))
-	mux.Handle("GET "+viewerAssetPrefix+"{asset}", handleViewerAsset(viewer))
-	mux.Handle("/", handleNotFound())
-}
-
-// checkRequest answers what no route should see: methods other than GET
-// and HEAD (every route is read-only, but for the browser's login form,
-// which takes POST) and overlong request targets.
-func checkRequest(next http.Handler, login bool) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if allow, why := allowedMethods(r.URL.Path, login); !slices.Contains(strings.Split(allow, ", "), r.Method) {
-			w.Header().Set("Allow", allow)
-			writeProblem(w, newProblem(http.StatusMethodNotAllowed, "method %s is not allowed: %s (allowed: %s)", r.Method, why, allow))
-			return
-		}
-		if len(r.RequestURI) > maxRequestTarget {
-			writeProblem(w, newProblem(http.StatusRequestURITooLong, "request target is %d bytes, more than %d", len(r.RequestURI), maxRequestTarget))
-			return
-		}
-		if !strings.HasPrefix(r.URL.Path, "/") {
-			// "GET *": ServeMux would answer a bare 400, not a problem.
-			writeProblem(w, newProblem(http.StatusBadRequest, "request target %q is not a path", r.RequestURI))
-			return
-		}
-		next.ServeHTTP(w, r)
-	})
-}
-
-// allowedMethods returns the methods path takes (as Allow lists them) and
-// why: the API is read-only; with tokens on, the browser's login form is
-// also posted, and its logout only posted.
-func allowedMethods(path string, login bool) (allow, why string) {
-	switch {
-	case login && path == loginPath:
-		return "GET, HEAD, POST", "the login form is read and posted"
-	case login && path == logoutPath:
-		return "POST", "signing out is a post"
-	}
-	return "GET, HEAD", "this API is read-only"
-}
-
-func handleNotFound() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+// handleNotFound answers a path no route takes.
+func handleNotFound() routeHandler {
+	return func(w http.ResponseWriter, r *http.Request, _ url.Values) {
 		writeProblem(w, newProblem(http.StatusNotFound, "no such resource: %s (see /api/v1/events, /api/v1/range)", r.URL.Path))
-	})
+	}
 }
 
 // rangeResponse is the body of /api/v1/range.
@@ -147,27 +72,21 @@ type rangeResponse struct {
 	Latest   int64 `json:"latest"`
 }
 
-func handleRange(j *Journal) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r.URL.RawQuery); p != nil {
-			writeProblem(w, p)
-			return
-		}
+// handleRange answers the range of offsets held.
+func handleRange(j *Journal) routeHandler {
+	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
 		earliest, latest, ok := j.Range()
 		if !ok {
 			w.WriteHeader(http.StatusNoContent)
 			return
 		}
 		writeJSON(w, http.StatusOK, rangeResponse{Earliest: earliest, Latest: latest})
-	})
+	}
 }
 
-func handleEvent(j *Journal) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r.URL.RawQuery); p != nil {
-			writeProblem(w, p)
-			return
-		}
+// handleEvent answers the event at an offset.
+func handleEvent(j *Journal) routeHandler {
+	return func(w http.ResponseWriter, r *http.Request, _ url.Values) {
 		id, p := parseOffset("id", r.PathValue("id"))
 		if p != nil {
 			writeProblem(w, p.withRange(j))
@@ -181,7 +100,7 @@ func handleEvent(j *Journal) http.Handler {
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Content-Length", strconv.Itoa(len(rec.Data)))
 		writeBody(w, rec.Data)
-	})
+	}
 }
 
 // eventsQuery is the validated request of /api/v1/events.
@@ -206,22 +125,21 @@ const (
 
 // eventsParams are the query parameters of /api/v1/events, the API's only
 // ones.
-func eventsParams() [6]string {
-	return [...]string{paramOffset, paramLimit, paramWatch, paramTimeout, paramType, paramEventClass}
+func eventsParams() []string {
+	return []string{paramOffset, paramLimit, paramWatch, paramTimeout, paramType, paramEventClass}
 }
 
-// parseEventsQuery validates the request of /api/v1/events; an offset
-// error carries j's range, as every offset error does. A client that
-// accepts text/event-stream (a browser's EventSource) watches as
-// Server-Sent Events, and its Last-Event-ID resumes after that key.
-func parseEventsQuery(r *http.Request, j *Journal) (eventsQuery, *problem) {
+// parseEventsQuery validates the request of /api/v1/events, whose query
+// parameters (values) the route table checked; an offset error carries
+// j's range, as every offset error does. A client that accepts
+// text/event-stream (a browser's EventSource) watches as Server-Sent
+// Events, and its Last-Event-ID resumes after that key.
+func parseEventsQuery(r *http.Request, values url.Values, j *Journal) (eventsQuery, *problem) {
 	q := eventsQuery{limit: defaultPageSize}
-	params := eventsParams()
-	values, p := parseQuery(r.URL.RawQuery, params[:]...)
-	if p != nil {
-		return q, p
-	}
-	var err error
+	var (
+		p   *problem
+		err error
+	)
 	if q.filter, err = parseEventFilter(values); err != nil {
 		return q, newProblem(http.StatusBadRequest, "%s", err)
 	}
@@ -313,11 +231,13 @@ func weighsZero(params string) bool {
 	return false
 }
 
-func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handlerConfig) http.Handler {
+// handleEvents answers a list or a watch.
+func handleEvents(d handlerDeps, watches *watchLimit) routeHandler {
+	j := d.journal
 	buffers := newWatchBuffers()
-	waker := newWatchWaker(j, log)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		q, p := parseEventsQuery(r, j)
+	waker := newWatchWaker(j, d.log)
+	return func(w http.ResponseWriter, r *http.Request, params url.Values) {
+		q, p := parseEventsQuery(r, params, j)
 		if p != nil {
 			writeProblem(w, p)
 			return
@@ -326,20 +246,19 @@ func handleEvents(j *Journal, metrics *httpMetrics, log *slog.Logger, cfg handle
 			servePage(w, r, j, q)
 			return
 		}
-		if n := metrics.watchers.Add(1); cfg.maxWatches > 0 && n > int64(cfg.maxWatches) {
-			metrics.watchers.Add(-1)
+		release, ok := watches.acquire()
+		if !ok {
 			w.Header().Set("Retry-After", strconv.Itoa(int(watchRetryAfter.Seconds())))
-			writeProblem(w, newProblem(http.StatusServiceUnavailable, "too many watches: %d are open, the limit is %d; retry later", n-1, cfg.maxWatches))
+			writeProblem(w, newProblem(http.StatusServiceUnavailable, "too many watches: %d are open, the limit is %d; retry later", watches.open.Load(), watches.max))
 			return
 		}
-		release := sync.OnceFunc(func() { metrics.watchers.Add(-1) })
 		defer release()
-		s := watchSettings{format: ndjson{}, buffers: buffers, log: log, taken: cfg.taken, waker: waker, release: release}
+		s := watchSettings{format: ndjson{}, buffers: buffers, log: d.log, taken: d.taken, waker: waker, release: release}
 		if q.sse {
-			s.format, s.heartbeat = serverSentEvents{}, cfg.sseHeartbeat
+			s.format, s.heartbeat = serverSentEvents{}, d.sseHeartbeat
 		}
 		serveWatch(w, r, j, q, s)
-	})
+	}
 }
 
 // servePage answers a list: the newest page, or the page from an offset
@@ -401,18 +320,14 @@ func nextPageURL(r *http.Request, next int64) string {
 // handleLivez fails only when the process is wedged (the collector's loop
 // stopped turning), so that Kubernetes restarts it; vCenter outages are
 // not the process's fault and a restart would not cure them.
-func handleLivez(status *CollectorStatus) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r.URL.RawQuery); p != nil {
-			writeProblem(w, p)
-			return
-		}
+func handleLivez(status *CollectorStatus) routeHandler {
+	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
 		if !status.Alive() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "collector loop stuck"})
 			return
 		}
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
+	}
 }
 
 // readyResponse is the body of /readyz.
@@ -431,12 +346,8 @@ type readyResponse struct {
 
 // handleReadyz is ready once the collector has read from vCenter, and stays
 // ready through later vCenter outages: the cached events are still served.
-func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus, tokens bool) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r.URL.RawQuery); p != nil {
-			writeProblem(w, p)
-			return
-		}
+func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus, tokens bool) routeHandler {
+	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
 		body := readyResponse{Ready: status.Ready(), VCenterConnected: status.Connected(), Tokens: tokens}
 		if earliest, latest, ok := j.Range(); ok {
 			body.Range = &rangeResponse{Earliest: earliest, Latest: latest}
@@ -452,7 +363,7 @@ func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus, tokens 
 			code = http.StatusServiceUnavailable
 		}
 		writeJSON(w, code, body)
-	})
+	}
 }
 
 // parseQuery parses a request's query, allowing only the given parameters

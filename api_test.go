@@ -98,7 +98,7 @@ func newAPIServer(t *testing.T, segment int, keys ...int64) *apiServer {
 	t.Helper()
 	s := &apiServer{t: t, journal: NewJournal(segment), status: &CollectorStatus{}}
 	s.append(keys...)
-	s.srv = httptest.NewServer(newHandler(s.journal, s.status, apiLogger()))
+	s.srv = httptest.NewServer(newHandler(handlerDeps{journal: s.journal, status: s.status, log: apiLogger()}))
 	t.Cleanup(s.srv.Close)
 	s.client = s.srv.Client()
 	return s
@@ -1053,7 +1053,7 @@ func TestAPIWatchLagging(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	srv := httptest.NewUnstartedServer(newHandler(j, &CollectorStatus{}, apiLogger()))
+	srv := httptest.NewUnstartedServer(newHandler(handlerDeps{journal: j, log: apiLogger()}))
 	srv.Listener = smallBufferListener{srv.Listener}
 	srv.Start()
 	t.Cleanup(srv.Close)
@@ -1208,7 +1208,7 @@ func TestAPIWatchLaggingGated(t *testing.T) {
 			<-release
 		})
 	})
-	done := serveGated(apiContext(t), newHandler(j, &CollectorStatus{}, apiLogger()), w, "/api/v1/events?watch=true&offset=1")
+	done := serveGated(apiContext(t), newHandler(handlerDeps{journal: j, log: apiLogger()}), w, "/api/v1/events?watch=true&offset=1")
 	waitClosed(t, "the watch to write", blocked)
 	for k := int64(3); k <= 10; k++ { // purges through 6: holds 7-10
 		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
@@ -1250,7 +1250,7 @@ func TestAPIWatchEndsWithContext(t *testing.T) {
 		ctx, cancel := context.WithCancel(apiContext(t))
 		w := newGatedWriter(nil)
 		w.flushed = make(chan struct{})
-		done := serveGated(ctx, newHandler(j, &CollectorStatus{}, apiLogger()), w, "/api/v1/events?watch=true")
+		done := serveGated(ctx, newHandler(handlerDeps{journal: j, log: apiLogger()}), w, "/api/v1/events?watch=true")
 		waitClosed(t, "the watch to answer", w.flushed)
 		cancel()
 		waitClosed(t, "the watch to end", done)
@@ -1268,7 +1268,7 @@ func TestAPIWatchEndsWithContext(t *testing.T) {
 		}
 		ctx, cancel := context.WithCancel(apiContext(t))
 		w := newGatedWriter(cancel) // the client leaves as the first event is written
-		done := serveGated(ctx, newHandler(j, &CollectorStatus{}, apiLogger()), w, "/api/v1/events?watch=true&offset=1&timeoutSeconds=3600")
+		done := serveGated(ctx, newHandler(handlerDeps{journal: j, log: apiLogger()}), w, "/api/v1/events?watch=true&offset=1&timeoutSeconds=3600")
 		waitClosed(t, "the watch to end", done)
 		lines := w.lines()
 		n := len(lines) - 1 // the last is empty
@@ -1315,7 +1315,7 @@ func FuzzAPIRequest(f *testing.F) {
 			f.Fatal(err)
 		}
 	}
-	h := newHandler(j, &CollectorStatus{}, apiLogger())
+	h := newHandler(handlerDeps{journal: j, log: apiLogger()})
 	// The request context has ended: a watch answers and ends at once.
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()
@@ -1348,7 +1348,7 @@ func BenchmarkAPIPage(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	h := newHandler(j, &CollectorStatus{}, slog.New(slog.DiscardHandler))
+	h := newHandler(handlerDeps{journal: j, log: slog.New(slog.DiscardHandler)})
 	r := httptest.NewRequest(http.MethodGet, "/api/v1/events?offset=1&limit=2&type=VmPoweredOnEvent", nil)
 	b.ReportAllocs()
 	for b.Loop() {

@@ -496,12 +496,13 @@ func TestAuthCertificateRenewal(t *testing.T) {
 		t.Fatalf("range: %d %s", resp.StatusCode, body)
 	}
 
-	// Renewal by renaming new files over the old ones.
+	// Renewal by renaming new files over the old ones; the server reads
+	// them again within a second.
 	writeKeyPair(t, ca, dir, 11)
+	s.logs.wait(t, "reloaded TLS certificate", s.stopped)
 	if got := served(); got != 11 {
 		t.Errorf("after renewal: serial %d, want 11", got)
 	}
-	s.logs.wait(t, "reloaded TLS certificate", s.stopped)
 	if resp, body := authGet(t, client, s.URL+"/api/v1/range", tokenAlice); resp.StatusCode != http.StatusOK {
 		t.Errorf("range after renewal: %d %s", resp.StatusCode, body)
 	}
@@ -509,14 +510,15 @@ func TestAuthCertificateRenewal(t *testing.T) {
 	// A certificate whose key is not yet written: the previous pair stays.
 	certPEM, keyPEM := ca.issue(t, 12)
 	replaceFile(t, certFile, certPEM)
+	s.logs.wait(t, "cannot reload TLS certificate; the previous one stays in use", s.stopped)
 	if got := served(); got != 11 {
 		t.Errorf("with a mismatched key: serial %d, want 11 still", got)
 	}
-	s.logs.wait(t, "cannot reload TLS certificate; the previous one stays in use", s.stopped)
 	// Rewritten in place, not renamed.
 	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	s.logs.waitN(t, "reloaded TLS certificate", 2, s.stopped)
 	if got := served(); got != 12 {
 		t.Errorf("once the key is written: serial %d, want 12", got)
 	}
@@ -530,6 +532,7 @@ func TestAuthCertificateRenewal(t *testing.T) {
 		t.Fatal(err)
 	}
 	vol.update(t, map[string]string{"tls.crt": string(c14), "tls.key": string(k14)})
+	ss.reload()
 	got, err := ss.GetCertificate(nil)
 	if err != nil || got.Leaf.SerialNumber.Int64() != 14 {
 		t.Errorf("after a Secret volume update: %v, %v; want serial 14", got.Leaf.SerialNumber, err)
@@ -645,7 +648,7 @@ func TestAuthReload(t *testing.T) {
 		_, _, ok := a.authenticate(r)
 		return ok
 	}
-	// In place, same size: the modification time tells.
+	// In place, same size: the content tells.
 	replacement := strings.Repeat("b", len(tokenAlice))
 	if err := os.WriteFile(path, []byte(replacement+"\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -696,7 +699,7 @@ func TestAuthRunStops(t *testing.T) {
 func authTestServer(t *testing.T, tls bool) (*httptest.Server, *tokenAuth) {
 	t.Helper()
 	a, _, _ := newTestAuth(t, tokenAlice+"\n"+tokenBob+"\n")
-	h := newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger(), withAuth(a))
+	h := newHandler(handlerDeps{journal: openAPIGoldenJournal(t), log: apiLogger(), auth: a})
 	var srv *httptest.Server
 	if tls {
 		srv = httptest.NewUnstartedServer(h)
@@ -889,7 +892,7 @@ func TestAuthBrowserLogin(t *testing.T) {
 	if resp3.StatusCode != http.StatusSeeOther || resp3.Header.Get("Location") != loginPath+"?next="+url.QueryEscape("/?x=1") {
 		t.Errorf("browser at /: %d to %q", resp3.StatusCode, resp3.Header.Get("Location"))
 	}
-	for _, path := range []string{"/api/v1/events", "/metrics"} {
+	for _, path := range []string{"/api/v1/events", "/metrics", "/api/v2/nothing"} {
 		resp, body := authGet(t, client, srv.URL+path, "", "Accept", "text/html")
 		checkUnauthorized(t, "browser at "+path, resp, body)
 	}
@@ -948,7 +951,7 @@ func TestAuthRevokedRequestEnds(t *testing.T) {
 		<-r.Context().Done()
 		ended <- context.Cause(r.Context())
 	}))
-	h := a.protect(mux)
+	h := a.require(mux, false)
 	serve := func(token string) {
 		r := httptest.NewRequestWithContext(t.Context(), http.MethodGet, "/wait", nil)
 		r.Header.Set("Authorization", "Bearer "+token)
@@ -983,7 +986,7 @@ func TestAuthSessionExpiryEndsWatch(t *testing.T) {
 	t.Parallel()
 	a := testTokenAuth(tokenAlice)
 	j := openAPIGoldenJournal(t)
-	srv := httptest.NewServer(newHandler(j, &CollectorStatus{}, apiLogger(), withAuth(a)))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: j, log: apiLogger(), auth: a}))
 	t.Cleanup(srv.Close)
 	for _, sse := range []bool{false, true} {
 		// A short session: its expiry is in whole seconds.
@@ -1013,7 +1016,7 @@ func TestAuthSessionExpiryEndsWatch(t *testing.T) {
 // site.
 func TestAuthLoginBadInput(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger(), withAuth(testTokenAuth(tokenAlice))))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: openAPIGoldenJournal(t), log: apiLogger(), auth: testTokenAuth(tokenAlice)}))
 	t.Cleanup(srv.Close)
 	form := "application/x-www-form-urlencoded"
 	for _, tc := range []struct {
@@ -1072,7 +1075,7 @@ func TestAuthLoginBadInput(t *testing.T) {
 // form: its paths take what every other path takes.
 func TestAuthLoginRoutesOnlyWithTokens(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger()))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: openAPIGoldenJournal(t), log: apiLogger()}))
 	t.Cleanup(srv.Close)
 	for _, path := range []string{loginPath, logoutPath} {
 		req, _ := http.NewRequestWithContext(t.Context(), http.MethodPost, srv.URL+path, strings.NewReader("token=x"))
@@ -1088,7 +1091,7 @@ func TestAuthLoginRoutesOnlyWithTokens(t *testing.T) {
 // cannot read says so, rather than that the token is not accepted.
 func TestAuthMalformedHeader(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger(), withAuth(testTokenAuth(tokenAlice))))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: openAPIGoldenJournal(t), log: apiLogger(), auth: testTokenAuth(tokenAlice)}))
 	t.Cleanup(srv.Close)
 	for name, values := range map[string][]string{
 		"no token":    {"Bearer"},
@@ -1119,7 +1122,7 @@ func appendNextEvent(t *testing.T, j *Journal) int64 {
 
 // testTokenAuth admits the given tokens; it reads no file.
 func testTokenAuth(tokens ...string) *tokenAuth {
-	a := &tokenAuth{log: apiLogger(), interval: defaultTokenReloadInterval, inflight: make(map[*authedRequest]struct{})}
+	a := &tokenAuth{fileReloader: fileReloader{log: apiLogger(), interval: reloadInterval}, inflight: make(map[*authedRequest]struct{})}
 	a.tokens.Store(newTokenSet(tokens))
 	return a
 }
@@ -1157,7 +1160,7 @@ func FuzzAuthRequest(f *testing.F) {
 			f.Fatal(err)
 		}
 	}
-	h := newHandler(j, &CollectorStatus{}, apiLogger(), withAuth(a))
+	h := newHandler(handlerDeps{journal: j, log: apiLogger(), auth: a})
 	// The request context has ended: a watch answers and ends at once.
 	ended, cancel := context.WithCancel(context.Background())
 	cancel()

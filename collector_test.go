@@ -297,7 +297,7 @@ func TestCollectorShutdownWhileReconnecting(t *testing.T) {
 func TestCollectorLiveness(t *testing.T) {
 	t.Parallel()
 	status := newCollectorStatus(time.Minute)
-	srv := httptest.NewServer(newHandler(NewJournal(10), status, slog.New(slog.DiscardHandler)))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: NewJournal(10), status: status, log: slog.New(slog.DiscardHandler)}))
 	defer srv.Close()
 	if code, body := get(t, srv.URL+"/livez"); code != http.StatusOK {
 		t.Fatalf("livez of a turning loop: %d %s", code, body)

@@ -42,7 +42,7 @@ const (
 	envSinkCheckpointFile = "SINK_CHECKPOINT_FILE"
 	envSinkTimeout        = "SINK_TIMEOUT"
 
-	// Securing the API (auth.go, tlsconfig.go).
+	// Securing the API (tokens.go, login.go, tlsconfig.go).
 	envTokensPath  = "API_TOKENS_PATH"
 	envTLSCertFile = "TLS_CERT_FILE"
 	envTLSKeyFile  = "TLS_KEY_FILE"
@@ -103,7 +103,7 @@ type Config struct {
 	// Sink is where every event is delivered; its URL is nil without K_SINK.
 	Sink SinkConfig
 	// TokensPath is the file of bearer tokens; "" leaves the API open.
-	// Its content is read by newTokenAuth (auth.go), which keeps re-reading it.
+	// Its content is read by newTokenAuth (tokens.go), which keeps re-reading it.
 	TokensPath string
 	// TLSCertFile and TLSKeyFile, both set or both empty, switch the server
 	// to HTTPS; they are read by newCertReloader (tlsconfig.go), which
@@ -264,7 +264,7 @@ func oneLine(err error) string {
 
 // parseAPISecurity reads the paths of the token file and of the TLS
 // certificate and key. Their content is checked at start by their loaders
-// (auth.go, tlsconfig.go), which own them because they re-read them while
+// (tokens.go, tlsconfig.go), which own them because they re-read them while
 // the server runs; parseConfig only sees that the settings fit together.
 func parseAPISecurity(getenv func(string) string, cfg *Config) error {
 	cfg.TokensPath = strings.TrimSpace(getenv(envTokensPath))

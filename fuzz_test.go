@@ -108,7 +108,7 @@ func FuzzEventsQuery(f *testing.F) {
 	}
 	handlers := make([]http.Handler, len(journals))
 	for i, j := range journals {
-		handlers[i] = newHandler(j.journal, &CollectorStatus{}, logger)
+		handlers[i] = newHandler(handlerDeps{journal: j.journal, log: logger})
 	}
 
 	f.Fuzz(func(t *testing.T, query, accept, lastEventID string) {

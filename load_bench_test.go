@@ -222,7 +222,7 @@ func BenchmarkIdleWatchers(b *testing.B) {
 	const watchers, idle = 1000, 10 * time.Second
 	j := NewJournal(1000)
 	_ = j.AppendRecord(Record{Offset: 1, Data: []byte(`{"id":"1"}`)})
-	srv := httptest.NewServer(newHandler(j, &CollectorStatus{}, apiLogger()))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: j, log: apiLogger()}))
 	b.Cleanup(srv.Close)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: watchers}}
 	for i := range watchers {

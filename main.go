@@ -117,13 +117,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// Watches on connections taken over from net/http: srv.Shutdown does
 	// not wait for them, run does.
 	taken := new(takenWatches)
-	handlerOpts := []handlerOption{withMaxWatches(opts.maxWatches), withTakenWatches(taken)}
 	var auth *tokenAuth
 	if cfg.TokensPath != "" {
 		if auth, err = newTokenAuth(cfg.TokensPath, log); err != nil {
 			return err
 		}
-		handlerOpts = append(handlerOpts, withAuth(auth))
 	}
 	var certs *certReloader
 	if cfg.TLSCertFile != "" {
@@ -178,7 +176,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		sinkStatus = sink.Status()
-		handlerOpts = append(handlerOpts, withSink(sinkStatus))
 	}
 	collector := newCollector(cfg, opts.collector, journal, status, pace, log)
 
@@ -191,7 +188,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	requests, endRequests := context.WithCancel(context.WithoutCancel(ctx))
 	defer endRequests()
 	srv := &http.Server{
-		Handler:           newHandler(journal, status, log, handlerOpts...),
+		Handler: newHandler(handlerDeps{
+			journal: journal, status: status, log: log, sink: sinkStatus, auth: auth, taken: taken,
+			maxWatches: opts.maxWatches,
+		}),
 		ReadHeaderTimeout: readHeaderTimeout,
 		IdleTimeout:       idleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
@@ -220,6 +220,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	})
 	if auth != nil {
 		workers.Go(func() { keepRunning(ctx, log, "token reload", auth.Run) })
+	}
+	if certs != nil {
+		workers.Go(func() { keepRunning(ctx, log, "certificate reload", certs.Run) })
 	}
 	workers.Go(func() { keepRunning(ctx, log, "vCenter collector", collector.Run) })
 	if sink != nil {

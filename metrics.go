@@ -7,11 +7,11 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/url"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 )
 
@@ -20,8 +20,6 @@ const metricPrefix = "vsphere_event_streaming_"
 
 // httpMetrics counts what the HTTP API does. It is safe for concurrent use.
 type httpMetrics struct {
-	watchers atomic.Int64 // open watches
-
 	mu       sync.Mutex
 	requests map[requestKey]int64
 }
@@ -78,10 +76,13 @@ func (r *statusRecorder) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 // instrument counts every request by route and status, and logs it at
 // debug level once it is answered (a watch when it ends); a handler's panic
-// is answered with 500.
+// is answered with 500. Every answer forbids content sniffing: a browser
+// must not take a body for another type than it says (an event's JSON
+// holds strings vCenter's users chose, HTML included).
 func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
+		w.Header().Set("X-Content-Type-Options", "nosniff")
 		rec := &statusRecorder{ResponseWriter: w}
 		func() {
 			defer answerPanic(rec, r, log)
@@ -90,10 +91,13 @@ func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handle
 		if rec.code == 0 {
 			rec.code = http.StatusOK
 		}
-		// The mux sets the pattern it matched; requests refused before it
-		// (405, 414) or matching no route have none worth a label.
+		// The route that answered names itself in the pattern ("GET
+		// /api/v1/range"). A request none did (refused before one: 405,
+		// 414; redirected to its clean path by ServeMux, whose patterns
+		// name no method) or that took the catch-all has none worth a
+		// label.
 		route := r.Pattern
-		if route == "" || route == "/" {
+		if _, path, ok := strings.Cut(route, " "); !ok || path == "/" {
 			route = "other"
 		}
 		m.countRequest(route, rec.code)
@@ -106,24 +110,20 @@ func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handle
 }
 
 // handleMetrics serves the metrics in the Prometheus text exposition format.
-func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, sink *SinkStatus) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r.URL.RawQuery); p != nil {
-			writeProblem(w, p)
-			return
-		}
+func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, watches *watchLimit, sink *SinkStatus) routeHandler {
+	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
 		out := bufio.NewWriter(w)
-		writeMetrics(out, j, status, m)
+		writeMetrics(out, j, status, m, watches)
 		if sink != nil {
 			sink.writeMetrics(out, j)
 		}
 		_ = out.Flush()
-	})
+	}
 }
 
-func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpMetrics) {
+func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpMetrics, watches *watchLimit) {
 	metric := func(name, kind, help string, value float64) { writeMetric(w, name, kind, help, value) }
 	records, bytes := j.Stats()
 	metric("events_ingested_total", "counter", "Events read from vCenter and appended to the journal.", float64(status.Ingested()))
@@ -137,7 +137,7 @@ func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpM
 		metric("journal_earliest_offset", "gauge", "Smallest offset (vCenter event key) held.", float64(earliest))
 		metric("journal_latest_offset", "gauge", "Largest offset (vCenter event key) held.", float64(latest))
 	}
-	metric("watchers", "gauge", "Open watches.", float64(m.watchers.Load()))
+	metric("watchers", "gauge", "Open watches.", float64(watches.open.Load()))
 	metric("vcenter_connected", "gauge", "1 while the collector has a working vCenter session.", boolValue(status.Connected()))
 	metric("vcenter_reconnects_total", "counter", "vCenter sessions opened again after a failure.", float64(status.Reconnects()))
 	if t := status.LastEventTime(); !t.IsZero() {

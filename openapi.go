@@ -3,6 +3,7 @@ package main
 import (
 	_ "embed"
 	"net/http"
+	"net/url"
 	"strconv"
 )
 
@@ -12,14 +13,10 @@ import (
 var openAPIDocument []byte
 
 // handleOpenAPI serves the embedded OpenAPI document.
-func handleOpenAPI() http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if _, p := parseQuery(r.URL.RawQuery); p != nil {
-			writeProblem(w, p)
-			return
-		}
+func handleOpenAPI() routeHandler {
+	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
 		w.Header().Set("Content-Type", "application/yaml")
 		w.Header().Set("Content-Length", strconv.Itoa(len(openAPIDocument)))
 		_, _ = w.Write(openAPIDocument)
-	})
+	}
 }

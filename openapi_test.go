@@ -341,20 +341,15 @@ func TestOpenAPIDocument(t *testing.T) {
 	}
 }
 
-// openAPIRouteList records the routes addRoutes registers.
-type openAPIRouteList []string
-
-func (l *openAPIRouteList) Handle(pattern string, _ http.Handler) { *l = append(*l, pattern) }
-
 func TestOpenAPIRoutes(t *testing.T) {
 	t.Parallel()
 	doc := openAPIDoc(t)
-	var routes openAPIRouteList
-	addRoutes(&routes, NewJournal(10), &CollectorStatus{}, newHTTPMetrics(), apiLogger(), handlerConfig{auth: testTokenAuth("x")})
+	d := handlerDeps{journal: NewJournal(10), status: &CollectorStatus{}, log: apiLogger(), auth: testTokenAuth("x")}
 	registered := make(map[string]bool)
-	for _, pattern := range routes {
-		if pattern == "/" {
-			continue // the catch-all: 404 for unknown paths
+	for _, rt := range d.routes(newHTTPMetrics(), &watchLimit{}) {
+		pattern := rt.method + " " + rt.path
+		if rt.catchAll() {
+			continue // 404 for unknown paths
 		}
 		if _, path, _ := strings.Cut(pattern, " "); path == "/ui/login" || path == "/ui/logout" {
 			continue // the browser's login form, not the API (auth_test.go checks it)
@@ -388,8 +383,8 @@ type openAPICase struct {
 	header    map[string]string
 	empty     bool                    // an empty journal, not the golden events
 	collector func() *CollectorStatus // nil: a zero CollectorStatus
-	opts      []handlerOption
-	hold      int // watches to open before the request
+	deps      handlerDeps             // the handler's (its journal, status and log are set by openAPIRun)
+	hold      int                     // watches to open before the request
 
 	mediaType  string            // the Content-Type it must have, if set
 	headers    map[string]string // response headers it must have ("": any value), which must be documented
@@ -417,23 +412,23 @@ func openAPICases() []openAPICase {
 		return s
 	}
 	stuck := func() *CollectorStatus { return newCollectorStatus(time.Nanosecond) }
-	tokens := []handlerOption{withAuth(testTokenAuth("openapi-test-token"))}
+	tokens := handlerDeps{auth: testTokenAuth("openapi-test-token")}
 	challenge := map[string]string{"WWW-Authenticate": `Bearer realm="vsphere-event-streaming"`}
 	bearer := func(token string) map[string]string { return map[string]string{"Authorization": "Bearer " + token} }
 	browser := map[string]string{"Accept": "text/html,application/xhtml+xml,*/*;q=0.8"}
 	cases := []openAPICase{
 		{path: "/api/v1/range", status: 200, name: "held", target: "/api/v1/range", mediaType: "application/json"},
-		{path: "/api/v1/range", status: 200, name: "with a token", target: "/api/v1/range", opts: tokens, header: bearer("openapi-test-token"), mediaType: "application/json"},
+		{path: "/api/v1/range", status: 200, name: "with a token", target: "/api/v1/range", deps: tokens, header: bearer("openapi-test-token"), mediaType: "application/json"},
 		{path: "/api/v1/range", status: 204, name: "empty", target: "/api/v1/range", empty: true},
 		{path: "/api/v1/range", status: 400, name: "parameter", target: "/api/v1/range?offset=1"},
-		{path: "/api/v1/range", status: 401, name: "no token", target: "/api/v1/range", opts: tokens, headers: challenge},
+		{path: "/api/v1/range", status: 401, name: "no token", target: "/api/v1/range", deps: tokens, headers: challenge},
 		{path: "/api/v1/range", status: 405, name: "POST", method: http.MethodPost, target: "/api/v1/range", headers: allow},
 		{path: "/api/v1/range", status: 414, name: "long", target: openAPILongTarget("/api/v1/range")},
 
 		{path: "/api/v1/events/{id}", status: 200, name: "held", target: "/api/v1/events/46", mediaType: "application/json"},
 		{path: "/api/v1/events/{id}", status: 400, name: "malformed", target: "/api/v1/events/-1"},
 		{path: "/api/v1/events/{id}", status: 400, name: "parameter", target: "/api/v1/events/46?watch=true"},
-		{path: "/api/v1/events/{id}", status: 401, name: "wrong token", target: "/api/v1/events/46", opts: tokens, header: bearer("wrong"), headers: challenge},
+		{path: "/api/v1/events/{id}", status: 401, name: "wrong token", target: "/api/v1/events/46", deps: tokens, header: bearer("wrong"), headers: challenge},
 		{path: "/api/v1/events/{id}", status: 404, name: "gap", target: "/api/v1/events/45"},
 		{path: "/api/v1/events/{id}", status: 404, name: "not yet", target: "/api/v1/events/49"},
 		{path: "/api/v1/events/{id}", status: 405, name: "DELETE", method: http.MethodDelete, target: "/api/v1/events/46", headers: allow},
@@ -461,30 +456,30 @@ func openAPICases() []openAPICase {
 		{path: "/api/v1/events", status: 400, name: "empty type", target: "/api/v1/events?type="},
 		{path: "/api/v1/events", status: 400, name: "SSE not a watch", target: "/api/v1/events?watch=false", header: sse},
 		{path: "/api/v1/events", status: 400, name: "Last-Event-ID", target: "/api/v1/events", header: map[string]string{"Accept": "text/event-stream", "Last-Event-ID": "x"}},
-		{path: "/api/v1/events", status: 401, name: "watch without a token", target: "/api/v1/events?watch=true", opts: tokens, headers: challenge},
+		{path: "/api/v1/events", status: 401, name: "watch without a token", target: "/api/v1/events?watch=true", deps: tokens, headers: challenge},
 		{path: "/api/v1/events", status: 405, name: "PUT", method: http.MethodPut, target: "/api/v1/events", headers: allow},
 		{path: "/api/v1/events", status: 410, name: "list", target: "/api/v1/events?offset=10"},
 		{path: "/api/v1/events", status: 410, name: "watch", target: "/api/v1/events?watch=1&offset=43"},
 		{path: "/api/v1/events", status: 410, name: "SSE Last-Event-ID", target: "/api/v1/events", header: map[string]string{"Accept": "text/event-stream", "Last-Event-ID": "5"}},
 		{path: "/api/v1/events", status: 414, name: "long", target: openAPILongTarget("/api/v1/events")},
-		{path: "/api/v1/events", status: 503, name: "watch cap", target: "/api/v1/events?watch=true", opts: []handlerOption{withMaxWatches(1)}, hold: 1,
+		{path: "/api/v1/events", status: 503, name: "watch cap", target: "/api/v1/events?watch=true", deps: handlerDeps{maxWatches: 1}, hold: 1,
 			headers: map[string]string{"Retry-After": ""}},
 
 		{path: "/api/v1/openapi.yaml", status: 200, name: "document", target: "/api/v1/openapi.yaml", mediaType: "application/yaml"},
 		{path: "/api/v1/openapi.yaml", status: 400, name: "parameter", target: "/api/v1/openapi.yaml?format=json"},
-		{path: "/api/v1/openapi.yaml", status: 401, name: "no token", target: "/api/v1/openapi.yaml", opts: tokens, headers: challenge},
+		{path: "/api/v1/openapi.yaml", status: 401, name: "no token", target: "/api/v1/openapi.yaml", deps: tokens, headers: challenge},
 		{path: "/api/v1/openapi.yaml", status: 405, name: "PATCH", method: http.MethodPatch, target: "/api/v1/openapi.yaml", headers: allow},
 		{path: "/api/v1/openapi.yaml", status: 414, name: "long", target: openAPILongTarget("/api/v1/openapi.yaml")},
 
 		{path: "/livez", status: 200, name: "alive", target: "/livez", mediaType: "application/json"},
-		{path: "/livez", status: 200, name: "tokens on, none sent", target: "/livez", opts: tokens, mediaType: "application/json"},
+		{path: "/livez", status: 200, name: "tokens on, none sent", target: "/livez", deps: tokens, mediaType: "application/json"},
 		{path: "/livez", status: 400, name: "parameter", target: "/livez?verbose"},
 		{path: "/livez", status: 405, name: "POST", method: http.MethodPost, target: "/livez", headers: allow},
 		{path: "/livez", status: 414, name: "long", target: openAPILongTarget("/livez")},
 		{path: "/livez", status: 503, name: "stuck", target: "/livez", collector: stuck, mediaType: "application/json"},
 
 		{path: "/readyz", status: 200, name: "ready", target: "/readyz", collector: ready, mediaType: "application/json"},
-		{path: "/readyz", status: 200, name: "tokens on, none sent", target: "/readyz", opts: tokens, collector: ready, mediaType: "application/json"},
+		{path: "/readyz", status: 200, name: "tokens on, none sent", target: "/readyz", deps: tokens, collector: ready, mediaType: "application/json"},
 		{path: "/readyz", status: 400, name: "parameter", target: "/readyz?x=1"},
 		{path: "/readyz", status: 405, name: "OPTIONS", method: http.MethodOptions, target: "/readyz", headers: allow},
 		{path: "/readyz", status: 414, name: "long", target: openAPILongTarget("/readyz")},
@@ -492,24 +487,24 @@ func openAPICases() []openAPICase {
 
 		{path: "/metrics", status: 200, name: "metrics", target: "/metrics", mediaType: "text/plain; version=0.0.4"},
 		{path: "/metrics", status: 400, name: "parameter", target: "/metrics?name=x"},
-		{path: "/metrics", status: 401, name: "no token", target: "/metrics", opts: tokens, headers: challenge},
+		{path: "/metrics", status: 401, name: "no token", target: "/metrics", deps: tokens, headers: challenge},
 		{path: "/metrics", status: 405, name: "POST", method: http.MethodPost, target: "/metrics", headers: allow},
 		{path: "/metrics", status: 414, name: "long", target: openAPILongTarget("/metrics")},
 
 		{path: "/", status: 200, name: "page", target: "/", mediaType: "text/html", headers: map[string]string{"Content-Security-Policy": ""}},
 		{path: "/", status: 200, name: "filtered page", target: "/?type=VmPoweredOnEvent&q=vm", mediaType: "text/html"},
-		{path: "/", status: 200, name: "with a token", target: "/", opts: tokens, header: bearer("openapi-test-token"), mediaType: "text/html"},
-		{path: "/", status: 303, name: "browser without a session", target: "/?type=VmPoweredOnEvent", opts: tokens, header: browser, mediaType: "text/html",
+		{path: "/", status: 200, name: "with a token", target: "/", deps: tokens, header: bearer("openapi-test-token"), mediaType: "text/html"},
+		{path: "/", status: 303, name: "browser without a session", target: "/?type=VmPoweredOnEvent", deps: tokens, header: browser, mediaType: "text/html",
 			headers: map[string]string{"Location": "/ui/login?next=%2F%3Ftype%3DVmPoweredOnEvent"}},
-		{path: "/", status: 401, name: "no token", target: "/", opts: tokens, headers: challenge},
+		{path: "/", status: 401, name: "no token", target: "/", deps: tokens, headers: challenge},
 		{path: "/", status: 405, name: "POST", method: http.MethodPost, target: "/", headers: allow},
 		{path: "/", status: 414, name: "long", target: openAPILongTarget("/")},
 		{path: "/ui/{asset}", status: 200, name: "script", target: "/ui/viewer.js", mediaType: "text/javascript", headers: map[string]string{"Content-Security-Policy": ""}},
 		{path: "/ui/{asset}", status: 200, name: "style", target: "/ui/viewer.css", mediaType: "text/css"},
 		{path: "/ui/{asset}", status: 200, name: "icon", target: "/ui/icon.svg", mediaType: "image/svg+xml"},
-		{path: "/ui/{asset}", status: 303, name: "browser without a session", target: "/ui/viewer.js", opts: tokens, header: browser, mediaType: "text/html",
+		{path: "/ui/{asset}", status: 303, name: "browser without a session", target: "/ui/viewer.js", deps: tokens, header: browser, mediaType: "text/html",
 			headers: map[string]string{"Location": "/ui/login?next=%2Fui%2Fviewer.js"}},
-		{path: "/ui/{asset}", status: 401, name: "wrong token", target: "/ui/viewer.css", opts: tokens, header: bearer("wrong"), headers: challenge},
+		{path: "/ui/{asset}", status: 401, name: "wrong token", target: "/ui/viewer.css", deps: tokens, header: bearer("wrong"), headers: challenge},
 		{path: "/ui/{asset}", status: 404, name: "unknown", target: "/ui/nothing.js"},
 		{path: "/ui/{asset}", status: 405, name: "PUT", method: http.MethodPut, target: "/ui/viewer.js", headers: allow},
 		{path: "/ui/{asset}", status: 414, name: "long", target: openAPILongTarget("/ui/viewer.js")},
@@ -640,7 +635,8 @@ func openAPIRun(t *testing.T, doc *openAPINode, documented *openAPINode, c openA
 	if c.collector != nil {
 		status = c.collector()
 	}
-	srv := httptest.NewServer(newHandler(j, status, apiLogger(), c.opts...))
+	c.deps.journal, c.deps.status, c.deps.log = j, status, apiLogger()
+	srv := httptest.NewServer(newHandler(c.deps))
 	t.Cleanup(srv.Close)
 	ctx, cancel := context.WithTimeout(t.Context(), openAPITestTimeout)
 	t.Cleanup(cancel) // before srv.Close: ends the watches it waits for
@@ -759,7 +755,7 @@ func TestOpenAPIServed(t *testing.T) {
 	if !bytes.Equal(file, openAPIDocument) {
 		t.Error("the embedded document differs from openapi.yaml")
 	}
-	srv := httptest.NewServer(newHandler(NewJournal(10), &CollectorStatus{}, apiLogger()))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: NewJournal(10), log: apiLogger()}))
 	t.Cleanup(srv.Close)
 	ctx, cancel := context.WithTimeout(t.Context(), openAPITestTimeout)
 	defer cancel()

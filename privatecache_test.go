@@ -81,7 +81,7 @@ func TestAuthPrivateAnswers(t *testing.T) {
 	}
 
 	// Without tokens nothing is added: the answers are the same for all.
-	h := newHandler(openAPIGoldenJournal(t), &CollectorStatus{}, apiLogger())
+	h := newHandler(handlerDeps{journal: openAPIGoldenJournal(t), log: apiLogger()})
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/api/v1/events", nil))
 	if rec.Code != http.StatusOK || rec.Header().Get("Vary") != "" || rec.Header().Get("Cache-Control") != "" {

@@ -37,8 +37,7 @@ func redactTarget(target string, depth int) string {
 // of the API, which carry offsets and filters, never a secret. Any other
 // parameter (a token, or a mistake the answer named) is logged by name.
 func loggedParam(name string) bool {
-	params := eventsParams()
-	return slices.Contains(params[:], name)
+	return slices.Contains(eventsParams(), name)
 }
 
 // redactQuery redacts the values of a raw query but those loggedParam

@@ -175,10 +175,11 @@ func indexes(from, to int) []int {
 	return out
 }
 
-// streamServer serves a journal with the handler's options.
-func streamServer(t *testing.T, j *Journal, opts ...handlerOption) *httptest.Server {
+// streamServer serves the handler of d, which logs to apiLogger.
+func streamServer(t *testing.T, d handlerDeps) *httptest.Server {
 	t.Helper()
-	srv := httptest.NewServer(newHandler(j, &CollectorStatus{}, apiLogger(), opts...))
+	d.log = apiLogger()
+	srv := httptest.NewServer(newHandler(d))
 	t.Cleanup(srv.Close)
 	return srv
 }
@@ -194,7 +195,7 @@ func TestSSEHeartbeatAndErrors(t *testing.T) {
 	t.Parallel()
 	t.Run("ping while idle", func(t *testing.T) {
 		t.Parallel()
-		srv := streamServer(t, NewJournal(10), withSSEHeartbeat(20*time.Millisecond))
+		srv := streamServer(t, handlerDeps{journal: NewJournal(10), sseHeartbeat: 20 * time.Millisecond})
 		s := openSSE(t, srv.URL+"/api/v1/events?watch=true", "")
 		go func() { _, _ = s.read() }() // the reader notes comments as they come
 		select {
@@ -209,7 +210,7 @@ func TestSSEHeartbeatAndErrors(t *testing.T) {
 	t.Run("event: error when the offset is gone", func(t *testing.T) {
 		t.Parallel()
 		j := NewJournal(10)
-		srv := streamServer(t, j)
+		srv := streamServer(t, handlerDeps{journal: j})
 		s := openSSE(t, srv.URL+"/api/v1/events?offset=1", "") // Accept alone makes it a watch
 		if err := j.AppendRecord(typedRecord(38, "VmPoweredOnEvent", ClassEvent)); err != nil {
 			t.Fatal(err)
@@ -224,7 +225,7 @@ func TestSSEHeartbeatAndErrors(t *testing.T) {
 	})
 	t.Run("bad Last-Event-ID and contradicting watch", func(t *testing.T) {
 		t.Parallel()
-		srv := streamServer(t, NewJournal(10))
+		srv := streamServer(t, handlerDeps{journal: NewJournal(10)})
 		for _, c := range []struct{ query, lastID string }{
 			{"?watch=true", "abc"},
 			{"?watch=true", "-1"},
@@ -251,7 +252,7 @@ func TestSSEHeartbeatAndErrors(t *testing.T) {
 		if err := j.AppendRecord(typedRecord(1, "VmPoweredOnEvent", ClassEvent)); err != nil {
 			t.Fatal(err)
 		}
-		srv := streamServer(t, j)
+		srv := streamServer(t, handlerDeps{journal: j})
 		for accept, want := range map[string]struct {
 			status int
 			detail string
@@ -271,7 +272,7 @@ func TestSSEHeartbeatAndErrors(t *testing.T) {
 	})
 	t.Run("timeoutSeconds", func(t *testing.T) {
 		t.Parallel()
-		srv := streamServer(t, NewJournal(10))
+		srv := streamServer(t, handlerDeps{journal: NewJournal(10)})
 		s := openSSE(t, srv.URL+"/api/v1/events?watch=true&timeoutSeconds=1", "")
 		want := fmt.Sprintf("retry: %d\n\n", sseRetry.Milliseconds())
 		if rest, err := io.ReadAll(s.r); err != nil || string(rest) != want {
@@ -313,7 +314,7 @@ func TestFilters(t *testing.T) {
 		}
 	}
 	want["type=VmPoweredOnEvent&eventclass=eventex"] = nil
-	srv := streamServer(t, j)
+	srv := streamServer(t, handlerDeps{journal: j})
 
 	// A filtered page's Link continues right after the last record
 	// scanned, matching or not: backups are keys 16, 24, 32, 40, ...
@@ -435,7 +436,7 @@ func recordKeys(t *testing.T, body []byte) []int64 {
 // watch ends, there is room again.
 func TestWatchCap(t *testing.T) {
 	t.Parallel()
-	srv := streamServer(t, NewJournal(10), withMaxWatches(2))
+	srv := streamServer(t, handlerDeps{journal: NewJournal(10), maxWatches: 2})
 	openRawWatch(t, srv.URL+"/api/v1/events?watch=true")
 	short := openRawWatch(t, srv.URL+"/api/v1/events?watch=true&timeoutSeconds=1")
 
@@ -470,7 +471,7 @@ func TestSSEPosition(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	srv := streamServer(t, j)
+	srv := streamServer(t, handlerDeps{journal: j})
 	ctx, cancel := context.WithTimeout(context.Background(), waitTimeout)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL+"/api/v1/events?watch=true&type=VmPoweredOffEvent", nil)
@@ -513,7 +514,7 @@ func TestSSEResumeAcrossGap(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	srv := streamServer(t, j)
+	srv := streamServer(t, handlerDeps{journal: j})
 	s := openSSE(t, srv.URL+"/api/v1/events?watch=true&offset=10", "15")
 	if ev := s.next(); ev.id != "20" {
 		t.Fatalf("resumed at %s, want 20", ev.id)

@@ -348,7 +348,7 @@ func TestEventPanicRecorded(t *testing.T) {
 			}
 		}
 	})
-	srv := httptest.NewServer(newHandler(journal, status, log))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: journal, status: status, log: log}))
 	t.Cleanup(srv.Close)
 	t.Cleanup(func() {
 		if t.Failed() {

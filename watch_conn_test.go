@@ -30,11 +30,14 @@ type takenServer struct {
 	conns map[net.Conn]struct{} // taken over
 }
 
-func startTakenServer(t *testing.T, tlsServer bool, opts ...handlerOption) *takenServer {
+// startTakenServer serves the handler of d, with the server's journal, log
+// and count of taken watches.
+func startTakenServer(t *testing.T, tlsServer bool, d handlerDeps) *takenServer {
 	t.Helper()
 	s := &takenServer{j: NewJournal(100), taken: new(takenWatches), logs: newLogRecorder(), conns: make(map[net.Conn]struct{})}
 	log := slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	s.srv = httptest.NewUnstartedServer(newHandler(s.j, &CollectorStatus{}, log, append(opts, withTakenWatches(s.taken))...))
+	d.journal, d.log, d.taken = s.j, log, s.taken
+	s.srv = httptest.NewUnstartedServer(newHandler(d))
 	s.srv.Config.ConnState = func(c net.Conn, state http.ConnState) {
 		if state == http.StateHijacked {
 			s.mu.Lock()
@@ -101,7 +104,7 @@ func rawTakenWatch(t *testing.T, addr, request string) (net.Conn, *bufio.Reader,
 // the end of the connection. The request is counted and logged as 200.
 func TestTakenWatchHead(t *testing.T) {
 	t.Parallel()
-	s := startTakenServer(t, false)
+	s := startTakenServer(t, false, handlerDeps{})
 	if err := s.j.AppendRecord(Record{Offset: 1, Data: apiRecord(1)}); err != nil {
 		t.Fatal(err)
 	}
@@ -182,7 +185,7 @@ func TestTakenWatchHead(t *testing.T) {
 // with the connection.
 func TestTakenWatchSSEAndHTTP10(t *testing.T) {
 	t.Parallel()
-	s := startTakenServer(t, false)
+	s := startTakenServer(t, false, handlerDeps{})
 	addr := s.srv.Listener.Addr().String()
 
 	_, br, _, status, head := rawTakenWatch(t, addr, "GET /api/v1/events?watch=true HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream")
@@ -215,7 +218,7 @@ func TestTakenWatchSSEAndHTTP10(t *testing.T) {
 // and ends: the count of open watches falls back to zero.
 func TestTakenWatchClientLeaves(t *testing.T) {
 	t.Parallel()
-	s := startTakenServer(t, false, withMaxWatches(3))
+	s := startTakenServer(t, false, handlerDeps{maxWatches: 3})
 	addr := s.srv.Listener.Addr().String()
 	var conns []net.Conn
 	for _, request := range []string{
@@ -255,7 +258,7 @@ func TestTakenWatchClientLeaves(t *testing.T) {
 // take it over. Both get their events and end cleanly.
 func TestTakenWatchHTTP2(t *testing.T) {
 	t.Parallel()
-	s := startTakenServer(t, true)
+	s := startTakenServer(t, true, handlerDeps{})
 	h2 := s.srv.Client()
 	h1 := &http.Client{Transport: &http.Transport{
 		TLSClientConfig: h2.Transport.(*http.Transport).TLSClientConfig.Clone(),
@@ -305,7 +308,7 @@ func TestTakenWatchHTTP2(t *testing.T) {
 func TestTakenWatchRevoked(t *testing.T) {
 	t.Parallel()
 	a, path, _ := newTestAuth(t, tokenAlice+"\n"+tokenBob+"\n")
-	s := startTakenServer(t, false, withAuth(a))
+	s := startTakenServer(t, false, handlerDeps{auth: a})
 	addr := s.srv.Listener.Addr().String()
 	open := func(token, accept string) *bufio.Reader {
 		t.Helper()
