@@ -116,10 +116,7 @@ func TestCollectorSessionPanic(t *testing.T) {
 	if !strings.Contains(rec["error"].(string), "injected into the collector's loop") {
 		t.Errorf("session error %v", rec["error"])
 	}
-	logs.wait(t, "caught up with vCenter", done)
-	if !status.Ready() {
-		t.Error("collector not ready after the panic")
-	}
+	waitUntil(t, &status.changes, done, "the catch-up after the panic", status.Ready)
 }
 
 // TestKeepRunning: a loop that panics runs again after a pause, logged with
@@ -222,7 +219,7 @@ func TestTakenWatchPanic(t *testing.T) {
 	logs := newLogRecorder()
 	logs.panicOn = "watch started" // logged once the stream has begun
 	s := launchServerLogging(t, sim, nil, logs)
-	s.logs.wait(t, "caught up with vCenter", s.stopped)
+	s.waitReady(t)
 	resp, err := http.Get(s.URL + "/api/v1/events?watch=true&timeoutSeconds=5")
 	if err != nil {
 		t.Fatal(err)
@@ -252,7 +249,7 @@ func TestIngestPanic(t *testing.T) {
 	if !strings.Contains(fmt.Sprint(rec["error"]), "injected") || !strings.Contains(fmt.Sprint(rec["stack"]), "harness_test.go") {
 		t.Errorf("log line %v", rec)
 	}
-	s.logs.wait(t, "caught up with vCenter", s.stopped)
+	s.waitReady(t)
 	if code, body := get(t, fmt.Sprintf("%s/api/v1/events/%d", s.URL, key)); code != http.StatusOK || !strings.Contains(string(body), `"data":{`) {
 		t.Errorf("event %d: %d %s", key, code, body)
 	}

@@ -1148,7 +1148,7 @@ func TestSinkBacklogStalledSink(t *testing.T) {
 	collector := newCollector(cfg, opts, journal, status, pace, slog.New(slog.NewJSONHandler(logs, nil)))
 	stopped := runUntilCleanup(t, collector.Run)
 
-	logs.wait(t, "caught up with vCenter", stopped)
+	waitUntil(t, &status.changes, stopped, "the catch-up with vCenter", status.Ready)
 	if n := logs.count("the sink took no event for a while: reading vCenter's backlog on without it; the events it needs may be purged before delivery (sink_lost_total)"); n != 1 {
 		t.Errorf("%d warnings that the catch-up reads on without the sink, want 1", n)
 	}

@@ -355,8 +355,8 @@ func TestEventPanicRecorded(t *testing.T) {
 			t.Logf("log:\n%s", logs)
 		}
 	})
-	s := &testServer{URL: srv.URL, logs: logs, stopped: done}
-	logs.wait(t, "caught up with vCenter", done)
+	s := &testServer{URL: srv.URL, logs: logs, stopped: done, running: running{journal: journal, status: status}}
+	s.waitReady(t)
 
 	before, w := watchFromNow(t, vc, s)
 	first := before + 1
