@@ -416,10 +416,10 @@ func TestAuthTokenRotation(t *testing.T) {
 
 	// Rotation: Alice's token removed, Carol's added.
 	vol.update(t, map[string]string{"tokens": tokenBob + "\n" + tokenCarol + "\n"})
-	reloaded := s.logs.wait(t, "reloaded API tokens", s.stopped)
-	if reloaded["tokens"] != float64(2) {
-		t.Errorf("reload log %v, want 2 tokens", reloaded)
-	}
+	waitUntil(t, &s.tokens.loaded, s.stopped, "Bob's and Carol's tokens in force", func() bool {
+		set := s.tokens.tokens.Load()
+		return len(set.digests) == 2 && set.match(sha256.Sum256([]byte(tokenCarol))) >= 0
+	})
 
 	for _, token := range []string{tokenBob, tokenCarol} {
 		if resp, body := authGet(t, client, s.URL+"/api/v1/range", token); resp.StatusCode != http.StatusOK {
@@ -470,6 +470,14 @@ func TestAuthTokenRotation(t *testing.T) {
 	}
 }
 
+// waitServing waits until the server's certificate in use has serial.
+func waitServing(t *testing.T, s *testServer, serial int64) {
+	t.Helper()
+	waitUntil(t, &s.certs.loaded, s.stopped, fmt.Sprintf("certificate %d in use", serial), func() bool {
+		return s.certs.cert.Load().Leaf.SerialNumber.Int64() == serial
+	})
+}
+
 func TestAuthCertificateRenewal(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
@@ -499,7 +507,7 @@ func TestAuthCertificateRenewal(t *testing.T) {
 	// Renewal by renaming new files over the old ones; the server reads
 	// them again within a second.
 	writeKeyPair(t, ca, dir, 11)
-	s.logs.wait(t, "reloaded TLS certificate", s.stopped)
+	waitServing(t, s, 11)
 	if got := served(); got != 11 {
 		t.Errorf("after renewal: serial %d, want 11", got)
 	}
@@ -518,7 +526,7 @@ func TestAuthCertificateRenewal(t *testing.T) {
 	if err := os.WriteFile(keyFile, keyPEM, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	s.logs.waitN(t, "reloaded TLS certificate", 2, s.stopped)
+	waitServing(t, s, 12)
 	if got := served(); got != 12 {
 		t.Errorf("once the key is written: serial %d, want 12", got)
 	}

@@ -90,7 +90,9 @@ type running struct {
 	addr    net.Addr // where it listens
 	journal *Journal
 	status  *CollectorStatus
-	sink    *SinkStatus // nil without a sink
+	sink    *SinkStatus   // nil without a sink
+	tokens  *tokenAuth    // nil without API_TOKENS_PATH
+	certs   *certReloader // nil without TLS
 }
 
 // run is the whole program: it serves until ctx is done or SIGINT/SIGTERM
@@ -229,7 +231,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		workers.Go(func() { keepRunning(ctx, log, "sink delivery", sink.Run) })
 	}
 	if started != nil {
-		started(running{addr: ln.Addr(), journal: journal, status: status, sink: sinkStatus})
+		started(running{addr: ln.Addr(), journal: journal, status: status, sink: sinkStatus, tokens: auth, certs: certs})
 	}
 
 	<-ctx.Done()

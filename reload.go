@@ -36,6 +36,9 @@ type fileReloader struct {
 	attrs    []any  // the attributes of failure, besides the error
 	interval time.Duration
 
+	// loaded is notified when a changed content is put in force.
+	loaded notifier
+
 	reloading sync.Mutex        // one reload at a time
 	sum       [sha256.Size]byte // of the content in force
 	badSum    [sha256.Size]byte // of the content last refused, not to load it again
@@ -87,6 +90,7 @@ func (f *fileReloader) reload() {
 		default:
 			if err = f.load(content); err == nil {
 				f.sum, f.badSum, f.lastErr = sum, [sha256.Size]byte{}, ""
+				f.loaded.notify()
 				return
 			}
 			f.badSum = sum
