@@ -37,13 +37,13 @@ func readyz(t testing.TB, s *testServer) readyState {
 // waitReconnecting waits for the nth failed session.
 func waitReconnecting(t testing.TB, s *testServer, n int) {
 	t.Helper()
-	s.waitStatus(t, fmt.Sprintf("failed session #%d", n), func() bool { return s.status.Reconnects() >= int64(n) })
+	s.waitStatus(t, fmt.Sprintf("failed session #%d", n), func() bool { return s.status.reconnects.Load() >= int64(n) })
 }
 
 // waitCollecting waits until a session after a failed one collects events.
 func waitCollecting(t testing.TB, s *testServer) {
 	t.Helper()
-	s.waitStatus(t, "a new session", func() bool { return s.status.Reconnects() > 0 && s.status.Connected() })
+	s.waitStatus(t, "a new session", func() bool { return s.status.reconnects.Load() > 0 && s.status.Connected() })
 }
 
 // checkOutage checks what clients see while vCenter is gone: the server

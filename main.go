@@ -177,7 +177,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if sink, err = newDeliverer(cfg.Sink, journal, pace, log); err != nil {
 			return err
 		}
-		sinkStatus = sink.Status()
+		sinkStatus = sink.status
 	}
 	collector := newCollector(cfg, opts.collector, journal, status, pace, log)
 

@@ -126,11 +126,11 @@ func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, watches 
 func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpMetrics, watches *watchLimit) {
 	metric := func(name, kind, help string, value float64) { writeMetric(w, name, kind, help, value) }
 	records, bytes := j.Stats()
-	metric("events_ingested_total", "counter", "Events read from vCenter and appended to the journal.", float64(status.Ingested()))
-	metric("events_skipped_total", "counter", "Events read from vCenter again after a reconnect and skipped as already held.", float64(status.Skipped()))
-	metric("events_unknown_type_total", "counter", "Events of a type this server's vSphere SDK does not know, served with their own type name.", float64(status.UnknownTypes()))
-	metric("events_failed_total", "counter", "Events that could not be decoded, encoded or appended whole: recorded without data (datadropped=error).", float64(status.Failed()))
-	metric("events_unreadable_total", "counter", "Events read from vCenter whose key could not be read: not appended, logged.", float64(status.Unreadable()))
+	metric("events_ingested_total", "counter", "Events read from vCenter and appended to the journal.", float64(status.ingested.Load()))
+	metric("events_skipped_total", "counter", "Events read from vCenter again after a reconnect and skipped as already held.", float64(status.skipped.Load()))
+	metric("events_unknown_type_total", "counter", "Events of a type this server's vSphere SDK does not know, served with their own type name.", float64(status.unknownTypes.Load()))
+	metric("events_failed_total", "counter", "Events that could not be decoded, encoded or appended whole: recorded without data (datadropped=error).", float64(status.failed.Load()))
+	metric("events_unreadable_total", "counter", "Events read from vCenter whose key could not be read: not appended, logged.", float64(status.unreadable.Load()))
 	metric("journal_records", "gauge", "Records held in the journal.", float64(records))
 	metric("journal_bytes", "gauge", "Bytes of CloudEvent JSON held in the journal.", float64(bytes))
 	if earliest, latest, ok := j.Range(); ok {
@@ -139,10 +139,10 @@ func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpM
 	}
 	metric("watchers", "gauge", "Open watches.", float64(watches.open.Load()))
 	metric("vcenter_connected", "gauge", "1 while the collector has a working vCenter session.", boolValue(status.Connected()))
-	metric("vcenter_reconnects_total", "counter", "vCenter sessions opened again after a failure.", float64(status.Reconnects()))
+	metric("vcenter_reconnects_total", "counter", "vCenter sessions opened again after a failure.", float64(status.reconnects.Load()))
 	if t := status.LastEventTime(); !t.IsZero() {
 		metric("last_event_timestamp_seconds", "gauge", "Creation time in vCenter of the newest event held (Unix seconds).", float64(t.UnixNano())/1e9)
-		metric("collector_lag_seconds", "gauge", "Time from the newest event's creation in vCenter to its append, on vCenter's clock.", status.Lag().Seconds())
+		metric("collector_lag_seconds", "gauge", "Time from the newest event's creation in vCenter to its append, on vCenter's clock.", time.Duration(status.lag.Load()).Seconds())
 	}
 
 	name := metricPrefix + "http_requests_total"

@@ -143,9 +143,6 @@ func newDeliverer(cfg SinkConfig, journal *Journal, pace *sinkPace, log *slog.Lo
 	return d, nil
 }
 
-// Status returns what the deliverer reports to /readyz and /metrics.
-func (d *Deliverer) Status() *SinkStatus { return d.status }
-
 // Run delivers until ctx is done. A request in flight then gets up to
 // the shutdown grace to finish before it is cancelled; the checkpoint is
 // written after the last acknowledgement.

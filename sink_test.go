@@ -928,7 +928,7 @@ func runDeliverer(t *testing.T, j *Journal, env map[string]string, tune func(*De
 	if tune != nil {
 		tune(d)
 	}
-	return logs, d.Status(), runUntilCleanup(t, d.Run)
+	return logs, d.status, runUntilCleanup(t, d.Run)
 }
 
 // TestSinkFilterAdvancesCheckpoint: events SINK_FILTER leaves out are not

@@ -109,31 +109,6 @@ func (s *CollectorStatus) LastEventTime() time.Time {
 	return time.Time{}
 }
 
-// Lag returns how long the newest event took from its creation in vCenter
-// to the journal.
-func (s *CollectorStatus) Lag() time.Duration { return time.Duration(s.lag.Load()) }
-
-// Ingested returns the number of events appended to the journal.
-func (s *CollectorStatus) Ingested() int64 { return s.ingested.Load() }
-
-// UnknownTypes returns the number of events appended whose type govmomi
-// does not know.
-func (s *CollectorStatus) UnknownTypes() int64 { return s.unknownTypes.Load() }
-
-// Failed returns the number of events that could not be decoded, encoded or
-// appended whole (recorded without data where possible).
-func (s *CollectorStatus) Failed() int64 { return s.failed.Load() }
-
-// Unreadable returns the number of events read from vCenter whose key could
-// not be read, so that they could not be appended.
-func (s *CollectorStatus) Unreadable() int64 { return s.unreadable.Load() }
-
-// Skipped returns the number of events skipped as already seen.
-func (s *CollectorStatus) Skipped() int64 { return s.skipped.Load() }
-
-// Reconnects returns the number of vCenter sessions opened again after a failure.
-func (s *CollectorStatus) Reconnects() int64 { return s.reconnects.Load() }
-
 // reconnecting records that a session failed and another is to be opened.
 func (s *CollectorStatus) reconnecting() {
 	s.reconnects.Add(1)
