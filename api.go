@@ -33,10 +33,10 @@ const (
 // handlerDeps is what the HTTP handler serves from. Only journal is
 // required: every other field's zero value is a working default.
 type handlerDeps struct {
-	journal      *Journal
-	status       *CollectorStatus // nil: a collector that has not read yet (not ready)
+	journal      *journal
+	status       *collectorStatus // nil: a collector that has not read yet (not ready)
 	log          *slog.Logger     // nil: nothing is logged
-	sink         *SinkStatus      // delivery to a sink, in /readyz and /metrics; nil: none
+	sink         *sinkStatus      // delivery to a sink, in /readyz and /metrics; nil: none
 	auth         *tokenAuth       // nil: no token needed
 	taken        *takenWatches    // counts the watches on connections taken from net/http; nil: not counted
 	maxWatches   int              // open watches at most; 0: no limit
@@ -46,7 +46,7 @@ type handlerDeps struct {
 // newHandler builds the server's HTTP handler.
 func newHandler(d handlerDeps) http.Handler {
 	if d.status == nil {
-		d.status = &CollectorStatus{}
+		d.status = &collectorStatus{}
 	}
 	if d.log == nil {
 		d.log = slog.New(slog.DiscardHandler)
@@ -73,9 +73,9 @@ type rangeResponse struct {
 }
 
 // handleRange answers the range of offsets held.
-func handleRange(j *Journal) routeHandler {
+func handleRange(j *journal) routeHandler {
 	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
-		earliest, latest, ok := j.Range()
+		earliest, latest, ok := j.bounds()
 		if !ok {
 			w.WriteHeader(http.StatusNoContent)
 			return
@@ -85,21 +85,21 @@ func handleRange(j *Journal) routeHandler {
 }
 
 // handleEvent answers the event at an offset.
-func handleEvent(j *Journal) routeHandler {
+func handleEvent(j *journal) routeHandler {
 	return func(w http.ResponseWriter, r *http.Request, _ url.Values) {
 		id, p := parseOffset("id", r.PathValue("id"))
 		if p != nil {
 			writeProblem(w, p.withRange(j))
 			return
 		}
-		rec, err := j.Read(id)
+		rec, err := j.read(id)
 		if err != nil {
 			writeProblem(w, offsetProblem(j, id, err))
 			return
 		}
 		w.Header().Set("Content-Type", "application/json")
-		w.Header().Set("Content-Length", strconv.Itoa(len(rec.Data)))
-		writeBody(w, rec.Data)
+		w.Header().Set("Content-Length", strconv.Itoa(len(rec.data)))
+		writeBody(w, rec.data)
 	}
 }
 
@@ -134,7 +134,7 @@ func eventsParams() []string {
 // j's range, as every offset error does. A client that accepts
 // text/event-stream (a browser's EventSource) watches as Server-Sent
 // Events, and its Last-Event-ID resumes after that key.
-func parseEventsQuery(r *http.Request, values url.Values, j *Journal) (eventsQuery, *problem) {
+func parseEventsQuery(r *http.Request, values url.Values, j *journal) (eventsQuery, *problem) {
 	q := eventsQuery{limit: defaultPageSize}
 	var (
 		p   *problem
@@ -263,12 +263,12 @@ func handleEvents(d handlerDeps, watches *watchLimit) routeHandler {
 
 // servePage answers a list: the newest page, or the page from an offset
 // with a Link to the next one while more events exist.
-func servePage(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuery) {
-	if _, _, ok := j.Range(); !ok {
+func servePage(w http.ResponseWriter, r *http.Request, j *journal, q eventsQuery) {
+	if _, _, ok := j.bounds(); !ok {
 		w.WriteHeader(http.StatusNoContent)
 		return
 	}
-	var records []Record
+	var records []record
 	if q.hasOffset {
 		var scanned int64
 		var err error
@@ -278,7 +278,7 @@ func servePage(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuery
 		}
 		// The next page continues after the last record scanned, whether
 		// it matched the filter or not: pages stay true to offsets.
-		if _, latest, _ := j.Range(); scanned >= 0 && latest > scanned {
+		if _, latest, _ := j.bounds(); scanned >= 0 && latest > scanned {
 			w.Header().Set("Link", "<"+nextPageURL(r, scanned+1)+`>; rel="next"`)
 		}
 	} else {
@@ -286,7 +286,7 @@ func servePage(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuery
 	}
 	size := 2 + len(records)
 	for _, rec := range records {
-		size += len(rec.Data)
+		size += len(rec.data)
 	}
 	body := make([]byte, 0, size)
 	body = append(body, '[')
@@ -294,7 +294,7 @@ func servePage(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuery
 		if i > 0 {
 			body = append(body, ',')
 		}
-		body = append(body, rec.Data...)
+		body = append(body, rec.data...)
 	}
 	body = append(body, ']')
 	w.Header().Set("Content-Type", "application/json")
@@ -320,9 +320,9 @@ func nextPageURL(r *http.Request, next int64) string {
 // handleLivez fails only when the process is wedged (the collector's loop
 // stopped turning), so that Kubernetes restarts it; vCenter outages are
 // not the process's fault and a restart would not cure them.
-func handleLivez(status *CollectorStatus) routeHandler {
+func handleLivez(status *collectorStatus) routeHandler {
 	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
-		if !status.Alive() {
+		if !status.alive() {
 			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"status": "collector loop stuck"})
 			return
 		}
@@ -346,13 +346,13 @@ type readyResponse struct {
 
 // handleReadyz is ready once the collector has read from vCenter, and stays
 // ready through later vCenter outages: the cached events are still served.
-func handleReadyz(j *Journal, status *CollectorStatus, sink *SinkStatus, tokens bool) routeHandler {
+func handleReadyz(j *journal, status *collectorStatus, sink *sinkStatus, tokens bool) routeHandler {
 	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
-		body := readyResponse{Ready: status.Ready(), VCenterConnected: status.Connected(), Tokens: tokens}
-		if earliest, latest, ok := j.Range(); ok {
+		body := readyResponse{Ready: status.isReady(), VCenterConnected: status.isConnected(), Tokens: tokens}
+		if earliest, latest, ok := j.bounds(); ok {
 			body.Range = &rangeResponse{Earliest: earliest, Latest: latest}
 		}
-		if t := status.LastEventTime(); !t.IsZero() {
+		if t := status.lastEventTime(); !t.IsZero() {
 			body.LastEventTime = &t
 		}
 		if sink != nil {

@@ -87,8 +87,8 @@ func apiContext(t *testing.T) context.Context {
 // and collector status behind it.
 type apiServer struct {
 	t       *testing.T
-	journal *Journal
-	status  *CollectorStatus
+	journal *journal
+	status  *collectorStatus
 	srv     *httptest.Server
 	client  *http.Client
 }
@@ -96,7 +96,7 @@ type apiServer struct {
 // newAPIServer serves a journal of the given segment size that holds keys.
 func newAPIServer(t *testing.T, segment int, keys ...int64) *apiServer {
 	t.Helper()
-	s := &apiServer{t: t, journal: NewJournal(segment), status: &CollectorStatus{}}
+	s := &apiServer{t: t, journal: newJournal(segment), status: &collectorStatus{}}
 	s.append(keys...)
 	s.srv = httptest.NewServer(newHandler(handlerDeps{journal: s.journal, status: s.status, log: apiLogger()}))
 	t.Cleanup(s.srv.Close)
@@ -108,7 +108,7 @@ func newAPIServer(t *testing.T, segment int, keys ...int64) *apiServer {
 func (s *apiServer) append(keys ...int64) {
 	s.t.Helper()
 	for _, k := range keys {
-		if err := s.journal.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
+		if err := s.journal.append(record{offset: k, data: apiRecord(k)}); err != nil {
 			s.t.Fatalf("append %d: %v", k, err)
 		}
 	}
@@ -234,19 +234,19 @@ func checkKeys(t *testing.T, what string, got, want []int64) {
 }
 
 // heldKeys returns the keys the journal holds, read without the API.
-func heldKeys(t *testing.T, j *Journal) []int64 {
+func heldKeys(t *testing.T, j *journal) []int64 {
 	t.Helper()
-	earliest, _, ok := j.Range()
+	earliest, _, ok := j.bounds()
 	if !ok {
 		return nil
 	}
-	recs, err := j.ReadFrom(earliest, 1<<30, nil)
+	recs, err := j.readFrom(earliest, 1<<30, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	keys := make([]int64, len(recs))
 	for i, r := range recs {
-		keys[i] = r.Offset
+		keys[i] = r.offset
 	}
 	return keys
 }
@@ -1047,9 +1047,9 @@ func (l smallBufferListener) Accept() (net.Conn, error) {
 // line, and the stream ends.
 func TestAPIWatchLagging(t *testing.T) {
 	t.Parallel()
-	j := NewJournal(4)
+	j := newJournal(4)
 	for k := int64(1); k <= 4; k++ {
-		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
+		if err := j.append(record{offset: k, data: apiRecord(k)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1068,7 +1068,7 @@ func TestAPIWatchLagging(t *testing.T) {
 		return c, err
 	}
 	t.Cleanup(transport.CloseIdleConnections)
-	s := &apiServer{t: t, journal: j, status: &CollectorStatus{}, srv: srv, client: &http.Client{Transport: transport}}
+	s := &apiServer{t: t, journal: j, status: &collectorStatus{}, srv: srv, client: &http.Client{Transport: transport}}
 
 	w := s.watch("&offset=1")
 	// The watch is under way before the flood: a handler not yet scheduled
@@ -1078,7 +1078,7 @@ func TestAPIWatchLagging(t *testing.T) {
 	}
 	const last = 260
 	for k := int64(5); k <= last; k++ {
-		if err := j.AppendRecord(Record{Offset: k, Data: apiBigRecord(k, 64<<10)}); err != nil {
+		if err := j.append(record{offset: k, data: apiBigRecord(k, 64<<10)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1194,9 +1194,9 @@ func waitClosed(t *testing.T, what string, ch <-chan struct{}) {
 // past it.
 func TestAPIWatchLaggingGated(t *testing.T) {
 	t.Parallel()
-	j := NewJournal(2)
+	j := newJournal(2)
 	for _, k := range []int64{1, 2} {
-		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
+		if err := j.append(record{offset: k, data: apiRecord(k)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1211,7 +1211,7 @@ func TestAPIWatchLaggingGated(t *testing.T) {
 	done := serveGated(apiContext(t), newHandler(handlerDeps{journal: j, log: apiLogger()}), w, "/api/v1/events?watch=true&offset=1")
 	waitClosed(t, "the watch to write", blocked)
 	for k := int64(3); k <= 10; k++ { // purges through 6: holds 7-10
-		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
+		if err := j.append(record{offset: k, data: apiRecord(k)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -1246,7 +1246,7 @@ func TestAPIWatchEndsWithContext(t *testing.T) {
 
 	t.Run("waiting", func(t *testing.T) {
 		t.Parallel()
-		j := NewJournal(100)
+		j := newJournal(100)
 		ctx, cancel := context.WithCancel(apiContext(t))
 		w := newGatedWriter(nil)
 		w.flushed = make(chan struct{})
@@ -1260,9 +1260,9 @@ func TestAPIWatchEndsWithContext(t *testing.T) {
 	})
 	t.Run("backlog", func(t *testing.T) {
 		t.Parallel()
-		j := NewJournal(2000)
+		j := newJournal(2000)
 		for k := int64(1); k <= 2000; k++ {
-			if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
+			if err := j.append(record{offset: k, data: apiRecord(k)}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -1309,9 +1309,9 @@ func FuzzAPIRequest(f *testing.F) {
 	f.Add(http.MethodPost, "/api/v1/events")
 	f.Add(http.MethodOptions, "*")
 
-	j := NewJournal(4)
+	j := newJournal(4)
 	for _, k := range []int64{1, 2, 3, 5, 8, 13, 21} {
-		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
+		if err := j.append(record{offset: k, data: apiRecord(k)}); err != nil {
 			f.Fatal(err)
 		}
 	}
@@ -1342,9 +1342,9 @@ func FuzzAPIRequest(f *testing.F) {
 // BenchmarkAPIPage is one page request through the whole handler (routing,
 // metrics, the debug log off), the API's common path.
 func BenchmarkAPIPage(b *testing.B) {
-	j := NewJournal(4)
+	j := newJournal(4)
 	for _, k := range []int64{1, 2, 3} {
-		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
+		if err := j.append(record{offset: k, data: apiRecord(k)}); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -21,7 +21,7 @@ func TestAuthBrowserLoginChromium(t *testing.T) {
 	vc := connectVCenter(t, sim)
 	s, _, _ := startHTTPSServer(t, sim, tokenAlice+"\n"+tokenBob+"\n")
 
-	p := openViewer(t, s.URL+"/?type=VmPoweredOnEvent")
+	p := openViewer(t, s.url+"/?type=VmPoweredOnEvent")
 	var visited []string
 	collect := func() {
 		for {
@@ -76,7 +76,7 @@ func TestAuthBrowserLoginChromium(t *testing.T) {
 	p.do(chromedp.Click("#rows tr:first-child .c-msg"))
 	p.waitFor("the detail", `document.getElementById('detail').open`)
 	if curl, want := eval[string](p, `document.getElementById('d-curl').textContent`),
-		fmt.Sprintf(`curl -s -H "Authorization: Bearer $TOKEN" '%s/api/v1/events/%d'`, s.URL, powerOn); curl != want {
+		fmt.Sprintf(`curl -s -H "Authorization: Bearer $TOKEN" '%s/api/v1/events/%d'`, s.url, powerOn); curl != want {
 		t.Errorf("curl line %q, want %q", curl, want)
 	}
 	// HttpOnly: no script sees the session.

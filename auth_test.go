@@ -223,7 +223,7 @@ func startSecureServer(t *testing.T, sim *simulation, env map[string]string) *te
 	t.Helper()
 	s := startServer(t, sim, env)
 	if env[envTLSCertFile] != "" {
-		s.URL = strings.Replace(s.URL, "http://", "https://", 1)
+		s.url = strings.Replace(s.url, "http://", "https://", 1)
 	}
 	t.Cleanup(func() {
 		for _, token := range []string{tokenAlice, tokenBob, tokenCarol} {
@@ -277,18 +277,18 @@ func TestAuthTokensOverHTTPS(t *testing.T) {
 		"/api/v1/openapi.yaml", "/metrics", "/no/such/path", "/",
 	}
 	for _, path := range protected {
-		resp, body := authGet(t, client, s.URL+path, "")
+		resp, body := authGet(t, client, s.url+path, "")
 		checkUnauthorized(t, path+" without a token", resp, body)
 		for _, wrong := range []string{tokenCarol, tokenAlice + "x", tokenAlice[:len(tokenAlice)-1], "#"} {
-			resp, body = authGet(t, client, s.URL+path, wrong)
+			resp, body = authGet(t, client, s.url+path, wrong)
 			checkUnauthorized(t, path+" with a wrong token", resp, body)
 		}
-		resp, body = authGet(t, client, s.URL+path, "", "Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("u:"+tokenAlice)))
+		resp, body = authGet(t, client, s.url+path, "", "Authorization", "Basic "+base64.StdEncoding.EncodeToString([]byte("u:"+tokenAlice)))
 		checkUnauthorized(t, path+" with Basic", resp, body)
 	}
 	for _, token := range []string{tokenAlice, tokenBob} {
 		for _, path := range []string{"/api/v1/range", "/api/v1/events", "/api/v1/events?watch=true&timeoutSeconds=1", "/api/v1/openapi.yaml", "/metrics"} {
-			resp, body := authGet(t, client, s.URL+path, token)
+			resp, body := authGet(t, client, s.url+path, token)
 			if resp.StatusCode != http.StatusOK {
 				t.Errorf("%s with a listed token: %d %s", path, resp.StatusCode, body)
 			}
@@ -298,11 +298,11 @@ func TestAuthTokensOverHTTPS(t *testing.T) {
 		}
 	}
 	// The scheme is case-insensitive (RFC 9110).
-	if resp, body := authGet(t, client, s.URL+"/api/v1/range", "", "Authorization", "bearer "+tokenBob); resp.StatusCode != http.StatusOK {
+	if resp, body := authGet(t, client, s.url+"/api/v1/range", "", "Authorization", "bearer "+tokenBob); resp.StatusCode != http.StatusOK {
 		t.Errorf("lower-case bearer: %d %s", resp.StatusCode, body)
 	}
 	for _, probe := range []string{"/livez", "/readyz"} {
-		resp, body := authGet(t, client, s.URL+probe, "")
+		resp, body := authGet(t, client, s.url+probe, "")
 		if resp.StatusCode != http.StatusOK {
 			t.Errorf("%s without a token: %d %s, want 200", probe, resp.StatusCode, body)
 		}
@@ -313,13 +313,13 @@ func TestAuthTokensOverHTTPS(t *testing.T) {
 	}
 
 	// 401s are counted by route.
-	_, metrics := authGet(t, client, s.URL+"/metrics", tokenAlice)
+	_, metrics := authGet(t, client, s.url+"/metrics", tokenAlice)
 	if want := `vsphere_event_streaming_http_requests_total{route="GET /api/v1/range",code="401"}`; !bytes.Contains(metrics, []byte(want)) {
 		t.Errorf("metrics lack %s:\n%s", want, metrics)
 	}
 
 	// HTTPS only, TLS 1.2 at least.
-	addr := strings.TrimPrefix(s.URL, "https://")
+	addr := strings.TrimPrefix(s.url, "https://")
 	if resp, err := http.Get("http://" + addr + "/livez"); err == nil {
 		resp.Body.Close()
 		if resp.StatusCode == http.StatusOK {
@@ -372,30 +372,30 @@ func TestAuthTokenRotation(t *testing.T) {
 	// The watches below get exactly the events after before, once the
 	// server holds it (as watchFromNow does).
 	before := vc.latestKey(t)
-	if got := decodeEvent(t, authWatch(t, client, fmt.Sprintf("%s/api/v1/events?watch=true&offset=%d", s.URL, before), tokenBob).next(t)); got.Data.Key != before {
+	if got := decodeEvent(t, authWatch(t, client, fmt.Sprintf("%s/api/v1/events?watch=true&offset=%d", s.url, before), tokenBob).next(t)); got.Data.Key != before {
 		t.Fatalf("watch from %d began with %d", before, got.Data.Key)
 	}
 
-	watchAlice := authWatch(t, client, s.URL+"/api/v1/events?watch=true", tokenAlice)
-	watchBob := authWatch(t, client, s.URL+"/api/v1/events?watch=true", tokenBob)
+	watchAlice := authWatch(t, client, s.url+"/api/v1/events?watch=true", tokenAlice)
+	watchBob := authWatch(t, client, s.url+"/api/v1/events?watch=true", tokenBob)
 	// Over HTTP/1.1 a watch takes its connection from net/http
 	// (watch_conn.go): revocation must reach it there too, NDJSON and SSE.
 	client1 := http1Client(ca)
-	watchAlice1 := authWatch(t, client1, s.URL+"/api/v1/events?watch=true", tokenAlice)
-	sseAlice1 := openWatchWith(t, client1, s.URL+"/api/v1/events", http.Header{"Authorization": {"Bearer " + tokenAlice}, "Accept": {"text/event-stream"}})
-	watchBob1 := authWatch(t, client1, s.URL+"/api/v1/events?watch=true", tokenBob)
+	watchAlice1 := authWatch(t, client1, s.url+"/api/v1/events?watch=true", tokenAlice)
+	sseAlice1 := openWatchWith(t, client1, s.url+"/api/v1/events", http.Header{"Authorization": {"Bearer " + tokenAlice}, "Accept": {"text/event-stream"}})
+	watchBob1 := authWatch(t, client1, s.url+"/api/v1/events?watch=true", tokenBob)
 	for name, w := range map[string]*watchStream{"NDJSON": watchAlice1, "SSE": sseAlice1, "Bob's NDJSON": watchBob1} {
 		if w.resp.ProtoMajor != 1 || !w.resp.Close {
 			t.Fatalf("%s watch over %s (Connection: close %v), want HTTP/1.1 on a taken connection", name, w.resp.Proto, w.resp.Close)
 		}
 	}
-	aliceBrowser := browserLogin(t, s.URL, client, tokenAlice)
-	bobBrowser := browserLogin(t, s.URL, client, tokenBob)
-	if resp, body := authGet(t, client, s.URL+"/api/v1/range", tokenCarol); resp.StatusCode != http.StatusUnauthorized {
+	aliceBrowser := browserLogin(t, s.url, client, tokenAlice)
+	bobBrowser := browserLogin(t, s.url, client, tokenBob)
+	if resp, body := authGet(t, client, s.url+"/api/v1/range", tokenCarol); resp.StatusCode != http.StatusUnauthorized {
 		t.Fatalf("carol before rotation: %d %s", resp.StatusCode, body)
 	}
 	// What the viewer does: an EventSource with Alice's session cookie.
-	sseReq, err := http.NewRequestWithContext(t.Context(), http.MethodGet, s.URL+"/api/v1/events", nil)
+	sseReq, err := http.NewRequestWithContext(t.Context(), http.MethodGet, s.url+"/api/v1/events", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -422,15 +422,15 @@ func TestAuthTokenRotation(t *testing.T) {
 	})
 
 	for _, token := range []string{tokenBob, tokenCarol} {
-		if resp, body := authGet(t, client, s.URL+"/api/v1/range", token); resp.StatusCode != http.StatusOK {
+		if resp, body := authGet(t, client, s.url+"/api/v1/range", token); resp.StatusCode != http.StatusOK {
 			t.Errorf("listed token after rotation: %d %s", resp.StatusCode, body)
 		}
 	}
-	resp, body := authGet(t, client, s.URL+"/api/v1/range", tokenAlice)
+	resp, body := authGet(t, client, s.url+"/api/v1/range", tokenAlice)
 	checkUnauthorized(t, "removed token", resp, body)
-	resp, body = authGet(t, aliceBrowser, s.URL+"/api/v1/range", "")
+	resp, body = authGet(t, aliceBrowser, s.url+"/api/v1/range", "")
 	checkUnauthorized(t, "session of a removed token", resp, body)
-	if resp, body := authGet(t, bobBrowser, s.URL+"/api/v1/range", ""); resp.StatusCode != http.StatusOK {
+	if resp, body := authGet(t, bobBrowser, s.url+"/api/v1/range", ""); resp.StatusCode != http.StatusOK {
 		t.Errorf("session of a listed token after rotation: %d %s", resp.StatusCode, body)
 	}
 
@@ -465,7 +465,7 @@ func TestAuthTokenRotation(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.logs.wait(t, "cannot reload API tokens; the previous ones stay in force", s.stopped)
-	if resp, body := authGet(t, client, s.URL+"/api/v1/range", tokenCarol); resp.StatusCode != http.StatusOK {
+	if resp, body := authGet(t, client, s.url+"/api/v1/range", tokenCarol); resp.StatusCode != http.StatusOK {
 		t.Errorf("listed token while the file is missing: %d %s", resp.StatusCode, body)
 	}
 }
@@ -483,7 +483,7 @@ func TestAuthCertificateRenewal(t *testing.T) {
 	sim := startTestSimulation(t)
 	s, ca, dir := startHTTPSServer(t, sim, tokenAlice+"\n")
 	certFile, keyFile := filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key")
-	addr := strings.TrimPrefix(s.URL, "https://")
+	addr := strings.TrimPrefix(s.url, "https://")
 
 	// served returns the serial number of the certificate a new connection gets.
 	served := func() int64 {
@@ -500,7 +500,7 @@ func TestAuthCertificateRenewal(t *testing.T) {
 	}
 	// An open connection keeps working across a renewal.
 	client := httpsClient(ca)
-	if resp, body := authGet(t, client, s.URL+"/api/v1/range", tokenAlice); resp.StatusCode != http.StatusOK {
+	if resp, body := authGet(t, client, s.url+"/api/v1/range", tokenAlice); resp.StatusCode != http.StatusOK {
 		t.Fatalf("range: %d %s", resp.StatusCode, body)
 	}
 
@@ -511,7 +511,7 @@ func TestAuthCertificateRenewal(t *testing.T) {
 	if got := served(); got != 11 {
 		t.Errorf("after renewal: serial %d, want 11", got)
 	}
-	if resp, body := authGet(t, client, s.URL+"/api/v1/range", tokenAlice); resp.StatusCode != http.StatusOK {
+	if resp, body := authGet(t, client, s.url+"/api/v1/range", tokenAlice); resp.StatusCode != http.StatusOK {
 		t.Errorf("range after renewal: %d %s", resp.StatusCode, body)
 	}
 
@@ -693,7 +693,7 @@ func TestAuthRunStops(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		a.Run(ctx)
+		a.run(ctx)
 	}()
 	cancel()
 	select {
@@ -973,7 +973,7 @@ func TestAuthRevokedRequestEnds(t *testing.T) {
 	a.reload()
 	select {
 	case err := <-ended:
-		if !errors.Is(err, ErrTokenRevoked) {
+		if !errors.Is(err, errTokenRevoked) {
 			t.Errorf("request ended with %v, want ErrTokenRevoked", err)
 		}
 	case <-time.After(waitTimeout):
@@ -1118,11 +1118,11 @@ func TestAuthMalformedHeader(t *testing.T) {
 
 // appendNextEvent appends an event at the key after j's latest and returns
 // the key.
-func appendNextEvent(t *testing.T, j *Journal) int64 {
+func appendNextEvent(t *testing.T, j *journal) int64 {
 	t.Helper()
-	_, latest, _ := j.Range()
+	_, latest, _ := j.bounds()
 	next := latest + 1
-	if err := j.AppendRecord(Record{Offset: next, Data: []byte(fmt.Sprintf(`{"specversion":"1.0","id":"%d","data":{"Key":%d}}`, next, next))}); err != nil {
+	if err := j.append(record{offset: next, data: []byte(fmt.Sprintf(`{"specversion":"1.0","id":"%d","data":{"Key":%d}}`, next, next))}); err != nil {
 		t.Fatal(err)
 	}
 	return next
@@ -1162,9 +1162,9 @@ func FuzzAuthRequest(f *testing.F) {
 	} {
 		f.Add(seed[0], seed[1], seed[2], seed[3])
 	}
-	j := NewJournal(4)
+	j := newJournal(4)
 	for _, k := range []int64{1, 2, 3} {
-		if err := j.AppendRecord(Record{Offset: k, Data: apiRecord(k)}); err != nil {
+		if err := j.append(record{offset: k, data: apiRecord(k)}); err != nil {
 			f.Fatal(err)
 		}
 	}

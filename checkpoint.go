@@ -9,9 +9,9 @@ import (
 	"time"
 )
 
-// ErrCheckpointCorrupt is returned for a checkpoint file that exists but
+// errCheckpointCorrupt is returned for a checkpoint file that exists but
 // does not hold a checkpoint: delivery cannot know where to resume.
-var ErrCheckpointCorrupt = errors.New("checkpoint file is corrupt")
+var errCheckpointCorrupt = errors.New("checkpoint file is corrupt")
 
 // checkpoint is where delivery to the sink resumes: after Offset, the last
 // event the deliverer is done with (acknowledged, refused for good or not
@@ -34,7 +34,7 @@ func loadCheckpoint(path string) (cp checkpoint, ok bool, err error) {
 		return cp, false, fmt.Errorf("read checkpoint: %w", err)
 	}
 	if err := json.Unmarshal(b, &cp); err != nil || cp.Offset < 0 || cp.Time.IsZero() {
-		return cp, false, fmt.Errorf("%w: %q is not {\"offset\":N,\"time\":\"RFC 3339\"}", ErrCheckpointCorrupt, path)
+		return cp, false, fmt.Errorf("%w: %q is not {\"offset\":N,\"time\":\"RFC 3339\"}", errCheckpointCorrupt, path)
 	}
 	return cp, true, nil
 }

@@ -10,32 +10,32 @@ import (
 	"github.com/vmware/govmomi/vim25/types"
 )
 
-// EventClass is the kind of a vSphere event: the eventclass extension.
-type EventClass uint8
+// eventClass is the kind of a vSphere event: the eventclass extension.
+type eventClass uint8
 
 // The event classes; the zero value is no class (a record appended without).
 const (
-	ClassEvent EventClass = iota + 1
-	ClassEventEx
-	ClassExtendedEvent
+	classEvent eventClass = iota + 1
+	classEventEx
+	classExtendedEvent
 )
 
 // String is the value of the eventclass extension.
-func (c EventClass) String() string {
+func (c eventClass) String() string {
 	switch c {
-	case ClassEvent:
+	case classEvent:
 		return "event"
-	case ClassEventEx:
+	case classEventEx:
 		return "eventex"
-	case ClassExtendedEvent:
+	case classExtendedEvent:
 		return "extendedevent"
 	}
 	return ""
 }
 
 // parseEventClass is the inverse of String.
-func parseEventClass(s string) (EventClass, bool) {
-	for c := ClassEvent; c <= ClassExtendedEvent; c++ {
+func parseEventClass(s string) (eventClass, bool) {
+	for c := classEvent; c <= classExtendedEvent; c++ {
 		if c.String() == s {
 			return c, true
 		}
@@ -65,12 +65,12 @@ type eventConverter struct {
 
 // convertedEvent is one vSphere event as a journal record.
 type convertedEvent struct {
-	Record
+	record
 	// Dropped is why the event was recorded without its data: "" (it was
 	// not), dropSize or dropError; it is the datadropped extension.
-	Dropped string
+	dropped string
 	// Err is why the data could not be encoded, with Dropped dropError.
-	Err error
+	err error
 }
 
 // Values of the datadropped extension.
@@ -84,20 +84,20 @@ const (
 // eventTypeAndClass returns the name used in the CloudEvent type and the
 // eventclass extension: the Go type name of the vSphere event, or for
 // EventEx and ExtendedEvent their EventTypeId.
-func eventTypeAndClass(ev types.BaseEvent) (name string, class EventClass) {
+func eventTypeAndClass(ev types.BaseEvent) (name string, class eventClass) {
 	switch e := ev.(type) {
 	case *unknownEvent:
-		return e.TypeName, ClassEvent
+		return e.typeName, classEvent
 	case *types.EventEx:
-		return e.EventTypeId, ClassEventEx
+		return e.EventTypeId, classEventEx
 	case *types.ExtendedEvent:
-		return e.EventTypeId, ClassExtendedEvent
+		return e.EventTypeId, classExtendedEvent
 	}
 	t := reflect.TypeOf(ev)
 	if t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	return t.Name(), ClassEvent
+	return t.Name(), classEvent
 }
 
 // The CloudEvent type of a vSphere event is its name between these.
@@ -111,20 +111,20 @@ func cloudEventType(name string) string {
 	return cloudEventTypePrefix + name + cloudEventTypeSuffix
 }
 
-// Convert encodes ev as a CloudEvent whose id is the vCenter event key. An
+// convert encodes ev as a CloudEvent whose id is the vCenter event key. An
 // event whose data cannot be decoded or encoded, or is too large, is still
 // converted, without data and with the datadropped extension saying why, so
 // that no offset silently goes missing: this is the one way an event that
 // failed is recorded. Convert fails only if even that cannot be encoded.
-func (c *eventConverter) Convert(ev types.BaseEvent) (convertedEvent, error) {
+func (c *eventConverter) convert(ev types.BaseEvent) (convertedEvent, error) {
 	base := ev.GetEvent()
 	name, class := eventTypeAndClass(ev)
-	out := convertedEvent{Record: Record{Offset: int64(base.Key), Type: c.cloudEventType(name), Class: class}}
+	out := convertedEvent{record: record{offset: int64(base.Key), eventType: c.cloudEventType(name), class: class}}
 
 	ce := cloudevents.New()
-	ce.SetID(strconv.FormatInt(out.Offset, 10))
+	ce.SetID(strconv.FormatInt(out.offset, 10))
 	ce.SetSource(c.source)
-	ce.SetType(out.Type)
+	ce.SetType(out.eventType)
 	ce.SetTime(base.CreatedTime)
 	ce.SetExtension(extEventClass, class.String())
 	ce.SetDataContentType(cloudevents.ApplicationJSON)
@@ -132,17 +132,17 @@ func (c *eventConverter) Convert(ev types.BaseEvent) (convertedEvent, error) {
 	data, err := c.encode(&ce, ev)
 	switch {
 	case err != nil:
-		out.Dropped, out.Err = dropError, err
+		out.dropped, out.err = dropError, err
 	case len(data) > c.maxRecordSize:
-		out.Dropped = dropSize
+		out.dropped = dropSize
 	default:
-		out.Data = data
+		out.data = data
 		return out, nil
 	}
 	ce.DataEncoded = nil
-	ce.SetExtension(extDataDropped, out.Dropped)
-	if out.Data, err = ce.MarshalJSON(); err != nil {
-		return out, fmt.Errorf("encode cloudevent %d without data: %w", out.Offset, err)
+	ce.SetExtension(extDataDropped, out.dropped)
+	if out.data, err = ce.MarshalJSON(); err != nil {
+		return out, fmt.Errorf("encode cloudevent %d without data: %w", out.offset, err)
 	}
 	return out, nil
 }
@@ -157,12 +157,12 @@ func (c *eventConverter) encode(ce *cloudevents.Event, ev types.BaseEvent) (reco
 	}
 	// Set the encoded data directly: SetData would base64 a []byte.
 	if u, ok := ev.(*unknownEvent); ok {
-		if u.DecodeErr != nil {
-			return nil, u.DecodeErr
+		if u.decodeErr != nil {
+			return nil, u.decodeErr
 		}
 		ce.DataEncoded = appendUnknownEventData(nil, &c.wire, u)
 	} else {
-		ce.DataEncoded = c.wire.Append(nil, ev)
+		ce.DataEncoded = c.wire.append(nil, ev)
 	}
 	if record, err = ce.MarshalJSON(); err != nil {
 		return nil, fmt.Errorf("encode cloudevent %s: %w", ce.ID(), err)

@@ -99,16 +99,16 @@ func TestCloudEventGolden(t *testing.T) {
 	for name, ev := range goldenEvents(t) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			rec, err := conv.Convert(ev)
+			rec, err := conv.convert(ev)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if rec.Offset != int64(ev.GetEvent().Key) {
-				t.Errorf("offset %d, want the event key %d", rec.Offset, ev.GetEvent().Key)
+			if rec.offset != int64(ev.GetEvent().Key) {
+				t.Errorf("offset %d, want the event key %d", rec.offset, ev.GetEvent().Key)
 			}
 			var pretty bytes.Buffer
-			if err := json.Indent(&pretty, rec.Data, "", "  "); err != nil {
-				t.Fatalf("not JSON: %v\n%s", err, rec.Data)
+			if err := json.Indent(&pretty, rec.data, "", "  "); err != nil {
+				t.Fatalf("not JSON: %v\n%s", err, rec.data)
 			}
 			pretty.WriteByte('\n')
 			path := filepath.Join("testdata", "golden", name+".json")
@@ -134,7 +134,7 @@ func TestCloudEventGolden(t *testing.T) {
 func TestCloudEventMatchesSeed(t *testing.T) {
 	t.Parallel()
 	conv := &eventConverter{source: goldenSource, maxRecordSize: defaultMaxRecordSize}
-	rec, err := conv.Convert(goldenEvents(t)["login"])
+	rec, err := conv.convert(goldenEvents(t)["login"])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -146,8 +146,8 @@ func TestCloudEventMatchesSeed(t *testing.T) {
 	if err := json.Compact(&want, seed); err != nil {
 		t.Fatal(err)
 	}
-	if !bytes.Equal(rec.Data, want.Bytes()) {
-		t.Errorf("got\n%s\nwant (seed)\n%s", rec.Data, want.Bytes())
+	if !bytes.Equal(rec.data, want.Bytes()) {
+		t.Errorf("got\n%s\nwant (seed)\n%s", rec.data, want.Bytes())
 	}
 }
 
@@ -156,13 +156,13 @@ func TestCloudEventTypeAndClass(t *testing.T) {
 	events := goldenEvents(t)
 	type typeAndClass struct {
 		typ   string
-		class EventClass
+		class eventClass
 	}
 	for name, want := range map[string]typeAndClass{
-		"login":         {"vmware.vsphere.UserLoginSessionEvent.v0", ClassEvent},
-		"vm-powered-on": {"vmware.vsphere.VmPoweredOnEvent.v0", ClassEvent},
-		"eventex":       {"vmware.vsphere.com.vmware.vc.alarm.AlarmStatusChangedEvent.v0", ClassEventEx},
-		"extendedevent": {"vmware.vsphere.com.example.backup.completed.v0", ClassExtendedEvent},
+		"login":         {"vmware.vsphere.UserLoginSessionEvent.v0", classEvent},
+		"vm-powered-on": {"vmware.vsphere.VmPoweredOnEvent.v0", classEvent},
+		"eventex":       {"vmware.vsphere.com.vmware.vc.alarm.AlarmStatusChangedEvent.v0", classEventEx},
+		"extendedevent": {"vmware.vsphere.com.example.backup.completed.v0", classExtendedEvent},
 	} {
 		typ, class := eventTypeAndClass(events[name])
 		if cloudEventType(typ) != want.typ || class != want.class {
@@ -170,9 +170,9 @@ func TestCloudEventTypeAndClass(t *testing.T) {
 		}
 		// The converter records the same type and class with the event.
 		conv := &eventConverter{source: goldenSource, maxRecordSize: defaultMaxRecordSize}
-		rec, err := conv.Convert(events[name])
-		if err != nil || rec.Type != want.typ || rec.Class != want.class {
-			t.Errorf("%s: record type %s class %s (%v), want %v", name, rec.Type, rec.Class, err, want)
+		rec, err := conv.convert(events[name])
+		if err != nil || rec.eventType != want.typ || rec.class != want.class {
+			t.Errorf("%s: record type %s class %s (%v), want %v", name, rec.eventType, rec.class, err, want)
 		}
 	}
 }
@@ -183,22 +183,22 @@ func TestCloudEventTooLarge(t *testing.T) {
 	t.Parallel()
 	ev := goldenEvents(t)["vm-powered-on"]
 	conv := &eventConverter{source: goldenSource, maxRecordSize: 300}
-	rec, err := conv.Convert(ev)
+	rec, err := conv.convert(ev)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if rec.Dropped != dropSize {
-		t.Fatalf("Dropped = %q, want %q", rec.Dropped, dropSize)
+	if rec.dropped != dropSize {
+		t.Fatalf("Dropped = %q, want %q", rec.dropped, dropSize)
 	}
 	var got map[string]any
-	if err := json.Unmarshal(rec.Data, &got); err != nil {
+	if err := json.Unmarshal(rec.data, &got); err != nil {
 		t.Fatal(err)
 	}
 	if _, ok := got["data"]; ok {
-		t.Errorf("data kept: %s", rec.Data)
+		t.Errorf("data kept: %s", rec.data)
 	}
 	if got["id"] != "46" || got["datadropped"] != "size" || got["type"] != "vmware.vsphere.VmPoweredOnEvent.v0" || got["eventclass"] != "event" {
-		t.Errorf("attributes: %s", rec.Data)
+		t.Errorf("attributes: %s", rec.data)
 	}
 }
 
@@ -257,7 +257,7 @@ func TestWireEncoderMatchesEncodingJSON(t *testing.T) {
 		t.Fatal(err)
 	}
 	var w wireEncoder
-	got := w.Append(nil, v)
+	got := w.append(nil, v)
 	if !bytes.Equal(got, bytes.TrimSuffix(want.Bytes(), []byte("\n"))) {
 		t.Errorf("got\n%s\nwant\n%s", got, want.Bytes())
 	}
@@ -282,7 +282,7 @@ func TestWireEncoderSpecialValues(t *testing.T) {
 			Reason:       "r",
 		}}, ``},
 	} {
-		got := string(w.Append(nil, c.v))
+		got := string(w.append(nil, c.v))
 		if c.want == "" {
 			if !json.Valid([]byte(got)) || !strings.Contains(got, `"LocalizedMessage":"inner"`) {
 				t.Errorf("%T: %s", c.v, got)
@@ -302,21 +302,21 @@ func TestWireEncoderSimulatorEvents(t *testing.T) {
 	sim := startTestSimulation(t)
 	vc := connectVCenter(t, sim)
 	vc.powerCycleVMs(t, 1)
-	conv := &eventConverter{source: sim.URL.String(), maxRecordSize: defaultMaxRecordSize}
+	conv := &eventConverter{source: sim.url.String(), maxRecordSize: defaultMaxRecordSize}
 	for _, ev := range vc.events(t, 0) {
-		rec, err := conv.Convert(ev)
+		rec, err := conv.convert(ev)
 		if err != nil {
 			t.Fatal(err)
 		}
 		var got struct {
 			Data map[string]json.RawMessage `json:"data"`
 		}
-		if err := json.Unmarshal(rec.Data, &got); err != nil {
-			t.Fatalf("%d: %v\n%s", rec.Offset, err, rec.Data)
+		if err := json.Unmarshal(rec.data, &got); err != nil {
+			t.Fatalf("%d: %v\n%s", rec.offset, err, rec.data)
 		}
 		for _, field := range []string{"Key", "ChainId", "CreatedTime", "UserName", "Datacenter", "ComputeResource", "Host", "Vm", "Ds", "Net", "Dvs", "FullFormattedMessage", "ChangeTag"} {
 			if _, ok := got.Data[field]; !ok {
-				t.Errorf("%d %s: no %s in data", rec.Offset, rec.Type, field)
+				t.Errorf("%d %s: no %s in data", rec.offset, rec.eventType, field)
 			}
 		}
 	}

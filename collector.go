@@ -48,17 +48,17 @@ func (o collectorOptions) stuckAfter() time.Duration {
 	return 2*(o.watchdog+o.safetyInterval) + cleanupTimeout + o.backoffMax
 }
 
-// Collector reads events from vCenter and appends them to the journal,
+// collector reads events from vCenter and appends them to the journal,
 // exactly once each, across every vCenter fault: it reconnects with
 // backoff and resumes where it left off.
-type Collector struct {
+type collector struct {
 	vc          vcLogin
 	streamBegin time.Duration
 	opts        collectorOptions
 
-	journal   *Journal
+	journal   *journal
 	converter *eventConverter
-	status    *CollectorStatus
+	status    *collectorStatus
 	log       *slog.Logger
 
 	// Owned by Run's goroutine.
@@ -82,15 +82,15 @@ type Collector struct {
 	backlogUntil time.Time
 }
 
-// newCollector returns a collector for cfg's vCenter that appends to journal
-// and reports to status, at the pace of a sink (nil: none).
-func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *CollectorStatus, pace *sinkPace, log *slog.Logger) *Collector {
-	return &Collector{
+// newCollector returns a collector for cfg's vCenter that appends to j and
+// reports to status, at the pace of a sink (nil: none).
+func newCollector(cfg config, opts collectorOptions, j *journal, status *collectorStatus, pace *sinkPace, log *slog.Logger) *collector {
+	return &collector{
 		vc:          newVCLogin(cfg),
-		streamBegin: cfg.StreamBegin,
+		streamBegin: cfg.streamBegin,
 		opts:        opts,
-		journal:     journal,
-		converter:   &eventConverter{source: cfg.VCenterURL.String(), maxRecordSize: cfg.MaxRecordSize},
+		journal:     j,
+		converter:   &eventConverter{source: cfg.vcenterURL.String(), maxRecordSize: cfg.maxRecordSize},
 		status:      status,
 		log:         log,
 		pace:        pace,
@@ -99,11 +99,11 @@ func newCollector(cfg Config, opts collectorOptions, journal *Journal, status *C
 	}
 }
 
-// Run follows vCenter's event stream until ctx is done. A session that
+// run follows vCenter's event stream until ctx is done. A session that
 // fails (vCenter unreachable, the connection dropped, the session
 // terminated, a stall) is opened again after a capped, jittered backoff and
 // resumes after the last event appended, so nothing is lost or repeated.
-func (c *Collector) Run(ctx context.Context) {
+func (c *collector) run(ctx context.Context) {
 	attempt := 0
 	for {
 		progressed, err := c.safeSession(ctx)
@@ -134,7 +134,7 @@ func (c *Collector) Run(ctx context.Context) {
 // safeSession is session, with a panic (a bug) ending the session with an
 // error, so that the collector opens a new one rather than the process
 // ending.
-func (c *Collector) safeSession(ctx context.Context) (progressed bool, err error) {
+func (c *collector) safeSession(ctx context.Context) (progressed bool, err error) {
 	defer recoverAsError(&err)
 	return c.session(ctx)
 }
@@ -143,7 +143,7 @@ func (c *Collector) safeSession(ctx context.Context) (progressed bool, err error
 // the stream left off, then follow vCenter's announcements (or poll) and
 // read what they announce, until ctx is done or a call fails (the error;
 // Run then reconnects). progressed tells whether any read succeeded.
-func (c *Collector) session(parent context.Context) (progressed bool, err error) {
+func (c *collector) session(parent context.Context) (progressed bool, err error) {
 	s, ctx, err := c.vc.open(parent, c.opts.sessionOptions, c.log)
 	if err != nil {
 		return false, err
@@ -191,7 +191,7 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 		}
 		progressed = true
 		if c.status.setReady() {
-			records, _ := c.journal.Stats()
+			records, _ := c.journal.stats()
 			c.log.Info("caught up with vCenter", "events", records)
 		}
 		if err := s.keepAlive(ctx); err != nil {
@@ -209,7 +209,7 @@ func (c *Collector) session(parent context.Context) (progressed bool, err error)
 // checkpoint needs it; later resumeMargin before the creation time of the
 // last event appended, so that an event logged late, with an older time
 // but a higher key, is not lost. The keys already appended are skipped.
-func (c *Collector) beginTime(now time.Time) time.Time {
+func (c *collector) beginTime(now time.Time) time.Time {
 	if c.begin.IsZero() {
 		c.begin = now.Add(-c.streamBegin)
 		if c.pace != nil {
@@ -235,8 +235,8 @@ func (c *Collector) beginTime(now time.Time) time.Time {
 // every later event has an announcement of its own. On the first catch-up
 // with a sink, pages are no larger than the sink leaves room for
 // (sinkRoom).
-func (c *Collector) drain(ctx context.Context, s *vcSession, live *eventHistory, announced int64) (int, error) {
-	if _, latest, ok := c.journal.Range(); announced >= 0 && ok && latest >= announced {
+func (c *collector) drain(ctx context.Context, s *vcSession, live *eventHistory, announced int64) (int, error) {
+	if _, latest, ok := c.journal.bounds(); announced >= 0 && ok && latest >= announced {
 		return 0, nil
 	}
 	// The lag of what it appends is measured on vCenter's clock.
@@ -296,7 +296,7 @@ func (c *Collector) drain(ctx context.Context, s *vcSession, live *eventHistory,
 // that cannot be decoded or encoded is recorded under its key without data
 // (datadropped=error, by Convert) where its key can be read, and logged and
 // counted in any case, as is a failure after its append.
-func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
+func (c *collector) ingest(ev types.BaseEvent) (appended bool) {
 	if ev == nil {
 		// govmomi's decoder leaves nil for an element whose type it cannot
 		// map to an event type (withUnknownEvents maps only names ending in
@@ -305,9 +305,9 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 		c.log.Error("event of an unknown type could not be read: not appended", "after", c.lastKey())
 		return false
 	}
-	if u, ok := ev.(*unknownEvent); ok && !u.KeyRead {
+	if u, ok := ev.(*unknownEvent); ok && !u.keyRead {
 		c.status.unreadable.Add(1)
-		c.log.Error("event has no readable key: not appended", "type", u.TypeName, "after", c.lastKey(), "error", u.DecodeErr)
+		c.log.Error("event has no readable key: not appended", "type", u.typeName, "after", c.lastKey(), "error", u.decodeErr)
 		return false
 	}
 	key := int64(ev.GetEvent().Key)
@@ -321,9 +321,9 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 		}
 	}()
 	// A new session re-reads some events; skip them before encoding.
-	if earliest, latest, ok := c.journal.Range(); ok && key <= latest {
+	if earliest, latest, ok := c.journal.bounds(); ok && key <= latest {
 		c.status.skipped.Add(1)
-		if _, err := c.journal.Read(key); errors.Is(err, ErrNotFound) && key >= earliest {
+		if _, err := c.journal.read(key); errors.Is(err, errNotFound) && key >= earliest {
 			// Not a re-read: vCenter delivered this key after a higher one.
 			// Offsets only grow, so it cannot be appended; say so.
 			c.log.Warn("event arrived after a higher key: not appended", "offset", key, "latest", latest)
@@ -332,44 +332,44 @@ func (c *Collector) ingest(ev types.BaseEvent) (appended bool) {
 		c.log.Debug("skipped event already seen", "offset", key)
 		return false
 	}
-	rec, err := c.converter.Convert(ev)
+	rec, err := c.converter.convert(ev)
 	if err != nil {
 		// Not even without its data.
 		c.status.failed.Add(1)
 		c.log.Error("event could not be recorded: not appended", append(errorAttrs(err), "offset", key)...)
 		return false
 	}
-	if err := c.journal.AppendRecord(rec.Record); err != nil {
+	if err := c.journal.append(rec.record); err != nil {
 		// Only the collector appends, and it checked the key above.
-		c.log.Error("cannot append event", "offset", rec.Offset, "error", err)
+		c.log.Error("cannot append event", "offset", rec.offset, "error", err)
 		return false
 	}
-	switch rec.Dropped {
+	switch rec.dropped {
 	case dropSize:
 		c.log.Warn("event larger than the record size limit: recorded without data",
-			"offset", rec.Offset, "type", rec.Type, "limit", c.converter.maxRecordSize)
+			"offset", rec.offset, "type", rec.eventType, "limit", c.converter.maxRecordSize)
 	case dropError:
 		c.status.failed.Add(1)
 		c.log.Error("event could not be decoded or encoded: recorded without data",
-			append(errorAttrs(rec.Err), "offset", rec.Offset, "type", rec.Type)...)
+			append(errorAttrs(rec.err), "offset", rec.offset, "type", rec.eventType)...)
 	}
 	if u, ok := ev.(*unknownEvent); ok {
 		c.status.unknownTypes.Add(1)
-		if !c.unknownTypes[u.TypeName] {
-			c.unknownTypes[u.TypeName] = true
+		if !c.unknownTypes[u.typeName] {
+			c.unknownTypes[u.typeName] = true
 			c.log.Warn("event type unknown to this server's vSphere SDK: served with its own name and generic data",
-				"type", u.TypeName, "offset", rec.Offset)
+				"type", u.typeName, "offset", rec.offset)
 		}
 	}
 	c.appended(ev.GetEvent().CreatedTime)
-	c.log.Debug("appended event", "offset", rec.Offset, "type", rec.Type, "bytes", len(rec.Data))
+	c.log.Debug("appended event", "offset", rec.offset, "type", rec.eventType, "bytes", len(rec.data))
 	return true
 }
 
 // appended updates the status after an append of an event created at
 // created. An event whose time could not be read (zero) leaves the times
 // as they were: a reconnect must not start over from the stream's begin.
-func (c *Collector) appended(created time.Time) {
+func (c *collector) appended(created time.Time) {
 	if !created.IsZero() {
 		c.lastCreated = created
 	}
@@ -378,8 +378,8 @@ func (c *Collector) appended(created time.Time) {
 
 // lastKey is the latest offset held, for log lines about an event without
 // a key of its own; -1 if none.
-func (c *Collector) lastKey() int64 {
-	if _, latest, ok := c.journal.Range(); ok {
+func (c *collector) lastKey() int64 {
+	if _, latest, ok := c.journal.bounds(); ok {
 		return latest
 	}
 	return -1

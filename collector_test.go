@@ -26,7 +26,7 @@ type readyState struct {
 
 func readyz(t testing.TB, s *testServer) readyState {
 	t.Helper()
-	code, body := get(t, s.URL+"/readyz")
+	code, body := get(t, s.url+"/readyz")
 	var r readyResponse
 	if err := json.Unmarshal(body, &r); err != nil {
 		t.Fatalf("readyz %d %s: %v", code, body, err)
@@ -43,7 +43,7 @@ func waitReconnecting(t testing.TB, s *testServer, n int) {
 // waitCollecting waits until a session after a failed one collects events.
 func waitCollecting(t testing.TB, s *testServer) {
 	t.Helper()
-	s.waitStatus(t, "a new session", func() bool { return s.status.reconnects.Load() > 0 && s.status.Connected() })
+	s.waitStatus(t, "a new session", func() bool { return s.status.reconnects.Load() > 0 && s.status.isConnected() })
 }
 
 // checkOutage checks what clients see while vCenter is gone: the server
@@ -53,7 +53,7 @@ func checkOutage(t *testing.T, s *testServer, cached int64) {
 	if r := readyz(t, s); r.code != http.StatusOK || r.connected {
 		t.Errorf("during the outage /readyz = %+v, want 200 and not connected", r)
 	}
-	if code, _ := get(t, fmt.Sprintf("%s/api/v1/events/%d", s.URL, cached)); code != http.StatusOK {
+	if code, _ := get(t, fmt.Sprintf("%s/api/v1/events/%d", s.url, cached)); code != http.StatusOK {
 		t.Errorf("during the outage a cached event answers %d", code)
 	}
 }
@@ -65,8 +65,8 @@ func TestCollectorConnectionCut(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
 	vc := connectVCenter(t, sim)
-	proxy := startFaultProxy(t, sim.URL.Host)
-	srv := startServer(t, sim, map[string]string{envVCenterURL: proxy.URL(sim)})
+	proxy := startFaultProxy(t, sim.url.Host)
+	srv := startServer(t, sim, map[string]string{envVCenterURL: proxy.url(sim)})
 
 	before, w := watchFromNow(t, vc, srv)
 	vc.powerCycleVMs(t, 1)
@@ -125,14 +125,14 @@ func TestCollectorVCenterDownAtStart(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
 	vc := connectVCenter(t, sim)
-	proxy := startFaultProxy(t, sim.URL.Host)
+	proxy := startFaultProxy(t, sim.url.Host)
 	proxy.cut()
-	srv := launchServer(t, sim, map[string]string{envVCenterURL: proxy.URL(sim)})
+	srv := launchServer(t, sim, map[string]string{envVCenterURL: proxy.url(sim)})
 
 	if r := readyz(t, srv); r.code != http.StatusServiceUnavailable || r.connected {
 		t.Errorf("before vCenter is reached /readyz = %+v, want 503", r)
 	}
-	if code, _ := get(t, srv.URL+"/api/v1/range"); code != http.StatusNoContent {
+	if code, _ := get(t, srv.url+"/api/v1/range"); code != http.StatusNoContent {
 		t.Errorf("range before vCenter is reached: %d, want 204", code)
 	}
 	waitReconnecting(t, srv, 3)
@@ -155,8 +155,8 @@ func TestCollectorStall(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
 	vc := connectVCenter(t, sim)
-	proxy := startFaultProxy(t, sim.URL.Host)
-	srv := startServer(t, sim, map[string]string{envVCenterURL: proxy.URL(sim)}, "--watchdog=3s")
+	proxy := startFaultProxy(t, sim.url.Host)
+	srv := startServer(t, sim, map[string]string{envVCenterURL: proxy.url(sim)}, "--watchdog=3s")
 	before, w := watchFromNow(t, vc, srv)
 
 	proxy.stall()
@@ -204,7 +204,7 @@ func TestCollectorReplicaHandoff(t *testing.T) {
 	// And each line is byte for byte what the other replica has.
 	for _, line := range got {
 		id := decodeEvent(t, line).ID
-		if _, other := get(t, first.URL+"/api/v1/events/"+id); string(other) != string(line) {
+		if _, other := get(t, first.url+"/api/v1/events/"+id); string(other) != string(line) {
 			t.Fatalf("event %s differs between replicas", id)
 		}
 	}
@@ -285,9 +285,9 @@ func TestCollectorPollLongerThanWatchdog(t *testing.T) {
 func TestCollectorShutdownWhileReconnecting(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
-	proxy := startFaultProxy(t, sim.URL.Host)
+	proxy := startFaultProxy(t, sim.url.Host)
 	proxy.cut()
-	srv := launchServer(t, sim, map[string]string{envVCenterURL: proxy.URL(sim)})
+	srv := launchServer(t, sim, map[string]string{envVCenterURL: proxy.url(sim)})
 	waitReconnecting(t, srv, 2)
 	srv.shutdown(t)
 }
@@ -297,7 +297,7 @@ func TestCollectorShutdownWhileReconnecting(t *testing.T) {
 func TestCollectorLiveness(t *testing.T) {
 	t.Parallel()
 	status := newCollectorStatus(time.Minute)
-	srv := httptest.NewServer(newHandler(handlerDeps{journal: NewJournal(10), status: status, log: slog.New(slog.DiscardHandler)}))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: newJournal(10), status: status, log: slog.New(slog.DiscardHandler)}))
 	defer srv.Close()
 	if code, body := get(t, srv.URL+"/livez"); code != http.StatusOK {
 		t.Fatalf("livez of a turning loop: %d %s", code, body)
@@ -338,7 +338,7 @@ func TestCollectorStatusWaitReady(t *testing.T) {
 // its status as they were.
 func TestCollectorAppendedWithoutTime(t *testing.T) {
 	t.Parallel()
-	c := &Collector{status: &CollectorStatus{}}
+	c := &collector{status: &collectorStatus{}}
 	created := time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC)
 	c.appended(created)
 	c.appended(time.Time{})

@@ -61,9 +61,9 @@ const (
 	defaultPort           = 8080
 )
 
-// ErrConfig is wrapped by every configuration error, so callers can tell a
+// errConfig is wrapped by every configuration error, so callers can tell a
 // bad setting from a failure at run time.
-var ErrConfig = errors.New("invalid configuration")
+var errConfig = errors.New("invalid configuration")
 
 // configError names the variable at fault, so the one line the program
 // prints before exiting tells the operator what to fix.
@@ -73,65 +73,65 @@ type configError struct {
 }
 
 func (e *configError) Error() string {
-	return fmt.Sprintf("%s: %s: %s", ErrConfig, e.variable, e.problem)
+	return fmt.Sprintf("%s: %s: %s", errConfig, e.variable, e.problem)
 }
 
-func (e *configError) Unwrap() error { return ErrConfig }
+func (e *configError) Unwrap() error { return errConfig }
 
-// Config is the server's validated configuration.
-type Config struct {
-	// VCenterURL is the vCenter SDK endpoint (path /sdk), without credentials.
-	VCenterURL *url.URL
+// config is the server's validated configuration.
+type config struct {
+	// vcenterURL is the vCenter SDK endpoint (path /sdk), without credentials.
+	vcenterURL *url.URL
 	// Insecure skips verification of vCenter's TLS certificate.
-	Insecure bool
+	insecure bool
 	// Trust is what vCenter's certificate is verified against besides the
 	// system's roots.
-	Trust vcenterTrust
+	trust vcenterTrust
 	// Username and Password are read from the files under VCENTER_SECRET_PATH.
-	Username string
-	Password string
-	// StreamBegin is how far back from vCenter's current time to replay on start.
-	StreamBegin time.Duration
-	// MaxRecordSize is the largest CloudEvent (bytes of JSON) kept with its data.
-	MaxRecordSize int
-	// MaxSegmentSize is the number of records per journal segment.
-	MaxSegmentSize int
+	username string
+	password string
+	// streamBegin is how far back from vCenter's current time to replay on start.
+	streamBegin time.Duration
+	// maxRecordSize is the largest CloudEvent (bytes of JSON) kept with its data.
+	maxRecordSize int
+	// maxSegmentSize is the number of records per journal segment.
+	maxSegmentSize int
 	// Port is the HTTP port; 0 picks a free one (tests use this).
-	Port int
+	port int
 	// Debug enables debug logging.
-	Debug bool
+	debug bool
 	// Sink is where every event is delivered; its URL is nil without K_SINK.
-	Sink SinkConfig
-	// TokensPath is the file of bearer tokens; "" leaves the API open.
+	sink sinkConfig
+	// tokensPath is the file of bearer tokens; "" leaves the API open.
 	// Its content is read by newTokenAuth (tokens.go), which keeps re-reading it.
-	TokensPath string
+	tokensPath string
 	// TLSCertFile and TLSKeyFile, both set or both empty, switch the server
 	// to HTTPS; they are read by newCertReloader (tlsconfig.go), which
 	// picks up renewed files.
-	TLSCertFile, TLSKeyFile string
+	tlsCertFile, tlsKeyFile string
 }
 
 // parseConfig reads and validates the environment. With needVCenter false
 // (the --simulate mode) the vCenter address and credentials are not read,
 // since the simulator provides them.
-func parseConfig(getenv func(string) string, needVCenter bool) (Config, error) {
-	cfg := Config{
-		StreamBegin:    defaultStreamBegin,
-		MaxRecordSize:  defaultMaxRecordSize,
-		MaxSegmentSize: defaultMaxSegmentSize,
-		Port:           defaultPort,
+func parseConfig(getenv func(string) string, needVCenter bool) (config, error) {
+	cfg := config{
+		streamBegin:    defaultStreamBegin,
+		maxRecordSize:  defaultMaxRecordSize,
+		maxSegmentSize: defaultMaxSegmentSize,
+		port:           defaultPort,
 	}
 	var err error
-	if cfg.Debug, err = parseBool(getenv, envDebug); err != nil {
+	if cfg.debug, err = parseBool(getenv, envDebug); err != nil {
 		return cfg, err
 	}
-	if cfg.StreamBegin, err = parseDuration(getenv, envStreamBegin, defaultStreamBegin, true); err != nil {
+	if cfg.streamBegin, err = parseDuration(getenv, envStreamBegin, defaultStreamBegin, true); err != nil {
 		return cfg, err
 	}
-	if cfg.MaxRecordSize, err = parsePositive(getenv, envMaxRecordSize, defaultMaxRecordSize); err != nil {
+	if cfg.maxRecordSize, err = parsePositive(getenv, envMaxRecordSize, defaultMaxRecordSize); err != nil {
 		return cfg, err
 	}
-	if cfg.MaxSegmentSize, err = parsePositive(getenv, envMaxSegmentSize, defaultMaxSegmentSize); err != nil {
+	if cfg.maxSegmentSize, err = parsePositive(getenv, envMaxSegmentSize, defaultMaxSegmentSize); err != nil {
 		return cfg, err
 	}
 	if v := strings.TrimSpace(getenv(envPort)); v != "" {
@@ -139,12 +139,12 @@ func parseConfig(getenv func(string) string, needVCenter bool) (Config, error) {
 		if perr != nil || p < 0 || p > 65535 {
 			return cfg, &configError{envPort, fmt.Sprintf("%q is not a port number (0-65535)", v)}
 		}
-		cfg.Port = p
+		cfg.port = p
 	}
-	if cfg.Insecure, err = parseBool(getenv, envVCenterInsecure); err != nil {
+	if cfg.insecure, err = parseBool(getenv, envVCenterInsecure); err != nil {
 		return cfg, err
 	}
-	if cfg.Sink, err = parseSinkConfig(getenv); err != nil {
+	if cfg.sink, err = parseSinkConfig(getenv); err != nil {
 		return cfg, err
 	}
 	if err = parseAPISecurity(getenv, &cfg); err != nil {
@@ -158,7 +158,7 @@ func parseConfig(getenv func(string) string, needVCenter bool) (Config, error) {
 	if raw == "" {
 		return cfg, &configError{envVCenterURL, "required, e.g. https://vcenter.example.com"}
 	}
-	if cfg.VCenterURL, err = parseVCenterURL(raw); err != nil {
+	if cfg.vcenterURL, err = parseVCenterURL(raw); err != nil {
 		return cfg, err
 	}
 
@@ -166,16 +166,16 @@ func parseConfig(getenv func(string) string, needVCenter bool) (Config, error) {
 	if dir == "" {
 		dir = defaultSecretPath
 	}
-	if cfg.Username, err = readSecret(dir, "username"); err != nil {
+	if cfg.username, err = readSecret(dir, "username"); err != nil {
 		return cfg, err
 	}
-	if cfg.Password, err = readSecret(dir, "password"); err != nil {
+	if cfg.password, err = readSecret(dir, "password"); err != nil {
 		return cfg, err
 	}
-	if cfg.Trust.rootCAs, err = readRootCAs(dir); err != nil {
+	if cfg.trust.rootCAs, err = readRootCAs(dir); err != nil {
 		return cfg, err
 	}
-	if cfg.Trust.thumbprint, err = parseThumbprint(getenv(envVCenterThumbprint)); err != nil {
+	if cfg.trust.thumbprint, err = parseThumbprint(getenv(envVCenterThumbprint)); err != nil {
 		return cfg, err
 	}
 	return cfg, nil
@@ -266,14 +266,14 @@ func oneLine(err error) string {
 // certificate and key. Their content is checked at start by their loaders
 // (tokens.go, tlsconfig.go), which own them because they re-read them while
 // the server runs; parseConfig only sees that the settings fit together.
-func parseAPISecurity(getenv func(string) string, cfg *Config) error {
-	cfg.TokensPath = strings.TrimSpace(getenv(envTokensPath))
-	cfg.TLSCertFile = strings.TrimSpace(getenv(envTLSCertFile))
-	cfg.TLSKeyFile = strings.TrimSpace(getenv(envTLSKeyFile))
+func parseAPISecurity(getenv func(string) string, cfg *config) error {
+	cfg.tokensPath = strings.TrimSpace(getenv(envTokensPath))
+	cfg.tlsCertFile = strings.TrimSpace(getenv(envTLSCertFile))
+	cfg.tlsKeyFile = strings.TrimSpace(getenv(envTLSKeyFile))
 	switch {
-	case cfg.TLSCertFile != "" && cfg.TLSKeyFile == "":
+	case cfg.tlsCertFile != "" && cfg.tlsKeyFile == "":
 		return &configError{envTLSKeyFile, "required when " + envTLSCertFile + " is set (the certificate's private key)"}
-	case cfg.TLSCertFile == "" && cfg.TLSKeyFile != "":
+	case cfg.tlsCertFile == "" && cfg.tlsKeyFile != "":
 		return &configError{envTLSCertFile, "required when " + envTLSKeyFile + " is set (the key's certificate)"}
 	}
 	return nil
@@ -369,27 +369,27 @@ const (
 	sinkModeStructured = "structured"
 )
 
-// SinkConfig is where and how events are delivered (sink.go).
-type SinkConfig struct {
+// sinkConfig is where and how events are delivered (sink.go).
+type sinkConfig struct {
 	// URL is the sink (K_SINK); nil: no delivery.
-	URL *url.URL
+	url *url.URL
 	// Extensions are K_CE_OVERRIDES' extensions, added to every delivered event.
-	Extensions map[string]string
+	extensions map[string]string
 	// Structured sends whole events as application/cloudevents+json
 	// instead of binary mode's ce-* headers and data body.
-	Structured bool
+	structured bool
 	// Filter selects the events delivered (SINK_FILTER, the API's syntax).
-	Filter eventFilter
-	// CheckpointFile keeps the offset of the last event delivered; empty: none.
-	CheckpointFile string
+	filter eventFilter
+	// checkpointFile keeps the offset of the last event delivered; empty: none.
+	checkpointFile string
 	// Timeout bounds each delivery request.
-	Timeout time.Duration
+	timeout time.Duration
 }
 
 // parseSinkConfig reads the sink's variables. They are checked even
 // without K_SINK, so that a typo is found before delivery is switched on.
-func parseSinkConfig(getenv func(string) string) (SinkConfig, error) {
-	sc := SinkConfig{Timeout: defaultSinkTimeout}
+func parseSinkConfig(getenv func(string) string) (sinkConfig, error) {
+	sc := sinkConfig{timeout: defaultSinkTimeout}
 	if v := strings.TrimSpace(getenv(envSink)); v != "" {
 		// The URL may carry a key (in its query or user): an error names
 		// only what may be shown (redactedURL).
@@ -403,19 +403,19 @@ func parseSinkConfig(getenv func(string) string) (SinkConfig, error) {
 		if u.Fragment != "" {
 			return sc, &configError{envSink, "must not have a fragment"}
 		}
-		sc.URL = u
+		sc.url = u
 	}
 	if v := strings.TrimSpace(getenv(envCEOverrides)); v != "" {
 		ext, err := parseCEOverrides(v)
 		if err != nil {
 			return sc, &configError{envCEOverrides, err.Error()}
 		}
-		sc.Extensions = ext
+		sc.extensions = ext
 	}
 	switch v := strings.TrimSpace(getenv(envSinkMode)); v {
 	case "", sinkModeBinary:
 	case sinkModeStructured:
-		sc.Structured = true
+		sc.structured = true
 	default:
 		return sc, &configError{envSinkMode, fmt.Sprintf("%q is not %s or %s", v, sinkModeBinary, sinkModeStructured)}
 	}
@@ -426,16 +426,16 @@ func parseSinkConfig(getenv func(string) string) (SinkConfig, error) {
 		if err != nil {
 			return sc, &configError{envSinkFilter, fmt.Sprintf("%q: %s (e.g. type=VmPoweredOnEvent&eventclass=event)", v, err)}
 		}
-		sc.Filter = f
+		sc.filter = f
 	}
 	if v := strings.TrimSpace(getenv(envSinkCheckpointFile)); v != "" {
 		if err := checkCheckpointDir(v); err != nil {
 			return sc, &configError{envSinkCheckpointFile, err.Error()}
 		}
-		sc.CheckpointFile = v
+		sc.checkpointFile = v
 	}
 	var err error
-	sc.Timeout, err = parseDuration(getenv, envSinkTimeout, sc.Timeout, false)
+	sc.timeout, err = parseDuration(getenv, envSinkTimeout, sc.timeout, false)
 	return sc, err
 }
 

@@ -60,7 +60,7 @@ func checkConfigError(t *testing.T, err error, variable string) {
 		t.Fatalf("no error, want one naming %s", variable)
 	}
 	msg := err.Error()
-	if !errors.Is(err, ErrConfig) {
+	if !errors.Is(err, errConfig) {
 		t.Errorf("error %q does not wrap ErrConfig", msg)
 	}
 	if strings.ContainsAny(msg, "\n\r") {
@@ -79,24 +79,24 @@ func TestConfigDefaults(t *testing.T) {
 	if defaultSecretPath != "/var/bindings/vsphere" {
 		t.Errorf("default %s = %q, want /var/bindings/vsphere", envSecretPath, defaultSecretPath)
 	}
-	check := func(t *testing.T, cfg Config) {
+	check := func(t *testing.T, cfg config) {
 		t.Helper()
-		if cfg.StreamBegin != 5*time.Minute {
-			t.Errorf("StreamBegin = %v, want 5m", cfg.StreamBegin)
+		if cfg.streamBegin != 5*time.Minute {
+			t.Errorf("StreamBegin = %v, want 5m", cfg.streamBegin)
 		}
-		if cfg.MaxRecordSize != 524288 {
-			t.Errorf("MaxRecordSize = %d, want 524288", cfg.MaxRecordSize)
+		if cfg.maxRecordSize != 524288 {
+			t.Errorf("MaxRecordSize = %d, want 524288", cfg.maxRecordSize)
 		}
-		if cfg.MaxSegmentSize != 1000 {
-			t.Errorf("MaxSegmentSize = %d, want 1000", cfg.MaxSegmentSize)
+		if cfg.maxSegmentSize != 1000 {
+			t.Errorf("MaxSegmentSize = %d, want 1000", cfg.maxSegmentSize)
 		}
-		if cfg.Port != 8080 {
-			t.Errorf("Port = %d, want 8080", cfg.Port)
+		if cfg.port != 8080 {
+			t.Errorf("Port = %d, want 8080", cfg.port)
 		}
-		if cfg.Debug {
+		if cfg.debug {
 			t.Error("Debug = true, want false")
 		}
-		if cfg.Insecure {
+		if cfg.insecure {
 			t.Error("Insecure = true, want false")
 		}
 	}
@@ -116,8 +116,8 @@ func TestConfigDefaults(t *testing.T) {
 			t.Fatal(err)
 		}
 		check(t, cfg)
-		if cfg.Username != testUsername || cfg.Password != testPassword {
-			t.Errorf("credentials %q, %q", cfg.Username, cfg.Password)
+		if cfg.username != testUsername || cfg.password != testPassword {
+			t.Errorf("credentials %q, %q", cfg.username, cfg.password)
 		}
 	})
 	t.Run("empty values mean the default", func(t *testing.T) {
@@ -152,23 +152,23 @@ func TestConfigValues(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
 		env   map[string]string
-		check func(Config) bool
+		check func(config) bool
 	}{
-		{"duration", map[string]string{envStreamBegin: "1h30m"}, func(c Config) bool { return c.StreamBegin == 90*time.Minute }},
-		{"zero duration", map[string]string{envStreamBegin: "0s"}, func(c Config) bool { return c.StreamBegin == 0 }},
-		{"duration with spaces", map[string]string{envStreamBegin: " 30s\n"}, func(c Config) bool { return c.StreamBegin == 30*time.Second }},
-		{"record size", map[string]string{envMaxRecordSize: "1"}, func(c Config) bool { return c.MaxRecordSize == 1 }},
-		{"segment size", map[string]string{envMaxSegmentSize: "25000"}, func(c Config) bool { return c.MaxSegmentSize == 25000 }},
-		{"port", map[string]string{envPort: "9090"}, func(c Config) bool { return c.Port == 9090 }},
-		{"port 0", map[string]string{envPort: "0"}, func(c Config) bool { return c.Port == 0 }},
-		{"port 65535", map[string]string{envPort: "65535"}, func(c Config) bool { return c.Port == 65535 }},
-		{"debug true", map[string]string{envDebug: "true"}, func(c Config) bool { return c.Debug }},
-		{"debug 1", map[string]string{envDebug: "1"}, func(c Config) bool { return c.Debug }},
-		{"debug TRUE", map[string]string{envDebug: "TRUE"}, func(c Config) bool { return c.Debug }},
-		{"debug false", map[string]string{envDebug: "false"}, func(c Config) bool { return !c.Debug }},
-		{"debug 0", map[string]string{envDebug: "0"}, func(c Config) bool { return !c.Debug }},
-		{"insecure true", map[string]string{envVCenterInsecure: "true"}, func(c Config) bool { return c.Insecure }},
-		{"insecure f", map[string]string{envVCenterInsecure: "f"}, func(c Config) bool { return !c.Insecure }},
+		{"duration", map[string]string{envStreamBegin: "1h30m"}, func(c config) bool { return c.streamBegin == 90*time.Minute }},
+		{"zero duration", map[string]string{envStreamBegin: "0s"}, func(c config) bool { return c.streamBegin == 0 }},
+		{"duration with spaces", map[string]string{envStreamBegin: " 30s\n"}, func(c config) bool { return c.streamBegin == 30*time.Second }},
+		{"record size", map[string]string{envMaxRecordSize: "1"}, func(c config) bool { return c.maxRecordSize == 1 }},
+		{"segment size", map[string]string{envMaxSegmentSize: "25000"}, func(c config) bool { return c.maxSegmentSize == 25000 }},
+		{"port", map[string]string{envPort: "9090"}, func(c config) bool { return c.port == 9090 }},
+		{"port 0", map[string]string{envPort: "0"}, func(c config) bool { return c.port == 0 }},
+		{"port 65535", map[string]string{envPort: "65535"}, func(c config) bool { return c.port == 65535 }},
+		{"debug true", map[string]string{envDebug: "true"}, func(c config) bool { return c.debug }},
+		{"debug 1", map[string]string{envDebug: "1"}, func(c config) bool { return c.debug }},
+		{"debug TRUE", map[string]string{envDebug: "TRUE"}, func(c config) bool { return c.debug }},
+		{"debug false", map[string]string{envDebug: "false"}, func(c config) bool { return !c.debug }},
+		{"debug 0", map[string]string{envDebug: "0"}, func(c config) bool { return !c.debug }},
+		{"insecure true", map[string]string{envVCenterInsecure: "true"}, func(c config) bool { return c.insecure }},
+		{"insecure f", map[string]string{envVCenterInsecure: "f"}, func(c config) bool { return !c.insecure }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -340,8 +340,8 @@ func TestConfigCredentialsTrimmed(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if cfg.Username != tc.wantUser || cfg.Password != tc.wantPass {
-				t.Errorf("credentials %q, %q; want %q, %q", cfg.Username, cfg.Password, tc.wantUser, tc.wantPass)
+			if cfg.username != tc.wantUser || cfg.password != tc.wantPass {
+				t.Errorf("credentials %q, %q; want %q, %q", cfg.username, cfg.password, tc.wantUser, tc.wantPass)
 			}
 		})
 	}
@@ -372,17 +372,17 @@ func TestConfigVCenterURL(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if cfg.VCenterURL == nil {
+			if cfg.vcenterURL == nil {
 				t.Fatal("VCenterURL is nil")
 			}
-			if got := cfg.VCenterURL.String(); got != tc.want {
+			if got := cfg.vcenterURL.String(); got != tc.want {
 				t.Errorf("VCENTER_URL %q gives %q, want %q", tc.url, got, tc.want)
 			}
-			if cfg.VCenterURL.User != nil {
-				t.Errorf("VCenterURL has user info %v", cfg.VCenterURL.User)
+			if cfg.vcenterURL.User != nil {
+				t.Errorf("VCenterURL has user info %v", cfg.vcenterURL.User)
 			}
-			if !strings.HasSuffix(cfg.VCenterURL.Path, "/sdk") {
-				t.Errorf("path %q does not end in /sdk", cfg.VCenterURL.Path)
+			if !strings.HasSuffix(cfg.vcenterURL.Path, "/sdk") {
+				t.Errorf("path %q does not end in /sdk", cfg.vcenterURL.Path)
 			}
 		})
 	}
@@ -404,7 +404,7 @@ func TestConfigSimulateNeedsNoVCenter(t *testing.T) {
 			if err != nil {
 				t.Fatalf("simulate mode: %v", err)
 			}
-			if cfg.VCenterURL != nil || cfg.Username != "" || cfg.Password != "" {
+			if cfg.vcenterURL != nil || cfg.username != "" || cfg.password != "" {
 				t.Errorf("simulate mode read vCenter settings: %+v", cfg)
 			}
 		})

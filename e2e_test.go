@@ -30,7 +30,7 @@ func TestE2EWatchFromNow(t *testing.T) {
 
 	for _, line := range lines {
 		id := decodeEvent(t, line).ID
-		code, body := get(t, srv.URL+"/api/v1/events/"+id)
+		code, body := get(t, srv.url+"/api/v1/events/"+id)
 		if code != http.StatusOK || !bytes.Equal(body, line) {
 			t.Fatalf("/events/%s = %d %s\nwatched: %s", id, code, body, line)
 		}
@@ -79,14 +79,14 @@ func TestE2EReplicasAgree(t *testing.T) {
 	}
 	for key := earliest; key <= latest; key++ {
 		url := "/api/v1/events/" + strconv.FormatInt(key, 10)
-		code1, body1 := get(t, first.URL+url)
-		code2, body2 := get(t, second.URL+url)
+		code1, body1 := get(t, first.url+url)
+		code2, body2 := get(t, second.url+url)
 		if code1 != http.StatusOK || code1 != code2 || !bytes.Equal(body1, body2) {
 			t.Fatalf("%s: first %d %s\nsecond %d %s", url, code1, body1, code2, body2)
 		}
 	}
-	page1 := fmt.Sprintf("%s/api/v1/events?offset=%d&limit=1000", first.URL, earliest)
-	page2 := fmt.Sprintf("%s/api/v1/events?offset=%d&limit=1000", second.URL, earliest)
+	page1 := fmt.Sprintf("%s/api/v1/events?offset=%d&limit=1000", first.url, earliest)
+	page2 := fmt.Sprintf("%s/api/v1/events?offset=%d&limit=1000", second.url, earliest)
 	if _, b1 := get(t, page1); !bytes.Equal(b1, mustGet(t, page2)) {
 		t.Fatal("pages differ between replicas")
 	}
@@ -107,7 +107,7 @@ func TestE2EStreamBegin(t *testing.T) {
 	}
 
 	fromNow := startServer(t, sim, map[string]string{envStreamBegin: "0s"})
-	if code, body := get(t, fromNow.URL+"/api/v1/range"); code != http.StatusNoContent {
+	if code, body := get(t, fromNow.url+"/api/v1/range"); code != http.StatusNoContent {
 		t.Fatalf("with 0s nothing before the start is replayed: range %d %s", code, body)
 	}
 	vc.powerCycleVMs(t, 1)
@@ -117,7 +117,7 @@ func TestE2EStreamBegin(t *testing.T) {
 	if earliest <= before {
 		t.Fatalf("with 0s earliest %d should be after the events before the start (up to %d)", earliest, before)
 	}
-	if code, _ := get(t, fmt.Sprintf("%s/api/v1/events/%d", fromNow.URL, before)); code != http.StatusGone {
+	if code, _ := get(t, fmt.Sprintf("%s/api/v1/events/%d", fromNow.url, before)); code != http.StatusGone {
 		t.Fatalf("an event before the stream began: %d, want 410", code)
 	}
 }
@@ -145,15 +145,15 @@ func TestE2EPurge(t *testing.T) {
 		if want := latest - inActive - segment + 1; earliest != want || got != latest {
 			t.Fatalf("range %d-%d, want %d-%d", earliest, got, want, latest)
 		}
-		code, body := get(t, fmt.Sprintf("%s/api/v1/events/%d", srv.URL, earliest-1))
+		code, body := get(t, fmt.Sprintf("%s/api/v1/events/%d", srv.url, earliest-1))
 		if code != http.StatusGone || !bytes.Contains(body, []byte("invalid offset")) {
 			t.Fatalf("purged offset: %d %s", code, body)
 		}
-		code, body = get(t, fmt.Sprintf("%s/api/v1/events?offset=%d", srv.URL, earliest-1))
+		code, body = get(t, fmt.Sprintf("%s/api/v1/events?offset=%d", srv.url, earliest-1))
 		if code != http.StatusGone {
 			t.Fatalf("page from a purged offset: %d %s", code, body)
 		}
-		if code, _ := get(t, fmt.Sprintf("%s/api/v1/events/%d", srv.URL, earliest)); code != http.StatusOK {
+		if code, _ := get(t, fmt.Sprintf("%s/api/v1/events/%d", srv.url, earliest)); code != http.StatusOK {
 			t.Fatalf("earliest offset: %d", code)
 		}
 	}

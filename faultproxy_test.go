@@ -38,9 +38,9 @@ func startFaultProxy(t *testing.T, target string) *faultProxy {
 	return p
 }
 
-// URL is the simulator's SDK URL through the proxy.
-func (p *faultProxy) URL(sim *simulation) string {
-	u := url.URL{Scheme: sim.URL.Scheme, Host: p.ln.Addr().String(), Path: sim.URL.Path}
+// url is the simulator's SDK URL through the proxy.
+func (p *faultProxy) url(sim *simulation) string {
+	u := url.URL{Scheme: sim.url.Scheme, Host: p.ln.Addr().String(), Path: sim.url.Path}
 	return u.String()
 }
 

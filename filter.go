@@ -19,7 +19,7 @@ const (
 // skips what does not match and moves on by offset.
 type eventFilter struct {
 	types   []string     // full CloudEvent types; empty: any
-	classes []EventClass // empty: any
+	classes []eventClass // empty: any
 }
 
 // parseParams parses a query in the API's syntax (a request's, or
@@ -70,7 +70,7 @@ func parseEventFilter(values url.Values) (eventFilter, error) {
 	for _, v := range values[paramEventClass] {
 		c, ok := parseEventClass(v)
 		if !ok {
-			return f, fmt.Errorf("parameter eventclass: %q is not one of %s, %s, %s", v, ClassEvent, ClassEventEx, ClassExtendedEvent)
+			return f, fmt.Errorf("parameter eventclass: %q is not one of %s, %s, %s", v, classEvent, classEventEx, classExtendedEvent)
 		}
 		f.classes = append(f.classes, c)
 	}
@@ -80,33 +80,33 @@ func parseEventFilter(values url.Values) (eventFilter, error) {
 // all reports whether the filter selects every record.
 func (f eventFilter) all() bool { return len(f.types) == 0 && len(f.classes) == 0 }
 
-func (f eventFilter) match(r Record) bool {
-	return (len(f.types) == 0 || slices.Contains(f.types, r.Type)) &&
-		(len(f.classes) == 0 || slices.Contains(f.classes, r.Class))
+func (f eventFilter) match(r record) bool {
+	return (len(f.types) == 0 || slices.Contains(f.types, r.eventType)) &&
+		(len(f.classes) == 0 || slices.Contains(f.classes, r.class))
 }
 
 // readPage returns up to limit records that match f, with offsets >=
 // offset, oldest first, and the last offset it scanned (-1 if none), from
-// which the next page continues. It fails with ErrPurged if offset is below
+// which the next page continues. It fails with errPurged if offset is below
 // the earliest record held.
-func (f eventFilter) readPage(j *Journal, offset int64, limit int) (page []Record, scanned int64, err error) {
-	page = make([]Record, 0, min(limit, 64))
+func (f eventFilter) readPage(j *journal, offset int64, limit int) (page []record, scanned int64, err error) {
+	page = make([]record, 0, min(limit, 64))
 	if f.all() {
-		page, err = j.ReadFrom(offset, limit, page)
+		page, err = j.readFrom(offset, limit, page)
 		if n := len(page); n > 0 {
-			return page, page[n-1].Offset, err
+			return page, page[n-1].offset, err
 		}
 		return page, -1, err
 	}
 	scanned = -1
-	chunk := make([]Record, 0, max(limit, 256))
+	chunk := make([]record, 0, max(limit, 256))
 	for len(page) < limit {
 		if scanned < 0 {
-			chunk, err = j.ReadFrom(offset, cap(chunk), chunk[:0])
+			chunk, err = j.readFrom(offset, cap(chunk), chunk[:0])
 			if err != nil {
 				return nil, -1, err
 			}
-		} else if chunk, err = j.ReadNext(scanned+1, cap(chunk), chunk[:0]); err != nil {
+		} else if chunk, err = j.readNext(scanned+1, cap(chunk), chunk[:0]); err != nil {
 			// Purged while scanning: the page ends here and the next one
 			// reports it.
 			return page, scanned, nil
@@ -115,7 +115,7 @@ func (f eventFilter) readPage(j *Journal, offset int64, limit int) (page []Recor
 			break
 		}
 		for _, r := range chunk {
-			scanned = r.Offset
+			scanned = r.offset
 			if f.match(r) {
 				if page = append(page, r); len(page) == limit {
 					break
@@ -129,14 +129,14 @@ func (f eventFilter) readPage(j *Journal, offset int64, limit int) (page []Recor
 // readNewest returns the newest limit records that match f, oldest first.
 // It goes back through the journal a chunk at a time, so that it holds no
 // more than the page and one chunk, however many records match.
-func (f eventFilter) readNewest(j *Journal, limit int) []Record {
+func (f eventFilter) readNewest(j *journal, limit int) []record {
 	if f.all() {
-		return j.ReadLast(limit, make([]Record, 0, limit))
+		return j.readLast(limit, make([]record, 0, limit))
 	}
-	var page []Record // newest first
-	chunk := make([]Record, 0, 256)
+	var page []record // newest first
+	chunk := make([]record, 0, 256)
 	for before := int64(math.MaxInt64); len(page) < limit; {
-		if chunk = j.ReadBefore(before, cap(chunk), chunk[:0]); len(chunk) == 0 {
+		if chunk = j.readBefore(before, cap(chunk), chunk[:0]); len(chunk) == 0 {
 			break
 		}
 		for i := len(chunk) - 1; i >= 0 && len(page) < limit; i-- {
@@ -144,7 +144,7 @@ func (f eventFilter) readNewest(j *Journal, limit int) []Record {
 				page = append(page, chunk[i])
 			}
 		}
-		before = chunk[0].Offset
+		before = chunk[0].offset
 	}
 	slices.Reverse(page)
 	return page

@@ -82,27 +82,27 @@ type fuzzCloudEvent struct {
 func FuzzEventsQuery(f *testing.F) {
 	f.Add("offset=8&limit=2", "", "")
 
-	full := NewJournal(4)
+	full := newJournal(4)
 	for _, e := range fuzzEvents {
 		class, ok := parseEventClass(e.class)
 		if !ok {
 			f.Fatalf("event class %q", e.class)
 		}
-		if err := full.AppendRecord(Record{Offset: e.key, Data: fuzzRecord(e), Type: e.typ, Class: class}); err != nil {
+		if err := full.append(record{offset: e.key, data: fuzzRecord(e), eventType: e.typ, class: class}); err != nil {
 			f.Fatal(err)
 		}
 	}
 	journals := []struct {
 		name    string
-		journal *Journal
+		journal *journal
 		empty   bool
 	}{
 		{"journal 8..144", full, false},
-		{"empty journal", NewJournal(4), true},
+		{"empty journal", newJournal(4), true},
 	}
 	logger := slog.New(slog.DiscardHandler)
 	for i := range journals {
-		if _, _, ok := journals[i].journal.Range(); ok == journals[i].empty {
+		if _, _, ok := journals[i].journal.bounds(); ok == journals[i].empty {
 			f.Fatalf("%s: Range ok %v", journals[i].name, ok)
 		}
 	}

@@ -145,7 +145,7 @@ func (l *logRecorder) count(msg string) int {
 
 // testServer is the whole program, started through run.
 type testServer struct {
-	URL     string // http://127.0.0.1:port
+	url     string // http://127.0.0.1:port
 	logs    *logRecorder
 	stop    context.CancelFunc
 	stopped <-chan struct{}
@@ -176,7 +176,7 @@ func startTestSimulationTLS(t testing.TB, config *tls.Config) *simulation {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(sim.Close)
+	t.Cleanup(sim.close)
 	return sim
 }
 
@@ -201,7 +201,7 @@ func startServer(t testing.TB, sim *simulation, env map[string]string, args ...s
 // waitReady waits until the server has caught up with vCenter.
 func (s *testServer) waitReady(t testing.TB) {
 	t.Helper()
-	s.waitStatus(t, "the catch-up with vCenter", s.status.Ready)
+	s.waitStatus(t, "the catch-up with vCenter", s.status.isReady)
 }
 
 // waitStatus waits until cond holds, looking again whenever the
@@ -251,10 +251,10 @@ func launchServerLogging(t testing.TB, sim *simulation, env map[string]string, l
 	t.Helper()
 	secrets := t.TempDir()
 	// Trailing newlines, as `echo user > username` leaves them.
-	writeFile(t, filepath.Join(secrets, "username"), sim.Username+"\n")
-	writeFile(t, filepath.Join(secrets, "password"), sim.Password+"\n")
+	writeFile(t, filepath.Join(secrets, "username"), sim.username+"\n")
+	writeFile(t, filepath.Join(secrets, "password"), sim.password+"\n")
 	vars := map[string]string{
-		envVCenterURL:      sim.URL.String(),
+		envVCenterURL:      sim.url.String(),
 		envVCenterInsecure: "true",
 		envSecretPath:      secrets,
 		envPort:            "0",
@@ -289,7 +289,7 @@ func launchServerLogging(t testing.TB, sim *simulation, env map[string]string, l
 	case <-time.After(waitTimeout):
 		t.Fatalf("server did not serve HTTP within %v; log:\n%s", waitTimeout, s.logs)
 	}
-	s.URL = "http://127.0.0.1:" + strconv.Itoa(s.addr.(*net.TCPAddr).Port)
+	s.url = "http://127.0.0.1:" + strconv.Itoa(s.addr.(*net.TCPAddr).Port)
 	return s
 }
 
@@ -344,7 +344,7 @@ func fetch(t testing.TB, client *http.Client, req *http.Request) (*http.Response
 // serverRange returns the server's /api/v1/range.
 func serverRange(t testing.TB, s *testServer) (earliest, latest int64) {
 	t.Helper()
-	code, body := get(t, s.URL+"/api/v1/range")
+	code, body := get(t, s.url+"/api/v1/range")
 	if code != http.StatusOK {
 		t.Fatalf("range: %d %s", code, body)
 	}
@@ -365,7 +365,7 @@ type watchStream struct {
 // openWatch opens a watch on the server; it is closed when the test ends.
 func openWatch(t testing.TB, s *testServer, query string) *watchStream {
 	t.Helper()
-	return openWatchWith(t, http.DefaultClient, s.URL+"/api/v1/events?watch=true"+query, nil)
+	return openWatchWith(t, http.DefaultClient, s.url+"/api/v1/events?watch=true"+query, nil)
 }
 
 // openWatchWith opens the watch at url with client, sending header, and
@@ -478,7 +478,7 @@ type vcenter struct {
 func connectVCenter(t testing.TB, sim *simulation) *vcenter {
 	t.Helper()
 	ctx := context.Background()
-	c, err := sim.Client(ctx)
+	c, err := sim.client(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}

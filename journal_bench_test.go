@@ -24,29 +24,29 @@ func benchPayload() []byte {
 // BenchmarkJournalAppend appends to a full journal (every append seals
 // and purges in turn), the steady state of a long-running server.
 func BenchmarkJournalAppend(b *testing.B) {
-	j := NewJournal(1000)
+	j := newJournal(1000)
 	data := benchPayload()
 	offset := int64(0)
 	for range 2000 {
 		offset++
-		_ = j.AppendRecord(Record{Offset: offset, Data: data})
+		_ = j.append(record{offset: offset, data: data})
 	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for range b.N {
 		offset++
-		if err := j.AppendRecord(Record{Offset: offset, Data: data}); err != nil {
+		if err := j.append(record{offset: offset, data: data}); err != nil {
 			b.Fatal(err)
 		}
 	}
 }
 
-func filledJournal(b *testing.B, segment int) (*Journal, int64) {
+func filledJournal(b *testing.B, segment int) (*journal, int64) {
 	b.Helper()
-	j := NewJournal(segment)
+	j := newJournal(segment)
 	data := benchPayload()
 	for k := int64(1); k <= int64(2*segment); k++ {
-		if err := j.AppendRecord(Record{Offset: k * 2, Data: data}); err != nil { // gaps between keys
+		if err := j.append(record{offset: k * 2, data: data}); err != nil { // gaps between keys
 			b.Fatal(err)
 		}
 	}
@@ -58,7 +58,7 @@ func BenchmarkJournalRead(b *testing.B) {
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
-		if _, err := j.Read(2 + int64(i)%latest&^1); err != nil {
+		if _, err := j.read(2 + int64(i)%latest&^1); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -66,12 +66,12 @@ func BenchmarkJournalRead(b *testing.B) {
 
 func BenchmarkJournalReadPage(b *testing.B) {
 	j, latest := filledJournal(b, 1000)
-	page := make([]Record, 0, 50)
+	page := make([]record, 0, 50)
 	b.ReportAllocs()
 	b.ResetTimer()
 	for i := range b.N {
 		var err error
-		if page, err = j.ReadFrom(2+int64(i)%(latest-100), 50, page[:0]); err != nil || len(page) != 50 {
+		if page, err = j.readFrom(2+int64(i)%(latest-100), 50, page[:0]); err != nil || len(page) != 50 {
 			b.Fatal(err, len(page))
 		}
 	}
@@ -83,7 +83,7 @@ func BenchmarkJournalReadPage(b *testing.B) {
 func BenchmarkJournalFanOut(b *testing.B) {
 	for _, readers := range []int{1, 100, 1000} {
 		b.Run(fmt.Sprintf("readers=%d", readers), func(b *testing.B) {
-			j := NewJournal(1 << 16)
+			j := newJournal(1 << 16)
 			data := benchPayload()
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
@@ -97,15 +97,15 @@ func BenchmarkJournalFanOut(b *testing.B) {
 				done.Add(1)
 				go func() {
 					defer done.Done()
-					batch := make([]Record, 0, 16)
+					batch := make([]record, 0, 16)
 					next := int64(1)
 					ready.Done()
 					for {
-						if j.Wait(ctx, next) != nil {
+						if j.wait(ctx, next) != nil {
 							return
 						}
-						batch, _ = j.ReadNext(next, 16, batch[:0])
-						next = batch[len(batch)-1].Offset + 1
+						batch, _ = j.readNext(next, 16, batch[:0])
+						next = batch[len(batch)-1].offset + 1
 						progress[r] <- next - 1
 					}
 				}()
@@ -115,7 +115,7 @@ func BenchmarkJournalFanOut(b *testing.B) {
 			b.ResetTimer()
 			for i := range b.N {
 				offset := int64(i + 1)
-				if err := j.AppendRecord(Record{Offset: offset, Data: data}); err != nil {
+				if err := j.append(record{offset: offset, data: data}); err != nil {
 					b.Fatal(err)
 				}
 				for _, p := range progress {
@@ -139,19 +139,19 @@ func BenchmarkJournalMemory(b *testing.B) {
 		runtime.GC()
 		var before, after runtime.MemStats
 		runtime.ReadMemStats(&before)
-		j := NewJournal(segment)
+		j := newJournal(segment)
 		// Distinct payloads, as the collector makes one per event.
 		for k := int64(1); k <= 2*segment; k++ {
-			if err := j.AppendRecord(Record{Offset: k, Data: benchPayload()}); err != nil {
+			if err := j.append(record{offset: k, data: benchPayload()}); err != nil {
 				b.Fatal(err)
 			}
 		}
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		records, bytes := j.Stats()
+		records, bytes := j.stats()
 		heap := float64(after.HeapAlloc) - float64(before.HeapAlloc)
 		b.ReportMetric(heap/float64(records)-float64(bytes)/float64(records), "overhead-B/record")
-		b.ReportMetric(float64(unsafe.Sizeof(Record{})), "entry-B")
+		b.ReportMetric(float64(unsafe.Sizeof(record{})), "entry-B")
 		runtime.KeepAlive(j)
 	}
 }

@@ -26,36 +26,36 @@ func recordData(key int64) []byte {
 
 // newTestJournal returns a journal with maxSegment holding keys, each with
 // recordData as its data.
-func newTestJournal(t *testing.T, maxSegment int, keys ...int64) *Journal {
+func newTestJournal(t *testing.T, maxSegment int, keys ...int64) *journal {
 	t.Helper()
-	j := NewJournal(maxSegment)
+	j := newJournal(maxSegment)
 	for _, k := range keys {
-		if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
+		if err := j.append(record{offset: k, data: recordData(k)}); err != nil {
 			t.Fatalf("Append(%d): %v", k, err)
 		}
 	}
 	return j
 }
 
-func offsetsOf(recs []Record) []int64 {
+func offsetsOf(recs []record) []int64 {
 	out := make([]int64, 0, len(recs))
 	for _, r := range recs {
-		out = append(out, r.Offset)
+		out = append(out, r.offset)
 	}
 	return out
 }
 
 // checkRecords fails unless recs hold exactly the keys want, in order, each
 // with its own data.
-func checkRecords(t *testing.T, what string, recs []Record, want []int64) {
+func checkRecords(t *testing.T, what string, recs []record, want []int64) {
 	t.Helper()
 	if got := offsetsOf(recs); !slices.Equal(got, want) {
 		t.Errorf("%s: offsets %v, want %v", what, got, want)
 		return
 	}
 	for _, r := range recs {
-		if string(r.Data) != string(recordData(r.Offset)) {
-			t.Errorf("%s: record %d has data %q", what, r.Offset, r.Data)
+		if string(r.data) != string(recordData(r.offset)) {
+			t.Errorf("%s: record %d has data %q", what, r.offset, r.data)
 		}
 	}
 }
@@ -96,7 +96,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 
 // hasWaiter reports whether a reader is blocked (or about to block) in Wait:
 // Wait makes the notifier's channel just before it blocks, and Append clears it.
-func hasWaiter(j *Journal) bool {
+func hasWaiter(j *journal) bool {
 	j.appends.mu.Lock()
 	defer j.appends.mu.Unlock()
 	return j.appends.next != nil
@@ -108,10 +108,10 @@ func TestJournalRollOverAndPurge(t *testing.T) {
 		t.Run(fmt.Sprintf("maxSegment=%d", n), func(t *testing.T) {
 			t.Parallel()
 			keys := journalGapKeys(4*n + 1)
-			j := NewJournal(n)
+			j := newJournal(n)
 			for count := 1; count <= len(keys); count++ {
 				k := keys[count-1]
-				if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
+				if err := j.append(record{offset: k, data: recordData(k)}); err != nil {
 					t.Fatalf("Append(%d): %v", k, err)
 				}
 				// Model: appends fill segments of n records in turn; the
@@ -123,7 +123,7 @@ func TestJournalRollOverAndPurge(t *testing.T) {
 				held := keys[first:count]
 				step := fmt.Sprintf("after %d appends", count)
 
-				earliest, latest, ok := j.Range()
+				earliest, latest, ok := j.bounds()
 				if !ok || earliest != held[0] || latest != k {
 					t.Fatalf("%s: Range() = %d, %d, %v; want %d, %d, true", step, earliest, latest, ok, held[0], k)
 				}
@@ -131,22 +131,22 @@ func TestJournalRollOverAndPurge(t *testing.T) {
 				for _, h := range held {
 					wantBytes += len(recordData(h))
 				}
-				if records, bytes := j.Stats(); records != len(held) || bytes != wantBytes {
+				if records, bytes := j.stats(); records != len(held) || bytes != wantBytes {
 					t.Fatalf("%s: Stats() = %d records, %d bytes; want %d, %d", step, records, bytes, len(held), wantBytes)
 				}
-				got, err := j.ReadFrom(held[0], len(keys), nil)
+				got, err := j.readFrom(held[0], len(keys), nil)
 				if err != nil {
 					t.Fatalf("%s: ReadFrom(earliest): %v", step, err)
 				}
 				checkRecords(t, step, got, held)
 				for _, p := range keys[:first] {
-					if _, err := j.Read(p); !errors.Is(err, ErrPurged) {
+					if _, err := j.read(p); !errors.Is(err, errPurged) {
 						t.Fatalf("%s: Read(%d) of a purged key: %v, want ErrPurged", step, p, err)
 					}
 				}
 				for _, h := range held {
-					if r, err := j.Read(h); err != nil || r.Offset != h {
-						t.Fatalf("%s: Read(%d) = %d, %v", step, h, r.Offset, err)
+					if r, err := j.read(h); err != nil || r.offset != h {
+						t.Fatalf("%s: Read(%d) = %d, %v", step, h, r.offset, err)
 					}
 				}
 				// The segments themselves: at most n records each, the
@@ -169,75 +169,75 @@ func TestJournalSegmentBoundaries(t *testing.T) {
 	const n = 4
 	keys := []int64{10, 11, 12, 13, 20, 21, 22, 23, 30}
 	j := newTestJournal(t, n, keys[:n]...)
-	if e, l, _ := j.Range(); e != 10 || l != 13 {
+	if e, l, _ := j.bounds(); e != 10 || l != 13 {
 		t.Fatalf("N records: Range = %d, %d", e, l)
 	}
-	if recs, bytes := j.Stats(); recs != n || bytes != n*len("event-10") {
+	if recs, bytes := j.stats(); recs != n || bytes != n*len("event-10") {
 		t.Fatalf("N records: Stats = %d, %d", recs, bytes)
 	}
 
 	// N+1: the full active segment is sealed as the history, nothing is lost.
-	if err := j.AppendRecord(Record{Offset: 20, Data: recordData(20)}); err != nil {
+	if err := j.append(record{offset: 20, data: recordData(20)}); err != nil {
 		t.Fatal(err)
 	}
-	if len(j.history) != n || j.history[0].Offset != 10 || len(j.active) != 1 {
+	if len(j.history) != n || j.history[0].offset != 10 || len(j.active) != 1 {
 		t.Fatalf("N+1: history %v, active %v", offsetsOf(j.history), offsetsOf(j.active))
 	}
-	if recs, _ := j.Stats(); recs != n+1 {
+	if recs, _ := j.stats(); recs != n+1 {
 		t.Fatalf("N+1: Stats records %d", recs)
 	}
 
 	for _, k := range keys[n+1 : 2*n] {
-		if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
+		if err := j.append(record{offset: k, data: recordData(k)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if e, l, _ := j.Range(); e != 10 || l != 23 {
+	if e, l, _ := j.bounds(); e != 10 || l != 23 {
 		t.Fatalf("2N records: Range = %d, %d", e, l)
 	}
 
 	// 2N+1: exactly the first segment is purged; earliest becomes the first
 	// key of the old active segment.
-	if err := j.AppendRecord(Record{Offset: 30, Data: recordData(30)}); err != nil {
+	if err := j.append(record{offset: 30, data: recordData(30)}); err != nil {
 		t.Fatal(err)
 	}
-	if e, l, _ := j.Range(); e != 20 || l != 30 {
+	if e, l, _ := j.bounds(); e != 20 || l != 30 {
 		t.Fatalf("2N+1: Range = %d, %d, want 20, 30", e, l)
 	}
-	if recs, bytes := j.Stats(); recs != n+1 || bytes != (n+1)*len("event-10") {
+	if recs, bytes := j.stats(); recs != n+1 || bytes != (n+1)*len("event-10") {
 		t.Fatalf("2N+1: Stats = %d, %d", recs, bytes)
 	}
 	for _, k := range keys[:n] {
-		if _, err := j.Read(k); !errors.Is(err, ErrPurged) {
+		if _, err := j.read(k); !errors.Is(err, errPurged) {
 			t.Errorf("2N+1: Read(%d) = %v, want ErrPurged", k, err)
 		}
 	}
-	if r, err := j.Read(20); err != nil || string(r.Data) != "event-20" {
-		t.Errorf("2N+1: Read(20) = %q, %v", r.Data, err)
+	if r, err := j.read(20); err != nil || string(r.data) != "event-20" {
+		t.Errorf("2N+1: Read(20) = %q, %v", r.data, err)
 	}
 }
 
 func TestJournalEmpty(t *testing.T) {
 	t.Parallel()
-	j := NewJournal(3)
-	if e, l, ok := j.Range(); ok {
+	j := newJournal(3)
+	if e, l, ok := j.bounds(); ok {
 		t.Errorf("Range() = %d, %d, true on an empty journal", e, l)
 	}
-	if recs, bytes := j.Stats(); recs != 0 || bytes != 0 {
+	if recs, bytes := j.stats(); recs != 0 || bytes != 0 {
 		t.Errorf("Stats() = %d, %d", recs, bytes)
 	}
 	for _, off := range []int64{0, 1, 1000} {
-		if _, err := j.Read(off); !errors.Is(err, ErrNotFound) {
+		if _, err := j.read(off); !errors.Is(err, errNotFound) {
 			t.Errorf("Read(%d) = %v, want ErrNotFound", off, err)
 		}
-		if got, err := j.ReadFrom(off, 10, nil); err != nil || len(got) != 0 {
+		if got, err := j.readFrom(off, 10, nil); err != nil || len(got) != 0 {
 			t.Errorf("ReadFrom(%d) = %v, %v; want nothing", off, offsetsOf(got), err)
 		}
-		if got, err := j.ReadNext(off, 10, nil); err != nil || len(got) != 0 {
+		if got, err := j.readNext(off, 10, nil); err != nil || len(got) != 0 {
 			t.Errorf("ReadNext(%d) = %v, %v; want nothing", off, offsetsOf(got), err)
 		}
 	}
-	if got := j.ReadLast(10, nil); len(got) != 0 {
+	if got := j.readLast(10, nil); len(got) != 0 {
 		t.Errorf("ReadLast = %v", offsetsOf(got))
 	}
 }
@@ -247,7 +247,7 @@ func TestJournalMinimumSegment(t *testing.T) {
 	for _, n := range []int{0, -5} {
 		j := newTestJournal(t, n, 1, 2, 3)
 		// Treated as 1: two records held.
-		if e, l, _ := j.Range(); e != 2 || l != 3 {
+		if e, l, _ := j.bounds(); e != 2 || l != 3 {
 			t.Errorf("NewJournal(%d): Range = %d, %d; want 2, 3", n, e, l)
 		}
 	}
@@ -265,27 +265,27 @@ func TestJournalReadGaps(t *testing.T) {
 		offset int64
 		err    error
 	}{
-		{0, ErrPurged},
-		{9, ErrPurged},
+		{0, errPurged},
+		{9, errPurged},
 		{10, nil},
 		{11, nil},
-		{12, ErrNotFound},
-		{14, ErrNotFound},
+		{12, errNotFound},
+		{14, errNotFound},
 		{15, nil},
-		{17, ErrNotFound},
+		{17, errNotFound},
 		{20, nil},
-		{21, ErrNotFound},
-		{1 << 40, ErrNotFound},
+		{21, errNotFound},
+		{1 << 40, errNotFound},
 	} {
-		r, err := j.Read(tc.offset)
+		r, err := j.read(tc.offset)
 		if tc.err != nil {
 			if !errors.Is(err, tc.err) {
 				t.Errorf("Read(%d) = %v, want %v", tc.offset, err, tc.err)
 			}
 			continue
 		}
-		if err != nil || r.Offset != tc.offset || string(r.Data) != string(recordData(tc.offset)) {
-			t.Errorf("Read(%d) = {%d %q}, %v", tc.offset, r.Offset, r.Data, err)
+		if err != nil || r.offset != tc.offset || string(r.data) != string(recordData(tc.offset)) {
+			t.Errorf("Read(%d) = {%d %q}, %v", tc.offset, r.offset, r.data, err)
 		}
 	}
 
@@ -295,8 +295,8 @@ func TestJournalReadGaps(t *testing.T) {
 		want   []int64
 		err    error
 	}{
-		{offset: 0, limit: 10, err: ErrPurged},
-		{offset: 9, limit: 10, err: ErrPurged},
+		{offset: 0, limit: 10, err: errPurged},
+		{offset: 9, limit: 10, err: errPurged},
 		{offset: 10, limit: 10, want: []int64{10, 11, 15, 20}},
 		{offset: 12, limit: 10, want: []int64{15, 20}},
 		{offset: 12, limit: 1, want: []int64{15}},
@@ -311,7 +311,7 @@ func TestJournalReadGaps(t *testing.T) {
 		{offset: 1 << 40, limit: 10, want: []int64{}},
 	} {
 		name := fmt.Sprintf("ReadFrom(%d, %d)", tc.offset, tc.limit)
-		got, err := j.ReadFrom(tc.offset, tc.limit, nil)
+		got, err := j.readFrom(tc.offset, tc.limit, nil)
 		if tc.err != nil {
 			if !errors.Is(err, tc.err) || len(got) != 0 {
 				t.Errorf("%s = %v, %v; want %v", name, offsetsOf(got), err, tc.err)
@@ -326,8 +326,8 @@ func TestJournalReadGaps(t *testing.T) {
 	}
 
 	// dst is extended, not overwritten.
-	prefix := []Record{{Offset: -1}}
-	got, err := j.ReadFrom(15, 10, prefix)
+	prefix := []record{{offset: -1}}
+	got, err := j.readFrom(15, 10, prefix)
 	if err != nil || !slices.Equal(offsetsOf(got), []int64{-1, 15, 20}) {
 		t.Errorf("ReadFrom into a non-empty dst = %v, %v", offsetsOf(got), err)
 	}
@@ -344,9 +344,9 @@ func TestJournalReadGaps(t *testing.T) {
 		{4, []int64{10, 11, 15, 20}},
 		{100, []int64{10, 11, 15, 20}},
 	} {
-		checkRecords(t, fmt.Sprintf("ReadLast(%d)", tc.limit), j.ReadLast(tc.limit, nil), tc.want)
+		checkRecords(t, fmt.Sprintf("ReadLast(%d)", tc.limit), j.readLast(tc.limit, nil), tc.want)
 	}
-	checkRecords(t, "ReadLast with only an active segment", newTestJournal(t, 5, 3, 7, 9).ReadLast(2, nil), []int64{7, 9})
+	checkRecords(t, "ReadLast with only an active segment", newTestJournal(t, 5, 3, 7, 9).readLast(2, nil), []int64{7, 9})
 	for _, tc := range []struct {
 		before int64
 		limit  int
@@ -359,33 +359,33 @@ func TestJournalReadGaps(t *testing.T) {
 		{10, 5, []int64{}}, // nothing below the earliest
 		{12, 0, []int64{}},
 	} {
-		checkRecords(t, fmt.Sprintf("ReadBefore(%d, %d)", tc.before, tc.limit), j.ReadBefore(tc.before, tc.limit, nil), tc.want)
+		checkRecords(t, fmt.Sprintf("ReadBefore(%d, %d)", tc.before, tc.limit), j.readBefore(tc.before, tc.limit, nil), tc.want)
 	}
 
 	// After a purge, everything below the new earliest is purged, gaps
 	// included: history [15 20], active [30].
-	if err := j.AppendRecord(Record{Offset: 30, Data: recordData(30)}); err != nil {
+	if err := j.append(record{offset: 30, data: recordData(30)}); err != nil {
 		t.Fatal(err)
 	}
 	for _, off := range []int64{10, 11, 12, 14} {
-		if _, err := j.Read(off); !errors.Is(err, ErrPurged) {
+		if _, err := j.read(off); !errors.Is(err, errPurged) {
 			t.Errorf("after purge: Read(%d) = %v, want ErrPurged", off, err)
 		}
-		if _, err := j.ReadFrom(off, 10, nil); !errors.Is(err, ErrPurged) {
+		if _, err := j.readFrom(off, 10, nil); !errors.Is(err, errPurged) {
 			t.Errorf("after purge: ReadFrom(%d) = %v, want ErrPurged", off, err)
 		}
 	}
-	checkRecords(t, "after purge: ReadLast(10)", j.ReadLast(10, nil), []int64{15, 20, 30})
+	checkRecords(t, "after purge: ReadLast(10)", j.readLast(10, nil), []int64{15, 20, 30})
 }
 
 func TestJournalReadNextAfterPurge(t *testing.T) {
 	t.Parallel()
 	type readerCase struct {
 		next int64
-		want []int64 // nil: ErrPurged
+		want []int64 // nil: errPurged
 	}
 	// The stages run in order on one journal with maxSegment 2.
-	j := NewJournal(2)
+	j := newJournal(2)
 	for _, stage := range []struct {
 		name   string
 		append []int64
@@ -432,15 +432,15 @@ func TestJournalReadNextAfterPurge(t *testing.T) {
 		},
 	}} {
 		for _, k := range stage.append {
-			if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
+			if err := j.append(record{offset: k, data: recordData(k)}); err != nil {
 				t.Fatal(err)
 			}
 		}
 		for _, c := range stage.cases {
 			name := fmt.Sprintf("%s: ReadNext(%d)", stage.name, c.next)
-			got, err := j.ReadNext(c.next, 10, nil)
+			got, err := j.readNext(c.next, 10, nil)
 			if c.want == nil {
-				if !errors.Is(err, ErrPurged) || len(got) != 0 {
+				if !errors.Is(err, errPurged) || len(got) != 0 {
 					t.Errorf("%s = %v, %v; want ErrPurged", name, offsetsOf(got), err)
 				}
 				continue
@@ -452,11 +452,11 @@ func TestJournalReadNextAfterPurge(t *testing.T) {
 			checkRecords(t, name, got, c.want)
 		}
 		// A limit still applies across the segments.
-		if got, err := j.ReadNext(0, 0, nil); len(got) != 0 && err == nil {
+		if got, err := j.readNext(0, 0, nil); len(got) != 0 && err == nil {
 			t.Errorf("%s: ReadNext with limit 0 = %v", stage.name, offsetsOf(got))
 		}
 	}
-	if got, err := j.ReadNext(22, 2, nil); err != nil || !slices.Equal(offsetsOf(got), []int64{30, 31}) {
+	if got, err := j.readNext(22, 2, nil); err != nil || !slices.Equal(offsetsOf(got), []int64{30, 31}) {
 		t.Errorf("ReadNext(22, 2) = %v, %v; want [30 31]", offsetsOf(got), err)
 	}
 }
@@ -475,25 +475,25 @@ func TestJournalAppendOutOfOrder(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			j := newTestJournal(t, 2, tc.keys...)
-			e0, l0, _ := j.Range()
-			r0, b0 := j.Stats()
-			all0, _ := j.ReadFrom(e0, 100, nil)
+			e0, l0, _ := j.bounds()
+			r0, b0 := j.stats()
+			all0, _ := j.readFrom(e0, 100, nil)
 			latest := tc.keys[len(tc.keys)-1]
 			for _, bad := range []int64{latest, latest - 1, tc.keys[0], tc.keys[0] - 1, 0, -1} {
-				if err := j.AppendRecord(Record{Offset: bad, Data: []byte("bad")}); !errors.Is(err, ErrOutOfOrder) {
+				if err := j.append(record{offset: bad, data: []byte("bad")}); !errors.Is(err, errOutOfOrder) {
 					t.Errorf("Append(%d) after %v = %v, want ErrOutOfOrder", bad, tc.keys, err)
 				}
 			}
-			if e, l, _ := j.Range(); e != e0 || l != l0 {
+			if e, l, _ := j.bounds(); e != e0 || l != l0 {
 				t.Errorf("Range changed from %d, %d to %d, %d", e0, l0, e, l)
 			}
-			if r, b := j.Stats(); r != r0 || b != b0 {
+			if r, b := j.stats(); r != r0 || b != b0 {
 				t.Errorf("Stats changed from %d, %d to %d, %d", r0, b0, r, b)
 			}
-			all, _ := j.ReadFrom(e0, 100, nil)
+			all, _ := j.readFrom(e0, 100, nil)
 			checkRecords(t, "records after rejected appends", all, offsetsOf(all0))
 			// The journal still takes the next key.
-			if err := j.AppendRecord(Record{Offset: latest + 1, Data: recordData(latest + 1)}); err != nil {
+			if err := j.append(record{offset: latest + 1, data: recordData(latest + 1)}); err != nil {
 				t.Errorf("Append(%d) after the rejected ones: %v", latest+1, err)
 			}
 		})
@@ -502,55 +502,55 @@ func TestJournalAppendOutOfOrder(t *testing.T) {
 
 func TestJournalSharesRecords(t *testing.T) {
 	t.Parallel()
-	j := NewJournal(2)
+	j := newJournal(2)
 	data := make([]byte, 3, 64)
 	copy(data, "abc")
-	if err := j.AppendRecord(Record{Offset: 7, Data: data}); err != nil {
+	if err := j.append(record{offset: 7, data: data}); err != nil {
 		t.Fatal(err)
 	}
-	same := func(what string, r Record) {
+	same := func(what string, r record) {
 		t.Helper()
-		if r.Offset != 7 {
-			t.Errorf("%s: got record %d, want 7", what, r.Offset)
+		if r.offset != 7 {
+			t.Errorf("%s: got record %d, want 7", what, r.offset)
 			return
 		}
-		if len(r.Data) != len(data) || cap(r.Data) != cap(data) || &r.Data[0] != &data[0] {
+		if len(r.data) != len(data) || cap(r.data) != cap(data) || &r.data[0] != &data[0] {
 			t.Errorf("%s: Data is a copy, want the appended slice", what)
 		}
 	}
-	r, err := j.Read(7)
+	r, err := j.read(7)
 	if err != nil {
 		t.Fatal(err)
 	}
 	same("Read", r)
-	first := func(recs []Record, err error) Record {
+	first := func(recs []record, err error) record {
 		if err != nil || len(recs) == 0 {
-			return Record{}
+			return record{}
 		}
 		return recs[0]
 	}
-	same("ReadFrom", first(j.ReadFrom(7, 1, nil)))
-	same("ReadNext", first(j.ReadNext(-1, 1, nil)))
-	same("ReadLast", first(j.ReadLast(1, nil), nil))
+	same("ReadFrom", first(j.readFrom(7, 1, nil)))
+	same("ReadNext", first(j.readNext(-1, 1, nil)))
+	same("ReadLast", first(j.readLast(1, nil), nil))
 
 	// Records read out stay intact when their segment is purged and its
 	// array reused for new appends.
-	batch, _ := j.ReadFrom(7, 10, nil)
+	batch, _ := j.readFrom(7, 10, nil)
 	for k := int64(8); k < 20; k++ {
-		if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
+		if err := j.append(record{offset: k, data: recordData(k)}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if len(batch) != 1 || batch[0].Offset != 7 || string(batch[0].Data) != "abc" {
+	if len(batch) != 1 || batch[0].offset != 7 || string(batch[0].data) != "abc" {
 		t.Fatalf("record read before the purge changed to %v", batch)
 	}
 	same("record read before the purge", batch[0])
 }
 
 // startWait runs j.Wait(ctx, offset) in a goroutine and delivers its result.
-func startWait(ctx context.Context, j *Journal, offset int64) <-chan error {
+func startWait(ctx context.Context, j *journal, offset int64) <-chan error {
 	done := make(chan error, 1)
-	go func() { done <- j.Wait(ctx, offset) }()
+	go func() { done <- j.wait(ctx, offset) }()
 	return done
 }
 
@@ -575,14 +575,14 @@ func TestJournalWaitReturnsAtOnce(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	for _, off := range []int64{0, 10, 12, 20, 25, 30} {
-		if err := j.Wait(ctx, off); err != nil {
+		if err := j.wait(ctx, off); err != nil {
 			t.Errorf("Wait(%d) with latest 30 = %v, want nil at once", off, err)
 		}
 	}
-	if err := j.Wait(ctx, 31); !errors.Is(err, context.Canceled) {
+	if err := j.wait(ctx, 31); !errors.Is(err, context.Canceled) {
 		t.Errorf("Wait(31) with a cancelled context = %v, want context.Canceled", err)
 	}
-	if err := NewJournal(2).Wait(ctx, 0); !errors.Is(err, context.Canceled) {
+	if err := newJournal(2).wait(ctx, 0); !errors.Is(err, context.Canceled) {
 		t.Errorf("Wait(0) on an empty journal with a cancelled context = %v, want context.Canceled", err)
 	}
 }
@@ -618,7 +618,7 @@ func TestJournalWaitWokenByAppend(t *testing.T) {
 					}
 					return hasWaiter(j)
 				})
-				if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
+				if err := j.append(record{offset: k, data: recordData(k)}); err != nil {
 					t.Fatal(err)
 				}
 			}
@@ -631,7 +631,7 @@ func TestJournalWaitWokenByAppend(t *testing.T) {
 				}
 				return hasWaiter(j)
 			})
-			if err := j.AppendRecord(Record{Offset: tc.release, Data: recordData(tc.release)}); err != nil {
+			if err := j.append(record{offset: tc.release, data: recordData(tc.release)}); err != nil {
 				t.Fatal(err)
 			}
 			if err := waitResult(t, "after the append", done); err != nil {
@@ -669,10 +669,10 @@ func TestJournalWaitCancelled(t *testing.T) {
 				t.Errorf("Wait past its deadline = %v, want context.DeadlineExceeded", err)
 			}
 			// The journal still works for others.
-			if err := j.AppendRecord(Record{Offset: tc.wait, Data: recordData(tc.wait)}); err != nil {
+			if err := j.append(record{offset: tc.wait, data: recordData(tc.wait)}); err != nil {
 				t.Fatal(err)
 			}
-			if err := j.Wait(context.Background(), tc.wait); err != nil {
+			if err := j.wait(context.Background(), tc.wait); err != nil {
 				t.Errorf("Wait after the append = %v", err)
 			}
 		})
@@ -681,11 +681,11 @@ func TestJournalWaitCancelled(t *testing.T) {
 
 // manyWaitersWait is the body of each goroutine of TestJournalWaitManyWaiters;
 // its name lets the test find these goroutines in a stack dump.
-func manyWaitersWait(ctx context.Context, j *Journal, offset int64, done chan<- error) {
-	done <- j.Wait(ctx, offset)
+func manyWaitersWait(ctx context.Context, j *journal, offset int64, done chan<- error) {
+	done <- j.wait(ctx, offset)
 }
 
-// blockedWaiters counts the goroutines blocked in Journal.Wait that were
+// blockedWaiters counts the goroutines blocked in journal.wait that were
 // started as manyWaitersWait. (Frames are named after the package's import
 // path in a test binary, "main" otherwise: match the suffix.)
 func blockedWaiters() int {
@@ -702,7 +702,7 @@ func blockedWaiters() int {
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		header, _, _ := strings.Cut(g, "\n")
 		if strings.Contains(header, "[select") &&
-			strings.Contains(g, ".(*Journal).Wait(") &&
+			strings.Contains(g, ".(*journal).wait(") &&
 			strings.Contains(g, ".manyWaitersWait(") {
 			count++
 		}
@@ -722,7 +722,7 @@ func TestJournalWaitManyWaiters(t *testing.T) {
 		go manyWaitersWait(ctx, j, int64(4+i), done)
 	}
 	eventually(t, "every reader to block in Wait", func() bool { return blockedWaiters() == waiters })
-	if err := j.AppendRecord(Record{Offset: 100, Data: recordData(100)}); err != nil {
+	if err := j.append(record{offset: 100, data: recordData(100)}); err != nil {
 		t.Fatal(err)
 	}
 	for i := range waiters {
@@ -737,18 +737,18 @@ func TestJournalWaitManyWaiters(t *testing.T) {
 	}
 }
 
-// followJournal reads j from the writer's first key with ReadNext and Wait as a watch does,
+// followJournal reads j from the writer's first key with readNext and Wait as a watch does,
 // checking each record against keys, the writer's sequence: every record
 // must be the key following the previous one seen. It returns how many keys
 // it saw and the error that ended it (nil once it saw them all). onSeen, if
 // not nil, is told the count after each batch.
-func followJournal(ctx context.Context, j *Journal, keys []int64, limit int, yield bool, onSeen func(int)) (int, error) {
+func followJournal(ctx context.Context, j *journal, keys []int64, limit int, yield bool, onSeen func(int)) (int, error) {
 	seen := 0
-	next := keys[0] // from the writer's first key: all or ErrPurged
-	batch := make([]Record, 0, limit)
+	next := keys[0] // from the writer's first key: all or errPurged
+	batch := make([]record, 0, limit)
 	for seen < len(keys) {
 		var err error
-		batch, err = j.ReadNext(next, limit, batch[:0])
+		batch, err = j.readNext(next, limit, batch[:0])
 		if err != nil {
 			return seen, err
 		}
@@ -756,24 +756,24 @@ func followJournal(ctx context.Context, j *Journal, keys []int64, limit int, yie
 			return seen, fmt.Errorf("ReadNext(%d, %d) gave %d records", next, limit, len(batch))
 		}
 		if len(batch) == 0 {
-			if err := j.Wait(ctx, next); err != nil {
+			if err := j.wait(ctx, next); err != nil {
 				return seen, fmt.Errorf("Wait(%d) after %d keys: %w", next, seen, err)
 			}
 			continue
 		}
 		for _, r := range batch {
-			if seen == len(keys) || r.Offset != keys[seen] {
+			if seen == len(keys) || r.offset != keys[seen] {
 				prev := "nothing"
 				if seen > 0 {
 					prev = strconv.FormatInt(keys[seen-1], 10)
 				}
-				return seen, fmt.Errorf("after %s got key %d, want %d (a skip or duplicate)", prev, r.Offset, keys[min(seen, len(keys)-1)])
+				return seen, fmt.Errorf("after %s got key %d, want %d (a skip or duplicate)", prev, r.offset, keys[min(seen, len(keys)-1)])
 			}
-			if string(r.Data) != string(recordData(r.Offset)) {
-				return seen, fmt.Errorf("record %d has data %q", r.Offset, r.Data)
+			if string(r.data) != string(recordData(r.offset)) {
+				return seen, fmt.Errorf("record %d has data %q", r.offset, r.data)
 			}
 			seen++
-			next = r.Offset + 1
+			next = r.offset + 1
 		}
 		if onSeen != nil {
 			onSeen(seen)
@@ -822,7 +822,7 @@ func TestJournalConcurrentReaders(t *testing.T) {
 		name       string
 		maxSegment int
 		// small: the journal holds fewer than all keys, so readers may fall
-		// behind and get ErrPurged, except reader 0, which the writer waits
+		// behind and get errPurged, except reader 0, which the writer waits
 		// for so that it is never more than a segment behind: it must see
 		// every key through all the roll-overs and purges.
 		small bool
@@ -837,7 +837,7 @@ func TestJournalConcurrentReaders(t *testing.T) {
 			t.Parallel()
 			ctx, cancel := context.WithTimeout(context.Background(), journalTestTimeout)
 			defer cancel()
-			j := NewJournal(tc.maxSegment)
+			j := newJournal(tc.maxSegment)
 			pace := newPacer()
 			start := make(chan struct{})
 			var wg sync.WaitGroup
@@ -861,11 +861,11 @@ func TestJournalConcurrentReaders(t *testing.T) {
 						mu.Lock()
 						finished++
 						mu.Unlock()
-					case tc.small && r != 0 && errors.Is(err, ErrPurged):
+					case tc.small && r != 0 && errors.Is(err, errPurged):
 						// Legitimate only if the key the reader had not
 						// yet seen is gone; earliest only grows, so it is
 						// still gone now.
-						if earliest, _, _ := j.Range(); earliest <= keys[seen] {
+						if earliest, _, _ := j.bounds(); earliest <= keys[seen] {
 							t.Errorf("reader %d: ErrPurged after %d keys, but key %d is held (earliest %d)", r, seen, keys[seen], earliest)
 						}
 						mu.Lock()
@@ -884,7 +884,7 @@ func TestJournalConcurrentReaders(t *testing.T) {
 					if tc.small {
 						pace.waitFor(i - tc.maxSegment + 1)
 					}
-					if err := j.AppendRecord(Record{Offset: k, Data: recordData(k)}); err != nil {
+					if err := j.append(record{offset: k, data: recordData(k)}); err != nil {
 						writerErr <- fmt.Errorf("Append(%d): %w", k, err)
 						cancel() // release the readers
 						return
@@ -913,7 +913,7 @@ func TestJournalConcurrentReaders(t *testing.T) {
 			if want > tc.maxSegment {
 				want = tc.maxSegment + (len(keys)-1)%tc.maxSegment + 1
 			}
-			if records, _ := j.Stats(); records != want {
+			if records, _ := j.stats(); records != want {
 				t.Errorf("Stats records %d after %d appends with maxSegment %d, want %d", records, len(keys), tc.maxSegment, want)
 			}
 		})
@@ -929,13 +929,13 @@ func TestJournalRoomBefore(t *testing.T) {
 	const segment = 3
 	for held := 0; held <= 3*segment; held++ {
 		for offset := int64(1); offset <= int64(held)+2; offset++ {
-			j := NewJournal(segment)
+			j := newJournal(segment)
 			for k := int64(1); k <= int64(held); k++ {
-				if err := j.AppendRecord(Record{Offset: k, Data: nil}); err != nil {
+				if err := j.append(record{offset: k, data: nil}); err != nil {
 					t.Fatal(err)
 				}
 			}
-			if earliest, _, ok := j.Range(); ok && offset < earliest {
+			if earliest, _, ok := j.bounds(); ok && offset < earliest {
 				continue // purged already
 			}
 			room := j.roomBefore(offset)
@@ -944,21 +944,21 @@ func TestJournalRoomBefore(t *testing.T) {
 			// still held; one more purges it.
 			next := int64(held) + 1
 			for range room {
-				if err := j.AppendRecord(Record{Offset: next, Data: nil}); err != nil {
+				if err := j.append(record{offset: next, data: nil}); err != nil {
 					t.Fatal(err)
 				}
 				next++
 			}
-			if earliest, _, _ := j.Range(); earliest > offset {
+			if earliest, _, _ := j.bounds(); earliest > offset {
 				t.Errorf("%d held, offset %d: purged within the room of %d", held, offset, room)
 			}
 			if offset > int64(held) {
 				continue // not yet appended: the room is a lower bound
 			}
-			if err := j.AppendRecord(Record{Offset: next, Data: nil}); err != nil {
+			if err := j.append(record{offset: next, data: nil}); err != nil {
 				t.Fatal(err)
 			}
-			if earliest, _, _ := j.Range(); earliest <= offset {
+			if earliest, _, _ := j.bounds(); earliest <= offset {
 				t.Errorf("%d held, offset %d: still held after room %d + 1 appends", held, offset, room)
 			}
 			if room == 0 && (!purges || through < offset) {

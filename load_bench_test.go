@@ -118,7 +118,7 @@ func BenchmarkLatency(b *testing.B) {
 	for _, rate := range []int{10, 100, 1000} {
 		b.Run(fmt.Sprintf("rate=%d", rate), func(b *testing.B) {
 			_, vc, srv, first := latencyServer(b)
-			w := openLightWatch(b, http.DefaultClient, srv.URL+"/api/v1/events?watch=true")
+			w := openLightWatch(b, http.DefaultClient, srv.url+"/api/v1/events?watch=true")
 			n := 5 * rate * b.N
 			received := make([]time.Time, n)
 			var returned []time.Time
@@ -164,7 +164,7 @@ func BenchmarkFanOut(b *testing.B) {
 	var wg sync.WaitGroup
 	errs := make(chan error, watchers)
 	for i := range watchers {
-		w := openLightWatch(b, client, srv.URL+"/api/v1/events?watch=true")
+		w := openLightWatch(b, client, srv.url+"/api/v1/events?watch=true")
 		received[i] = make([]time.Time, n)
 		wg.Go(func() {
 			for range n {
@@ -220,8 +220,8 @@ func cpuTime(b *testing.B) time.Duration {
 // over 10 s (half NDJSON, half SSE with the default 15 s heartbeat).
 func BenchmarkIdleWatchers(b *testing.B) {
 	const watchers, idle = 1000, 10 * time.Second
-	j := NewJournal(1000)
-	_ = j.AppendRecord(Record{Offset: 1, Data: []byte(`{"id":"1"}`)})
+	j := newJournal(1000)
+	_ = j.append(record{offset: 1, data: []byte(`{"id":"1"}`)})
 	srv := httptest.NewServer(newHandler(handlerDeps{journal: j, log: apiLogger()}))
 	b.Cleanup(srv.Close)
 	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: watchers}}
@@ -271,10 +271,10 @@ func BenchmarkMemory(b *testing.B) {
 	const segment, size = 10000, 1 << 10
 	const mib = 1 << 20
 	for range b.N {
-		j := NewJournal(segment)
+		j := newJournal(segment)
 		for k := int64(1); k <= 3*segment; k++ { // a third more: a purge happened
 			data := bytes.Repeat([]byte{'x'}, size)
-			if err := j.AppendRecord(Record{Offset: k, Data: data, Type: "vmware.vsphere.VmPoweredOnEvent.v0", Class: ClassEvent}); err != nil {
+			if err := j.append(record{offset: k, data: data, eventType: "vmware.vsphere.VmPoweredOnEvent.v0", class: classEvent}); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -282,7 +282,7 @@ func BenchmarkMemory(b *testing.B) {
 		debug.FreeOSMemory()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		_, payload := j.Stats()
+		_, payload := j.stats()
 		rss := rssBytes(b)
 		b.ReportMetric(float64(payload)/mib, "payload-MiB")
 		b.ReportMetric(float64(ms.HeapAlloc)/mib, "heap-MiB")
@@ -351,7 +351,7 @@ func BenchmarkIngest(b *testing.B) {
 				// Log in first: only the posted events come after the watch opens.
 				s := sessions(b, sim)
 				waitForKey(b, srv, s[0].latestKey(b))
-				w := openLightWatch(b, http.DefaultClient, srv.URL+"/api/v1/events?watch=true")
+				w := openLightWatch(b, http.DefaultClient, srv.url+"/api/v1/events?watch=true")
 				start := time.Now()
 				done := make(chan int, 1)
 				go func() {

@@ -47,9 +47,9 @@ const (
 	sessionCookieSecure = "__Host-" + sessionCookie
 )
 
-// ErrSessionExpired ends the open requests (watches) a browser session
+// errSessionExpired ends the open requests (watches) a browser session
 // admitted when the session expires: the page then signs in again.
-var ErrSessionExpired = errors.New("browser session expired")
+var errSessionExpired = errors.New("browser session expired")
 
 // sessionCookieName is the cookie's name for the request's connection.
 func sessionCookieName(r *http.Request) string {

@@ -88,9 +88,9 @@ func parseFlags(args []string, stderr io.Writer) (options, error) {
 // it: what a test waits on, rather than on the log.
 type running struct {
 	addr    net.Addr // where it listens
-	journal *Journal
-	status  *CollectorStatus
-	sink    *SinkStatus   // nil without a sink
+	journal *journal
+	status  *collectorStatus
+	sink    *sinkStatus   // nil without a sink
 	tokens  *tokenAuth    // nil without API_TOKENS_PATH
 	certs   *certReloader // nil without TLS
 }
@@ -112,7 +112,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	level := slog.LevelInfo
-	if cfg.Debug {
+	if cfg.debug {
 		level = slog.LevelDebug
 	}
 	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
@@ -120,14 +120,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	// not wait for them, run does.
 	taken := new(takenWatches)
 	var auth *tokenAuth
-	if cfg.TokensPath != "" {
-		if auth, err = newTokenAuth(cfg.TokensPath, log); err != nil {
+	if cfg.tokensPath != "" {
+		if auth, err = newTokenAuth(cfg.tokensPath, log); err != nil {
 			return err
 		}
 	}
 	var certs *certReloader
-	if cfg.TLSCertFile != "" {
-		if certs, err = newCertReloader(cfg.TLSCertFile, cfg.TLSKeyFile, log); err != nil {
+	if cfg.tlsCertFile != "" {
+		if certs, err = newCertReloader(cfg.tlsCertFile, cfg.tlsKeyFile, log); err != nil {
 			return err
 		}
 	}
@@ -141,9 +141,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			cancel(nil)
 			return err
 		}
-		defer sim.Close()
-		cfg.VCenterURL, cfg.Username, cfg.Password, cfg.Insecure = sim.URL, sim.Username, sim.Password, true
-		log.Info("started vCenter simulator", "url", sim.URL.String())
+		defer sim.close()
+		cfg.vcenterURL, cfg.username, cfg.password, cfg.insecure = sim.url, sim.username, sim.password, true
+		log.Info("started vCenter simulator", "url", sim.url.String())
 	}
 	// On the way out: cancel, wait for every goroutine (the collector logs
 	// out), and only then stop the simulator.
@@ -160,30 +160,30 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		})
 	}
 
-	journal := NewJournal(cfg.MaxSegmentSize)
+	journal := newJournal(cfg.maxSegmentSize)
 	status := newCollectorStatus(opts.collector.stuckAfter())
 	// Without a sink there is no deliverer, and no pace for the collector.
 	var (
-		sink       *Deliverer
-		pace       *sinkPace
-		sinkStatus *SinkStatus
+		sink     *deliverer
+		pace     *sinkPace
+		delivery *sinkStatus
 	)
-	if cfg.Sink.URL != nil {
+	if cfg.sink.url != nil {
 		// A sink that retries one event, timing out and backing off, is
 		// still taking events.
-		if pace, err = newSinkPace(cfg.Sink, max(sinkPatience, 2*cfg.Sink.Timeout+sinkBackoffMax), status); err != nil {
+		if pace, err = newSinkPace(cfg.sink, max(sinkPatience, 2*cfg.sink.timeout+sinkBackoffMax), status); err != nil {
 			return err
 		}
-		if sink, err = newDeliverer(cfg.Sink, journal, pace, log); err != nil {
+		if sink, err = newDeliverer(cfg.sink, journal, pace, log); err != nil {
 			return err
 		}
-		sinkStatus = sink.status
+		delivery = sink.status
 	}
 	collector := newCollector(cfg, opts.collector, journal, status, pace, log)
 
-	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.Port)))
+	ln, err := net.Listen("tcp", net.JoinHostPort("", strconv.Itoa(cfg.port)))
 	if err != nil {
-		return fmt.Errorf("listen on port %d: %w", cfg.Port, err)
+		return fmt.Errorf("listen on port %d: %w", cfg.port, err)
 	}
 	// Requests live in a context of their own, ended at shutdown: it is
 	// what ends open watches, which http.Server.Shutdown would wait for.
@@ -191,7 +191,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	defer endRequests()
 	srv := &http.Server{
 		Handler: newHandler(handlerDeps{
-			journal: journal, status: status, log: log, sink: sinkStatus, auth: auth, taken: taken,
+			journal: journal, status: status, log: log, sink: delivery, auth: auth, taken: taken,
 			maxWatches: opts.maxWatches,
 		}),
 		ReadHeaderTimeout: readHeaderTimeout,
@@ -221,17 +221,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		}
 	})
 	if auth != nil {
-		workers.Go(func() { keepRunning(ctx, log, "token reload", auth.Run) })
+		workers.Go(func() { keepRunning(ctx, log, "token reload", auth.run) })
 	}
 	if certs != nil {
-		workers.Go(func() { keepRunning(ctx, log, "certificate reload", certs.Run) })
+		workers.Go(func() { keepRunning(ctx, log, "certificate reload", certs.run) })
 	}
-	workers.Go(func() { keepRunning(ctx, log, "vCenter collector", collector.Run) })
+	workers.Go(func() { keepRunning(ctx, log, "vCenter collector", collector.run) })
 	if sink != nil {
-		workers.Go(func() { keepRunning(ctx, log, "sink delivery", sink.Run) })
+		workers.Go(func() { keepRunning(ctx, log, "sink delivery", sink.run) })
 	}
 	if started != nil {
-		started(running{addr: ln.Addr(), journal: journal, status: status, sink: sinkStatus, tokens: auth, certs: certs})
+		started(running{addr: ln.Addr(), journal: journal, status: status, sink: delivery, tokens: auth, certs: certs})
 	}
 
 	<-ctx.Done()

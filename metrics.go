@@ -110,7 +110,7 @@ func instrument(next http.Handler, m *httpMetrics, log *slog.Logger) http.Handle
 }
 
 // handleMetrics serves the metrics in the Prometheus text exposition format.
-func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, watches *watchLimit, sink *SinkStatus) routeHandler {
+func handleMetrics(j *journal, status *collectorStatus, m *httpMetrics, watches *watchLimit, sink *sinkStatus) routeHandler {
 	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
 		w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 		w.Header().Set("Cache-Control", "no-store")
@@ -123,9 +123,9 @@ func handleMetrics(j *Journal, status *CollectorStatus, m *httpMetrics, watches 
 	}
 }
 
-func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpMetrics, watches *watchLimit) {
+func writeMetrics(w *bufio.Writer, j *journal, status *collectorStatus, m *httpMetrics, watches *watchLimit) {
 	metric := func(name, kind, help string, value float64) { writeMetric(w, name, kind, help, value) }
-	records, bytes := j.Stats()
+	records, bytes := j.stats()
 	metric("events_ingested_total", "counter", "Events read from vCenter and appended to the journal.", float64(status.ingested.Load()))
 	metric("events_skipped_total", "counter", "Events read from vCenter again after a reconnect and skipped as already held.", float64(status.skipped.Load()))
 	metric("events_unknown_type_total", "counter", "Events of a type this server's vSphere SDK does not know, served with their own type name.", float64(status.unknownTypes.Load()))
@@ -133,14 +133,14 @@ func writeMetrics(w *bufio.Writer, j *Journal, status *CollectorStatus, m *httpM
 	metric("events_unreadable_total", "counter", "Events read from vCenter whose key could not be read: not appended, logged.", float64(status.unreadable.Load()))
 	metric("journal_records", "gauge", "Records held in the journal.", float64(records))
 	metric("journal_bytes", "gauge", "Bytes of CloudEvent JSON held in the journal.", float64(bytes))
-	if earliest, latest, ok := j.Range(); ok {
+	if earliest, latest, ok := j.bounds(); ok {
 		metric("journal_earliest_offset", "gauge", "Smallest offset (vCenter event key) held.", float64(earliest))
 		metric("journal_latest_offset", "gauge", "Largest offset (vCenter event key) held.", float64(latest))
 	}
 	metric("watchers", "gauge", "Open watches.", float64(watches.open.Load()))
-	metric("vcenter_connected", "gauge", "1 while the collector has a working vCenter session.", boolValue(status.Connected()))
+	metric("vcenter_connected", "gauge", "1 while the collector has a working vCenter session.", boolValue(status.isConnected()))
 	metric("vcenter_reconnects_total", "counter", "vCenter sessions opened again after a failure.", float64(status.reconnects.Load()))
-	if t := status.LastEventTime(); !t.IsZero() {
+	if t := status.lastEventTime(); !t.IsZero() {
 		metric("last_event_timestamp_seconds", "gauge", "Creation time in vCenter of the newest event held (Unix seconds).", float64(t.UnixNano())/1e9)
 		metric("collector_lag_seconds", "gauge", "Time from the newest event's creation in vCenter to its append, on vCenter's clock.", time.Duration(status.lag.Load()).Seconds())
 	}

@@ -41,12 +41,12 @@ func TestMetrics(t *testing.T) {
 	latest := vc.latestKey(t)
 	waitForKey(t, srv, latest)
 	openWatch(t, srv, "") // one open watch besides waitForKey's
-	get(t, srv.URL+"/api/v1/range")
-	get(t, srv.URL+"/api/v1/nothing")
-	get(t, srv.URL+"/api/v1/events?limit=abc")
+	get(t, srv.url+"/api/v1/range")
+	get(t, srv.url+"/api/v1/nothing")
+	get(t, srv.url+"/api/v1/events?limit=abc")
 
 	earliest, _ := serverRange(t, srv)
-	m := parseMetrics(t, string(mustGet(t, srv.URL+"/metrics")))
+	m := parseMetrics(t, string(mustGet(t, srv.url+"/metrics")))
 	p := metricPrefix
 	for name, want := range map[string]float64{
 		p + "journal_earliest_offset":  float64(earliest),

@@ -344,7 +344,7 @@ func TestOpenAPIDocument(t *testing.T) {
 func TestOpenAPIRoutes(t *testing.T) {
 	t.Parallel()
 	doc := openAPIDoc(t)
-	d := handlerDeps{journal: NewJournal(10), status: &CollectorStatus{}, log: apiLogger(), auth: testTokenAuth("x")}
+	d := handlerDeps{journal: newJournal(10), status: &collectorStatus{}, log: apiLogger(), auth: testTokenAuth("x")}
 	registered := make(map[string]bool)
 	for _, rt := range d.routes(newHTTPMetrics(), &watchLimit{}) {
 		pattern := rt.method + " " + rt.path
@@ -382,7 +382,7 @@ type openAPICase struct {
 	target    string
 	header    map[string]string
 	empty     bool                    // an empty journal, not the golden events
-	collector func() *CollectorStatus // nil: a zero CollectorStatus
+	collector func() *collectorStatus // nil: a zero collectorStatus
 	deps      handlerDeps             // the handler's (its journal, status and log are set by openAPIRun)
 	hold      int                     // watches to open before the request
 
@@ -405,13 +405,13 @@ func openAPILongTarget(path string) string {
 func openAPICases() []openAPICase {
 	sse := map[string]string{"Accept": "text/event-stream"}
 	allow := map[string]string{"Allow": "GET, HEAD"}
-	ready := func() *CollectorStatus {
-		s := &CollectorStatus{}
+	ready := func() *collectorStatus {
+		s := &collectorStatus{}
 		s.ready.Store(true)
 		s.connected.Store(true)
 		return s
 	}
-	stuck := func() *CollectorStatus { return newCollectorStatus(time.Nanosecond) }
+	stuck := func() *collectorStatus { return newCollectorStatus(time.Nanosecond) }
 	tokens := handlerDeps{auth: testTokenAuth("openapi-test-token")}
 	challenge := map[string]string{"WWW-Authenticate": `Bearer realm="vsphere-event-streaming"`}
 	bearer := func(token string) map[string]string { return map[string]string{"Authorization": "Bearer " + token} }
@@ -514,9 +514,9 @@ func openAPICases() []openAPICase {
 
 // openAPIGoldenJournal holds the golden events (keys 44, 46, 47, 48) with
 // their types and classes, as the collector appends them.
-func openAPIGoldenJournal(t *testing.T) *Journal {
+func openAPIGoldenJournal(t *testing.T) *journal {
 	t.Helper()
-	var recs []Record
+	var recs []record
 	for _, name := range []string{"login", "vm-powered-on", "eventex", "extendedevent"} {
 		data, err := os.ReadFile(filepath.Join("testdata", "golden", name+".json"))
 		if err != nil {
@@ -542,12 +542,12 @@ func openAPIGoldenJournal(t *testing.T) *Journal {
 		if !ok {
 			t.Fatalf("%s: eventclass %q", name, ce.EventClass)
 		}
-		recs = append(recs, Record{Offset: key, Data: compact.Bytes(), Type: ce.Type, Class: class})
+		recs = append(recs, record{offset: key, data: compact.Bytes(), eventType: ce.Type, class: class})
 	}
-	slices.SortFunc(recs, func(a, b Record) int { return int(a.Offset - b.Offset) })
-	j := NewJournal(10)
+	slices.SortFunc(recs, func(a, b record) int { return int(a.offset - b.offset) })
+	j := newJournal(10)
 	for _, r := range recs {
-		if err := j.AppendRecord(r); err != nil {
+		if err := j.append(r); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -627,11 +627,11 @@ func TestOpenAPIStatuses(t *testing.T) {
 // openAPIRun sends c's request and checks the answer against c and the
 // documented response.
 func openAPIRun(t *testing.T, doc *openAPINode, documented *openAPINode, c openAPICase, fail func(string, ...any)) {
-	j := NewJournal(10)
+	j := newJournal(10)
 	if !c.empty {
 		j = openAPIGoldenJournal(t)
 	}
-	status := &CollectorStatus{}
+	status := &collectorStatus{}
 	if c.collector != nil {
 		status = c.collector()
 	}
@@ -755,7 +755,7 @@ func TestOpenAPIServed(t *testing.T) {
 	if !bytes.Equal(file, openAPIDocument) {
 		t.Error("the embedded document differs from openapi.yaml")
 	}
-	srv := httptest.NewServer(newHandler(handlerDeps{journal: NewJournal(10), log: apiLogger()}))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: newJournal(10), log: apiLogger()}))
 	t.Cleanup(srv.Close)
 	ctx, cancel := context.WithTimeout(t.Context(), openAPITestTimeout)
 	defer cancel()

@@ -87,18 +87,18 @@ func (h panickingHandler) Handle(ctx context.Context, r slog.Record) error {
 
 // runCollector runs a collector of sim's events (without the rest of the
 // program) until the test ends, after prepare, if set, has adjusted it.
-func runCollector(t *testing.T, sim *simulation, log *slog.Logger, prepare func(*Collector)) (*Journal, *CollectorStatus, <-chan struct{}) {
+func runCollector(t *testing.T, sim *simulation, log *slog.Logger, prepare func(*collector)) (*journal, *collectorStatus, <-chan struct{}) {
 	t.Helper()
-	cfg := Config{VCenterURL: sim.URL, Insecure: true, Username: sim.Username, Password: sim.Password,
-		StreamBegin: defaultStreamBegin, MaxRecordSize: defaultMaxRecordSize, MaxSegmentSize: defaultMaxSegmentSize}
+	cfg := config{vcenterURL: sim.url, insecure: true, username: sim.username, password: sim.password,
+		streamBegin: defaultStreamBegin, maxRecordSize: defaultMaxRecordSize, maxSegmentSize: defaultMaxSegmentSize}
 	opts := defaultCollectorOptions()
-	journal := NewJournal(cfg.MaxSegmentSize)
+	journal := newJournal(cfg.maxSegmentSize)
 	status := newCollectorStatus(opts.stuckAfter())
 	collector := newCollector(cfg, opts, journal, status, nil, log)
 	if prepare != nil {
 		prepare(collector)
 	}
-	return journal, status, runUntilCleanup(t, collector.Run)
+	return journal, status, runUntilCleanup(t, collector.run)
 }
 
 // TestCollectorSessionPanic: a panic in the collector's loop ends that
@@ -116,7 +116,7 @@ func TestCollectorSessionPanic(t *testing.T) {
 	if !strings.Contains(rec["error"].(string), "injected into the collector's loop") {
 		t.Errorf("session error %v", rec["error"])
 	}
-	waitUntil(t, &status.changes, done, "the catch-up after the panic", status.Ready)
+	waitUntil(t, &status.changes, done, "the catch-up after the panic", status.isReady)
 }
 
 // TestKeepRunning: a loop that panics runs again after a pause, logged with
@@ -161,7 +161,7 @@ func TestSinkLoopPanic(t *testing.T) {
 	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
 	logs := newLogRecorder()
 	logs.panicOn = "delivering events to the sink"
-	s := launchServerLogging(t, sim, map[string]string{envSink: sink.URL}, logs)
+	s := launchServerLogging(t, sim, map[string]string{envSink: sink.url}, logs)
 	rec := s.logs.wait(t, "loop panicked; running it again", s.stopped)
 	if rec["loop"] != "sink delivery" {
 		t.Errorf("log line %v", rec)
@@ -179,7 +179,7 @@ func TestSinkEventPanic(t *testing.T) {
 	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
 	logs := newLogRecorder()
 	logs.panicOn = "sink attempt" // the debug line of each attempt
-	s := launchServerLogging(t, sim, map[string]string{envSink: sink.URL}, logs)
+	s := launchServerLogging(t, sim, map[string]string{envSink: sink.url}, logs)
 	rec := s.logs.wait(t, "cannot deliver an event: skipped", s.stopped)
 	if !strings.Contains(fmt.Sprint(rec["error"]), "injected") {
 		t.Errorf("log line %v", rec)
@@ -220,7 +220,7 @@ func TestTakenWatchPanic(t *testing.T) {
 	logs.panicOn = "watch started" // logged once the stream has begun
 	s := launchServerLogging(t, sim, nil, logs)
 	s.waitReady(t)
-	resp, err := http.Get(s.URL + "/api/v1/events?watch=true&timeoutSeconds=5")
+	resp, err := http.Get(s.url + "/api/v1/events?watch=true&timeoutSeconds=5")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +250,7 @@ func TestIngestPanic(t *testing.T) {
 		t.Errorf("log line %v", rec)
 	}
 	s.waitReady(t)
-	if code, body := get(t, fmt.Sprintf("%s/api/v1/events/%d", s.URL, key)); code != http.StatusOK || !strings.Contains(string(body), `"data":{`) {
+	if code, body := get(t, fmt.Sprintf("%s/api/v1/events/%d", s.url, key)); code != http.StatusOK || !strings.Contains(string(body), `"data":{`) {
 		t.Errorf("event %d: %d %s", key, code, body)
 	}
 	before, w := watchFromNow(t, vc, s)

@@ -30,12 +30,12 @@ func newProblem(status int, format string, args ...any) *problem {
 }
 
 // offsetProblem describes a journal error for offset, with the range held.
-func offsetProblem(j *Journal, offset int64, err error) *problem {
+func offsetProblem(j *journal, offset int64, err error) *problem {
 	var p *problem
 	switch {
-	case errors.Is(err, ErrPurged):
+	case errors.Is(err, errPurged):
 		p = newProblem(http.StatusGone, "invalid offset %d: purged or before the stream began (below the earliest offset held)", offset)
-	case errors.Is(err, ErrNotFound):
+	case errors.Is(err, errNotFound):
 		p = newProblem(http.StatusNotFound, "invalid offset %d: not found (no event has this key: a gap in vCenter's keys, or not yet happened)", offset)
 	default:
 		p = newProblem(http.StatusInternalServerError, "read offset %d: %v", offset, err)
@@ -44,8 +44,8 @@ func offsetProblem(j *Journal, offset int64, err error) *problem {
 }
 
 // withRange adds the journal's range to p, if the journal holds any record.
-func (p *problem) withRange(j *Journal) *problem {
-	if earliest, latest, ok := j.Range(); ok {
+func (p *problem) withRange(j *journal) *problem {
+	if earliest, latest, ok := j.bounds(); ok {
 		p.Earliest, p.Latest = &earliest, &latest
 	}
 	return p

@@ -166,7 +166,7 @@ func raiseFileLimit(tb testing.TB) uint64 {
 // childServer is a server running as a child process.
 type childServer struct {
 	cmd    *exec.Cmd
-	URL    string // http://127.0.0.1:port
+	url    string // http://127.0.0.1:port
 	addr   string // 127.0.0.1:port
 	memory chan memoryReport
 	logs   *logRecorder // its stderr
@@ -183,12 +183,12 @@ func startChildServer(b *testing.B, sim *simulation, args ...string) *childServe
 func startChild(b testing.TB, sim *simulation, env []string, args ...string) *childServer {
 	b.Helper()
 	secrets := b.TempDir()
-	writeFile(b, filepath.Join(secrets, "username"), sim.Username)
-	writeFile(b, filepath.Join(secrets, "password"), sim.Password)
+	writeFile(b, filepath.Join(secrets, "username"), sim.username)
+	writeFile(b, filepath.Join(secrets, "password"), sim.password)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestChildServer$", "-test.count=1")
 	cmd.Env = append(os.Environ(),
 		childServerEnv+"="+strings.Join(args, " "),
-		envVCenterURL+"="+sim.URL.String(),
+		envVCenterURL+"="+sim.url.String(),
 		envVCenterInsecure+"=true",
 		envSecretPath+"="+secrets,
 		envPort+"=0",
@@ -247,7 +247,7 @@ func startChild(b testing.TB, sim *simulation, env []string, args ...string) *ch
 	case <-time.After(waitTimeout):
 		b.Fatal("child server did not catch up with vCenter in time")
 	}
-	s.URL = "http://" + s.addr
+	s.url = "http://" + s.addr
 	return s
 }
 
@@ -436,7 +436,7 @@ func measureEventCost(b *testing.B, sim *simulation, n int, rate float64, args .
 		_ = srv.cmd.Wait()
 	}()
 	first := newestKey(b, vc) + 1
-	w := openLightWatch(b, http.DefaultClient, srv.URL+fmt.Sprintf("/api/v1/events?watch=true&offset=%d", first))
+	w := openLightWatch(b, http.DefaultClient, srv.url+fmt.Sprintf("/api/v1/events?watch=true&offset=%d", first))
 	defer w.body.Close()
 	// Let the start settle: the collector's first wait, the watch.
 	idle(time.Second)

@@ -75,7 +75,7 @@ func TestAuthTokenInQueryNotLogged(t *testing.T) {
 			logged: loginPath + "?next=" + url.QueryEscape("/?access_token=REDACTED")},
 		{target: "/api/v1/events?limit=1", token: tokenAlice, status: http.StatusOK, logged: "/api/v1/events?limit=1"},
 	} {
-		resp, body := authGet(t, client, s.URL+c.target, c.token, c.header...)
+		resp, body := authGet(t, client, s.url+c.target, c.token, c.header...)
 		if resp.StatusCode != c.status {
 			t.Errorf("%s: %d %s, want %d", c.target, resp.StatusCode, body, c.status)
 		}
@@ -93,13 +93,13 @@ func TestSinkErrorRedacted(t *testing.T) {
 	t.Parallel()
 	sink, _ := url.Parse("http://user:pass@sink.example:8080/in?key=secret#frag")
 	err := &url.Error{Op: "Post", URL: "http://user:***@sink.example:8080/in?key=secret", Err: errors.New("connection refused")}
-	wrapped := redactURLError(errors.Join(ErrSinkUnavailable, err, errors.New("to "+sink.String())), sink)
+	wrapped := redactURLError(errors.Join(errSinkUnavailable, err, errors.New("to "+sink.String())), sink)
 	if msg := wrapped.Error(); strings.Contains(msg, "secret") || strings.Contains(msg, "pass") || strings.Contains(msg, "user") ||
 		!strings.Contains(msg, `Post "http://sink.example:8080/in": connection refused`) {
 		t.Errorf("redacted error %q", msg)
 	}
 	var ue *url.Error
-	if !errors.Is(wrapped, ErrSinkUnavailable) || !errors.As(wrapped, &ue) {
+	if !errors.Is(wrapped, errSinkUnavailable) || !errors.As(wrapped, &ue) {
 		t.Errorf("redacted error %v lost its chain", wrapped)
 	}
 	plain := errors.New("status 503")
@@ -127,7 +127,7 @@ func TestSinkRefusedURLRedacted(t *testing.T) {
 	var ready struct {
 		Sink *sinkReady `json:"sink"`
 	}
-	if err := json.Unmarshal(mustGet(t, s.URL+"/readyz"), &ready); err != nil {
+	if err := json.Unmarshal(mustGet(t, s.url+"/readyz"), &ready); err != nil {
 		t.Fatal(err)
 	}
 	if ready.Sink == nil || ready.Sink.LastError == nil {

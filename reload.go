@@ -59,8 +59,8 @@ func (f *fileReloader) start() error {
 	return nil
 }
 
-// Run reloads the files every interval until ctx is done.
-func (f *fileReloader) Run(ctx context.Context) {
+// run reloads the files every interval until ctx is done.
+func (f *fileReloader) run(ctx context.Context) {
 	tick := time.NewTicker(f.interval)
 	defer tick.Stop()
 	for {

@@ -26,9 +26,9 @@ type simulation struct {
 	model  *simulator.Model
 	server *simulator.Server
 	// URL is the SDK endpoint, without credentials.
-	URL      *url.URL
-	Username string
-	Password string
+	url      *url.URL
+	username string
+	password string
 }
 
 // startSimulation creates the simulated inventory and starts its server,
@@ -48,22 +48,22 @@ func startSimulationTLS(config *tls.Config) (*simulation, error) {
 	server := model.Service.NewServer()
 	u := *server.URL
 	password, _ := u.User.Password()
-	sim := &simulation{model: model, server: server, Username: u.User.Username(), Password: password}
+	sim := &simulation{model: model, server: server, username: u.User.Username(), password: password}
 	u.User = nil
-	sim.URL = &u
+	sim.url = &u
 	return sim, nil
 }
 
-// Close stops the server and removes the inventory's files.
-func (s *simulation) Close() {
+// close stops the server and removes the inventory's files.
+func (s *simulation) close() {
 	s.server.Close()
 	s.model.Remove()
 }
 
-// Client logs in to the simulator with a new session.
-func (s *simulation) Client(ctx context.Context) (*govmomi.Client, error) {
-	u := *s.URL
-	u.User = url.UserPassword(s.Username, s.Password)
+// client logs in to the simulator with a new session.
+func (s *simulation) client(ctx context.Context) (*govmomi.Client, error) {
+	u := *s.url
+	u.User = url.UserPassword(s.username, s.password)
 	c, err := govmomi.NewClient(ctx, &u, true)
 	if err != nil {
 		return nil, fmt.Errorf("log in to simulator: %w", err)
@@ -76,7 +76,7 @@ func (s *simulation) Client(ctx context.Context) (*govmomi.Client, error) {
 // and ExtendedEvent) until ctx is done. Each operation yields one or two
 // events.
 func (s *simulation) generate(ctx context.Context, rate float64, log *slog.Logger) error {
-	c, err := s.Client(ctx)
+	c, err := s.client(ctx)
 	if err != nil {
 		return err
 	}
@@ -101,7 +101,7 @@ func (s *simulation) generate(ctx context.Context, rate float64, log *slog.Logge
 			})
 		},
 		func(ctx context.Context, _ *rand.Rand) error {
-			sc, err := s.Client(ctx)
+			sc, err := s.client(ctx)
 			if err != nil {
 				return err
 			}

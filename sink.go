@@ -46,12 +46,12 @@ const (
 
 // Errors of the deliverer, testable with errors.Is.
 var (
-	// ErrSinkRejected is a refusal the sink will not change its mind on
+	// errSinkRejected is a refusal the sink will not change its mind on
 	// (a 4xx other than 408 and 429): the event is skipped.
-	ErrSinkRejected = errors.New("sink rejected the event")
-	// ErrSinkUnavailable is a failure worth retrying: a network error, a
+	errSinkRejected = errors.New("sink rejected the event")
+	// errSinkUnavailable is a failure worth retrying: a network error, a
 	// timeout, 408, 429 or 5xx.
-	ErrSinkUnavailable = errors.New("sink unavailable")
+	errSinkUnavailable = errors.New("sink unavailable")
 )
 
 // The states of delivery, as /readyz shows them.
@@ -88,13 +88,13 @@ type attemptResult struct {
 	body       string        // an excerpt of the answer of a refusal
 }
 
-// Deliverer pushes every event of the journal that its filter selects to a
+// deliverer pushes every event of the journal that its filter selects to a
 // CloudEvents sink, one at a time in offset order, at least once: the next
 // event goes only after the sink acknowledged the previous one.
-type Deliverer struct {
-	cfg      SinkConfig
-	journal  *Journal
-	status   *SinkStatus
+type deliverer struct {
+	cfg      sinkConfig
+	journal  *journal
+	status   *sinkStatus
 	log      *slog.Logger
 	protocol *cehttp.Protocol
 	// pace is where the deliverer tells the collector how far it has got,
@@ -112,7 +112,7 @@ type Deliverer struct {
 	// next is the first offset to deliver, -1 for the first event held.
 	// It and the fields below are owned by Run's goroutine.
 	next      int64
-	done      Record    // the last record done with, if doneOK
+	done      record    // the last record done with, if doneOK
 	doneOK    bool      // something was done with since the start
 	saved     int64     // the offset of the checkpoint last written
 	savedAt   time.Time // when it was written
@@ -123,17 +123,17 @@ type Deliverer struct {
 
 // newDeliverer returns the deliverer for cfg, which has a sink URL, at
 // pace: delivery resumes after the pace's checkpoint, if any.
-func newDeliverer(cfg SinkConfig, journal *Journal, pace *sinkPace, log *slog.Logger) (*Deliverer, error) {
+func newDeliverer(cfg sinkConfig, j *journal, pace *sinkPace, log *slog.Logger) (*deliverer, error) {
 	// A transport of its own, so that the connection to the sink is kept
 	// alive between events whatever else uses the default one.
 	transport := http.DefaultTransport.(*http.Transport).Clone()
 	transport.MaxIdleConnsPerHost = 4
-	p, err := cehttp.New(cehttp.WithTarget(cfg.URL.String()), cehttp.WithClient(http.Client{Transport: transport}))
+	p, err := cehttp.New(cehttp.WithTarget(cfg.url.String()), cehttp.WithClient(http.Client{Transport: transport}))
 	if err != nil {
 		return nil, &configError{envSink, err.Error()}
 	}
-	d := &Deliverer{
-		cfg: cfg, journal: journal, log: log.With("sink", redactedURL(cfg.URL)), protocol: p,
+	d := &deliverer{
+		cfg: cfg, journal: j, log: log.With("sink", redactedURL(cfg.url)), protocol: p,
 		pace: pace, status: newSinkStatus(pace), next: -1, saved: -1,
 		backoffMin: sinkBackoffMin, backoffMax: sinkBackoffMax, grace: sinkShutdownGrace,
 	}
@@ -143,10 +143,10 @@ func newDeliverer(cfg SinkConfig, journal *Journal, pace *sinkPace, log *slog.Lo
 	return d, nil
 }
 
-// Run delivers until ctx is done. A request in flight then gets up to
+// run delivers until ctx is done. A request in flight then gets up to
 // the shutdown grace to finish before it is cancelled; the checkpoint is
 // written after the last acknowledgement.
-func (d *Deliverer) Run(ctx context.Context) {
+func (d *deliverer) run(ctx context.Context) {
 	requests, cancelRequests := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelRequests()
 	stopGrace := context.AfterFunc(ctx, func() {
@@ -160,23 +160,23 @@ func (d *Deliverer) Run(ctx context.Context) {
 	})
 	defer stopGrace()
 
-	d.log.Info("delivering events to the sink", "from", d.next, "structured", d.cfg.Structured, "filter", !d.cfg.Filter.all())
+	d.log.Info("delivering events to the sink", "from", d.next, "structured", d.cfg.structured, "filter", !d.cfg.filter.all())
 	if !d.resume.Time.IsZero() && !d.checkResume(ctx) {
 		d.status.setState(sinkStateStopped)
 		return
 	}
-	batch := make([]Record, 0, sinkReadBatch)
+	batch := make([]record, 0, sinkReadBatch)
 	for ctx.Err() == nil {
 		if !d.wait(ctx) {
 			break
 		}
 		var err error
-		if batch, err = d.journal.ReadNext(d.next, sinkReadBatch, batch[:0]); errors.Is(err, ErrPurged) {
+		if batch, err = d.journal.readNext(d.next, sinkReadBatch, batch[:0]); errors.Is(err, errPurged) {
 			d.lose()
 			continue
 		}
 		for _, rec := range batch {
-			if d.cfg.Filter.match(rec) && !d.deliver(ctx, requests, rec) {
+			if d.cfg.filter.match(rec) && !d.deliver(ctx, requests, rec) {
 				break
 			}
 			d.markDone(rec)
@@ -195,7 +195,7 @@ func (d *Deliverer) Run(ctx context.Context) {
 // the key after it would stop delivery for good, so delivery starts from
 // the first event held instead, with a warning. It reports false if ctx
 // ended first.
-func (d *Deliverer) checkResume(ctx context.Context) bool {
+func (d *deliverer) checkResume(ctx context.Context) bool {
 	defer func() {
 		// Checked once: a Run started again (keepRunning) goes on.
 		d.resume = checkpoint{}
@@ -212,10 +212,10 @@ func (d *Deliverer) checkResume(ctx context.Context) bool {
 	}
 	// Caught up below the checkpoint, or with nothing since its time: the
 	// first event appended tells.
-	if d.journal.Wait(ctx, math.MinInt64) != nil {
+	if d.journal.wait(ctx, math.MinInt64) != nil {
 		return false
 	}
-	if _, latest, _ := d.journal.Range(); latest < d.resume.Offset {
+	if _, latest, _ := d.journal.bounds(); latest < d.resume.Offset {
 		d.log.Warn("the sink checkpoint is ahead of vCenter's newest event: vCenter was reinstalled or the checkpoint is another vCenter's; delivering from the first event held",
 			"checkpoint", d.resume.Offset, "latest", latest)
 		d.next = -1
@@ -226,9 +226,9 @@ func (d *Deliverer) checkResume(ctx context.Context) bool {
 // wait blocks until the journal holds the next offset; it reports false
 // when ctx is done. A checkpoint not yet written is written once it is due,
 // so that an idle deliverer keeps it at most a second old.
-func (d *Deliverer) wait(ctx context.Context) bool {
+func (d *deliverer) wait(ctx context.Context) bool {
 	for {
-		if _, latest, ok := d.journal.Range(); ok && latest >= d.next {
+		if _, latest, ok := d.journal.bounds(); ok && latest >= d.next {
 			return true
 		}
 		d.status.setState(sinkStateIdle)
@@ -237,7 +237,7 @@ func (d *Deliverer) wait(ctx context.Context) bool {
 		if d.dirty() {
 			waitCtx, cancel = context.WithDeadline(ctx, d.savedAt.Add(sinkCheckpointInterval))
 		}
-		err := d.journal.Wait(waitCtx, d.next)
+		err := d.journal.wait(waitCtx, d.next)
 		cancel()
 		switch {
 		case err == nil:
@@ -252,8 +252,8 @@ func (d *Deliverer) wait(ctx context.Context) bool {
 
 // lose moves past events purged before they could be delivered: the sink
 // is more than the journal behind. It never stops delivery for good.
-func (d *Deliverer) lose() {
-	earliest, latest, ok := d.journal.Range()
+func (d *deliverer) lose() {
+	earliest, latest, ok := d.journal.bounds()
 	if !ok || earliest <= d.next {
 		return
 	}
@@ -265,27 +265,27 @@ func (d *Deliverer) lose() {
 }
 
 // markDone records that the deliverer is done with rec.
-func (d *Deliverer) markDone(rec Record) {
+func (d *deliverer) markDone(rec record) {
 	d.done, d.doneOK, d.untimed = rec, true, false
-	d.next = rec.Offset + 1
-	d.pace.setDone(rec.Offset)
+	d.next = rec.offset + 1
+	d.pace.setDone(rec.offset)
 }
 
 // dirty reports whether the checkpoint file is behind what is done.
-func (d *Deliverer) dirty() bool {
-	return d.cfg.CheckpointFile != "" && d.doneOK && d.done.Offset != d.saved && !d.untimed
+func (d *deliverer) dirty() bool {
+	return d.cfg.checkpointFile != "" && d.doneOK && d.done.offset != d.saved && !d.untimed
 }
 
 // checkpoint writes the checkpoint if there is one to write and, unless
 // now is set, the last was written over a second ago.
-func (d *Deliverer) checkpoint(now bool) {
+func (d *deliverer) checkpoint(now bool) {
 	if !d.dirty() || (!now && time.Since(d.savedAt) < sinkCheckpointInterval) {
 		return
 	}
 	// A checkpoint not written now (a failed write, or no time to give
 	// it) is tried again a second later, not at once.
 	d.savedAt = time.Now()
-	cp := checkpoint{Offset: d.done.Offset, Time: recordTime(d.done)}
+	cp := checkpoint{Offset: d.done.offset, Time: recordTime(d.done)}
 	if cp.Time.IsZero() {
 		// An event whose time vCenter's answer did not let us read. The
 		// time of the checkpoint before is no later than its, so reading
@@ -297,7 +297,7 @@ func (d *Deliverer) checkpoint(now bool) {
 		}
 		cp.Time = d.savedTime
 	}
-	if err := saveCheckpoint(d.cfg.CheckpointFile, cp); err != nil {
+	if err := saveCheckpoint(d.cfg.checkpointFile, cp); err != nil {
 		d.status.setError(err)
 		d.log.Error("cannot write the sink checkpoint", "error", err)
 		return
@@ -308,25 +308,25 @@ func (d *Deliverer) checkpoint(now bool) {
 }
 
 // recordTime returns the time attribute of a record.
-func recordTime(r Record) time.Time {
+func recordTime(r record) time.Time {
 	var ce struct {
 		Time time.Time `json:"time"`
 	}
-	_ = json.Unmarshal(r.Data, &ce)
+	_ = json.Unmarshal(r.data, &ce)
 	return ce.Time
 }
 
 // deliver sends rec until the sink acknowledges it or refuses it for good
 // (true), or ctx is done first (false). The mode loop below is the one
 // place that decides what comes after each attempt.
-func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) (done bool) {
+func (d *deliverer) deliver(ctx, requests context.Context, rec record) (done bool) {
 	// One event that cannot be sent, whether its message cannot be made
 	// or something panics on the way, is skipped like one the sink
 	// refuses: the stream goes on.
 	skip := func(err error) bool {
 		d.status.add(&d.status.rejected, 1)
 		d.status.setError(err)
-		d.log.Error("cannot deliver an event: skipped", append(errorAttrs(err), "key", rec.Offset)...)
+		d.log.Error("cannot deliver an event: skipped", append(errorAttrs(err), "key", rec.offset)...)
 		return true
 	}
 	defer func() {
@@ -350,7 +350,7 @@ func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) (done boo
 			}
 			attempt++
 			d.status.setState(sinkStateDelivering)
-			res = d.attempt(requests, rec.Offset, msg, attempt)
+			res = d.attempt(requests, rec.offset, msg, attempt)
 			mode = decide(ctx, res)
 		case modeBackoff:
 			d.status.add(&d.status.retries, 1)
@@ -360,7 +360,7 @@ func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) (done boo
 			// The sink's Retry-After is honoured whole (parseRetryAfter
 			// caps it at an hour): asking sooner only earns another refusal.
 			wait := max(backoff(attempt, d.backoffMin, d.backoffMax), res.retryAfter)
-			d.log.Warn("sink did not take the event; retrying", "key", rec.Offset, "attempt", attempt,
+			d.log.Warn("sink did not take the event; retrying", "key", rec.offset, "attempt", attempt,
 				"status", res.status, "error", res.err, "backoff", wait.String())
 			if !sleep(ctx, wait) {
 				mode = modeStop
@@ -369,10 +369,10 @@ func (d *Deliverer) deliver(ctx, requests context.Context, rec Record) (done boo
 			mode = modeDeliver
 		case modeSkip:
 			d.status.add(&d.status.rejected, 1)
-			d.log.Error("sink rejected the event: skipped", "key", rec.Offset, "status", res.status, "body", res.body)
+			d.log.Error("sink rejected the event: skipped", "key", rec.offset, "status", res.status, "body", res.body)
 			return true
 		case modeAcked:
-			d.status.acked(rec.Offset)
+			d.status.acked(rec.offset)
 			return true
 		case modeStop:
 			return false
@@ -389,7 +389,7 @@ func decide(ctx context.Context, res attemptResult) sinkMode {
 		return modeAcked
 	case ctx.Err() != nil:
 		return modeStop
-	case errors.Is(res.err, ErrSinkRejected):
+	case errors.Is(res.err, errSinkRejected):
 		return modeSkip
 	}
 	return modeBackoff
@@ -405,30 +405,30 @@ type sinkMessage struct {
 // message prepares rec for the sink: the journal's event with the
 // overrides' extensions. Structured mode without overrides sends the
 // record's bytes as they are.
-func (d *Deliverer) message(rec Record) (sinkMessage, error) {
-	if d.cfg.Structured && len(d.cfg.Extensions) == 0 {
-		return sinkMessage{structured: rec.Data}, nil
+func (d *deliverer) message(rec record) (sinkMessage, error) {
+	if d.cfg.structured && len(d.cfg.extensions) == 0 {
+		return sinkMessage{structured: rec.data}, nil
 	}
 	ev := cloudevents.New()
-	if err := json.Unmarshal(rec.Data, &ev); err != nil {
-		return sinkMessage{}, fmt.Errorf("decode event %d: %w", rec.Offset, err)
+	if err := json.Unmarshal(rec.data, &ev); err != nil {
+		return sinkMessage{}, fmt.Errorf("decode event %d: %w", rec.offset, err)
 	}
-	for name, value := range d.cfg.Extensions {
+	for name, value := range d.cfg.extensions {
 		ev.SetExtension(name, value)
 	}
-	if !d.cfg.Structured {
+	if !d.cfg.structured {
 		return sinkMessage{event: &ev}, nil
 	}
 	b, err := json.Marshal(ev)
 	if err != nil {
-		return sinkMessage{}, fmt.Errorf("encode event %d: %w", rec.Offset, err)
+		return sinkMessage{}, fmt.Errorf("encode event %d: %w", rec.offset, err)
 	}
 	return sinkMessage{structured: b}, nil
 }
 
 // attempt sends msg once with the SDK's HTTP protocol and reads the answer.
-func (d *Deliverer) attempt(requests context.Context, key int64, msg sinkMessage, attempt int) attemptResult {
-	ctx, cancel := context.WithTimeout(requests, d.cfg.Timeout)
+func (d *deliverer) attempt(requests context.Context, key int64, msg sinkMessage, attempt int) attemptResult {
+	ctx, cancel := context.WithTimeout(requests, d.cfg.timeout)
 	defer cancel()
 	var m binding.Message
 	if msg.structured != nil {
@@ -450,7 +450,7 @@ func (d *Deliverer) attempt(requests context.Context, key int64, msg sinkMessage
 	case err != nil:
 		// A network error quotes the URL, query and all: what it holds
 		// (a key) must not reach /readyz, which needs no token, nor the log.
-		res.err = fmt.Errorf("%w: %w", ErrSinkUnavailable, redactURLError(err, d.cfg.URL))
+		res.err = fmt.Errorf("%w: %w", errSinkUnavailable, redactURLError(err, d.cfg.url))
 	}
 	if answer != nil {
 		if hm, ok := answer.(*cehttp.Message); ok && res.status != 0 {
@@ -463,9 +463,9 @@ func (d *Deliverer) attempt(requests context.Context, key int64, msg sinkMessage
 	case s == 0:
 	case s >= 200 && s < 300:
 	case s == http.StatusRequestTimeout || s == http.StatusTooManyRequests || s >= 500:
-		res.err = fmt.Errorf("%w: status %d", ErrSinkUnavailable, s)
+		res.err = fmt.Errorf("%w: status %d", errSinkUnavailable, s)
 	default:
-		res.err = fmt.Errorf("%w: status %d", ErrSinkRejected, s)
+		res.err = fmt.Errorf("%w: status %d", errSinkRejected, s)
 	}
 	if res.err != nil {
 		d.status.setError(fmt.Errorf("event %d: %w", key, res.err))
@@ -527,9 +527,9 @@ func (m rawStructuredMessage) ReadBinary(context.Context, binding.BinaryWriter) 
 
 func (m rawStructuredMessage) Finish(error) error { return nil }
 
-// SinkStatus is what the deliverer reports about itself to /readyz and
+// sinkStatus is what the deliverer reports about itself to /readyz and
 // /metrics. Its methods are safe for concurrent use.
-type SinkStatus struct {
+type sinkStatus struct {
 	delivered, retries, rejected, lost atomic.Int64
 	// lastDelivered is the offset of the last event acknowledged, -1 before.
 	lastDelivered atomic.Int64
@@ -548,34 +548,34 @@ type SinkStatus struct {
 
 // newSinkStatus returns the status of a deliverer at pace that has not
 // started yet.
-func newSinkStatus(pace *sinkPace) *SinkStatus {
-	s := &SinkStatus{pace: pace, state: sinkStateStarting, durations: newHistogram(sinkDurationBuckets)}
+func newSinkStatus(pace *sinkPace) *sinkStatus {
+	s := &sinkStatus{pace: pace, state: sinkStateStarting, durations: newHistogram(sinkDurationBuckets)}
 	s.lastDelivered.Store(-1)
 	s.checkpointed.Store(-1)
 	return s
 }
 
 // add adds n to one of the status's counters.
-func (s *SinkStatus) add(counter *atomic.Int64, n int64) {
+func (s *sinkStatus) add(counter *atomic.Int64, n int64) {
 	counter.Add(n)
 	s.changes.notify()
 }
 
 // acked records that the sink acknowledged offset.
-func (s *SinkStatus) acked(offset int64) {
+func (s *sinkStatus) acked(offset int64) {
 	s.delivered.Add(1)
 	s.lastDelivered.Store(offset)
 	s.changes.notify()
 }
 
 // setCheckpointed records that the checkpoint file now holds offset.
-func (s *SinkStatus) setCheckpointed(offset int64) {
+func (s *sinkStatus) setCheckpointed(offset int64) {
 	s.checkpointed.Store(offset)
 	s.changes.notify()
 }
 
 // setState records what the deliverer does now, as /readyz shows it.
-func (s *SinkStatus) setState(state string) {
+func (s *sinkStatus) setState(state string) {
 	s.mu.Lock()
 	changed := s.state != state
 	s.state = state
@@ -586,14 +586,14 @@ func (s *SinkStatus) setState(state string) {
 }
 
 // currentState is what the deliverer does now.
-func (s *SinkStatus) currentState() string {
+func (s *sinkStatus) currentState() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.state
 }
 
 // setError records the last failure, as /readyz shows it.
-func (s *SinkStatus) setError(err error) {
+func (s *sinkStatus) setError(err error) {
 	s.mu.Lock()
 	s.lastError, s.errorAt = err.Error(), time.Now().UTC()
 	s.mu.Unlock()
@@ -601,7 +601,7 @@ func (s *SinkStatus) setError(err error) {
 }
 
 // observe records the duration of one delivery request.
-func (s *SinkStatus) observe(d time.Duration) {
+func (s *sinkStatus) observe(d time.Duration) {
 	s.mu.Lock()
 	s.durations.observe(d.Seconds())
 	s.mu.Unlock()
@@ -609,7 +609,7 @@ func (s *SinkStatus) observe(d time.Duration) {
 }
 
 // attempts is the number of delivery requests made, answered or not.
-func (s *SinkStatus) attempts() uint64 {
+func (s *sinkStatus) attempts() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.durations.count
@@ -625,7 +625,7 @@ type sinkReady struct {
 }
 
 // ready returns the sink's part of the /readyz body.
-func (s *SinkStatus) ready() *sinkReady {
+func (s *sinkStatus) ready() *sinkReady {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	r := &sinkReady{State: s.state}
@@ -640,7 +640,7 @@ func (s *SinkStatus) ready() *sinkReady {
 }
 
 // writeMetrics writes the sink's metrics in the text exposition format.
-func (s *SinkStatus) writeMetrics(w io.Writer, j *Journal) {
+func (s *sinkStatus) writeMetrics(w io.Writer, j *journal) {
 	metric := func(name, kind, help string, value float64) { writeMetric(w, name, kind, help, value) }
 	metric("sink_delivered_total", "counter", "Events the sink acknowledged.", float64(s.delivered.Load()))
 	metric("sink_retries_total", "counter", "Delivery attempts that failed and were retried (network errors, timeouts, 408, 429, 5xx).", float64(s.retries.Load()))
@@ -649,13 +649,13 @@ func (s *SinkStatus) writeMetrics(w io.Writer, j *Journal) {
 	if n := s.lastDelivered.Load(); n >= 0 {
 		metric("sink_last_delivered_offset", "gauge", "Offset of the last event the sink acknowledged.", float64(n))
 	}
-	if _, latest, ok := j.Range(); ok {
+	if _, latest, ok := j.bounds(); ok {
 		// Measured from the last offset done with, so that events the
 		// filter leaves out do not count as lag.
 		done := s.pace.doneWith()
 		lag := latest - done
 		if done < 0 {
-			earliest, _, _ := j.Range()
+			earliest, _, _ := j.bounds()
 			lag = latest - earliest + 1
 		}
 		metric("sink_lag_events", "gauge", "Latest offset held minus the last offset delivered (or skipped).", float64(max(lag, 0)))

@@ -20,7 +20,7 @@ import (
 // on loopback. It notes when each key arrived and whether keys came in
 // order.
 type benchSink struct {
-	URL string
+	url string
 
 	mu       sync.Mutex
 	received map[int64]time.Time
@@ -37,7 +37,7 @@ func startBenchSink(b *testing.B) *benchSink {
 	if err != nil {
 		b.Fatal(err)
 	}
-	s.URL = "http://" + ln.Addr().String() + "/"
+	s.url = "http://" + ln.Addr().String() + "/"
 	p, err := cehttp.New(cehttp.WithListener(ln))
 	if err != nil {
 		b.Fatal(err)
@@ -86,11 +86,11 @@ func (s *benchSink) expect(key int64) <-chan struct{} {
 
 // benchRecords returns n records of a realistic VmPoweredOnEvent, keys
 // 1..n, as the collector encodes them (about 1.3 KiB each).
-func benchRecords(b testing.TB, n int) []Record {
+func benchRecords(b testing.TB, n int) []record {
 	b.Helper()
 	conv := &eventConverter{source: "https://vcenter.example.com/sdk", maxRecordSize: defaultMaxRecordSize}
 	created := time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC)
-	out := make([]Record, n)
+	out := make([]record, n)
 	for i := range n {
 		key := int32(i + 1)
 		ev := &types.VmPoweredOnEvent{VmEvent: types.VmEvent{Event: types.Event{
@@ -110,11 +110,11 @@ func benchRecords(b testing.TB, n int) []Record {
 				Vm:                  types.ManagedObjectReference{Type: "VirtualMachine", Value: "vm-57"},
 			},
 		}}}
-		c, err := conv.Convert(ev)
+		c, err := conv.convert(ev)
 		if err != nil {
 			b.Fatal(err)
 		}
-		out[i] = c.Record
+		out[i] = c.record
 	}
 	return out
 }
@@ -126,25 +126,25 @@ func benchRecords(b testing.TB, n int) []Record {
 func BenchmarkSinkThroughput(b *testing.B) {
 	for _, mode := range []struct {
 		name string
-		cfg  SinkConfig
+		cfg  sinkConfig
 	}{
-		{"binary", SinkConfig{}},
-		{"binary+overrides", SinkConfig{Extensions: map[string]string{"cluster": "bench"}}},
-		{"structured", SinkConfig{Structured: true}},
-		{"structured+overrides", SinkConfig{Structured: true, Extensions: map[string]string{"cluster": "bench"}}},
+		{"binary", sinkConfig{}},
+		{"binary+overrides", sinkConfig{extensions: map[string]string{"cluster": "bench"}}},
+		{"structured", sinkConfig{structured: true}},
+		{"structured+overrides", sinkConfig{structured: true, extensions: map[string]string{"cluster": "bench"}}},
 	} {
 		b.Run(mode.name, func(b *testing.B) {
 			records := benchRecords(b, b.N)
-			j := NewJournal(b.N)
+			j := newJournal(b.N)
 			for _, r := range records {
-				if err := j.AppendRecord(r); err != nil {
+				if err := j.append(r); err != nil {
 					b.Fatal(err)
 				}
 			}
 			sink := startBenchSink(b)
 			cfg := mode.cfg
-			cfg.URL, _ = url.Parse(sink.URL)
-			cfg.Timeout = defaultSinkTimeout
+			cfg.url, _ = url.Parse(sink.url)
+			cfg.timeout = defaultSinkTimeout
 			d := newTestDeliverer(b, cfg, j, slog.New(slog.DiscardHandler))
 			arrived := sink.expect(int64(b.N))
 			ctx, cancel := context.WithCancel(context.Background())
@@ -153,7 +153,7 @@ func BenchmarkSinkThroughput(b *testing.B) {
 			start := time.Now()
 			go func() {
 				defer close(done)
-				d.Run(ctx)
+				d.run(ctx)
 			}()
 			select {
 			case <-arrived:
@@ -182,7 +182,7 @@ func BenchmarkSinkLatency(b *testing.B) {
 	sim := startTestSimulation(b)
 	vc := connectVCenter(b, sim)
 	sink := startBenchSink(b)
-	srv := startServer(b, sim, map[string]string{envDebug: "false", envSink: sink.URL})
+	srv := startServer(b, sim, map[string]string{envDebug: "false", envSink: sink.url})
 	latest := vc.latestKey(b)
 	waitForKey(b, srv, latest)
 	<-sink.expect(latest) // the events from before are delivered

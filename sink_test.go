@@ -53,7 +53,7 @@ type sinkRequest struct {
 // testSink is a CloudEvents sink on loopback: the SDK's HTTP receiver,
 // behind a middleware that misbehaves as the test's plan says.
 type testSink struct {
-	URL string
+	url string
 
 	mu       sync.Mutex
 	requests []sinkRequest
@@ -84,7 +84,7 @@ func startTestSink(t testing.TB, addr string, plan func(int, string) misbehaviou
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.URL = "http://" + ln.Addr().String() + "/"
+	s.url = "http://" + ln.Addr().String() + "/"
 	p, err := cehttp.New(cehttp.WithListener(ln), cehttp.WithMiddleware(s.misbehave))
 	if err != nil {
 		t.Fatal(err)
@@ -238,7 +238,7 @@ func eventIDKeys(t testing.TB, n int, id func(int) string) []int64 {
 func heldEvents(t *testing.T, srv *testServer) ([]string, map[string]json.RawMessage) {
 	t.Helper()
 	earliest, _ := serverRange(t, srv)
-	body := mustGet(t, fmt.Sprintf("%s/api/v1/events?offset=%d&limit=1000", srv.URL, earliest))
+	body := mustGet(t, fmt.Sprintf("%s/api/v1/events?offset=%d&limit=1000", srv.url, earliest))
 	var raw []json.RawMessage
 	if err := json.Unmarshal(body, &raw); err != nil {
 		t.Fatal(err)
@@ -280,7 +280,7 @@ func firstOccurrences(keys []int64) []int64 {
 
 func serverMetrics(t *testing.T, srv *testServer) map[string]float64 {
 	t.Helper()
-	return parseMetrics(t, string(mustGet(t, srv.URL+"/metrics")))
+	return parseMetrics(t, string(mustGet(t, srv.url+"/metrics")))
 }
 
 // TestSinkMisbehavingReceiver: a sink that refuses connections at first,
@@ -447,7 +447,7 @@ func TestSinkMisbehavingReceiver(t *testing.T) {
 	var ready struct {
 		Sink *sinkReady `json:"sink"`
 	}
-	if err := json.Unmarshal(mustGet(t, srv.URL+"/readyz"), &ready); err != nil {
+	if err := json.Unmarshal(mustGet(t, srv.url+"/readyz"), &ready); err != nil {
 		t.Fatal(err)
 	}
 	if ready.Sink == nil || ready.Sink.State != sinkStateIdle || ready.Sink.LastError == nil || ready.Sink.LastErrorTime == nil ||
@@ -471,7 +471,7 @@ func TestSinkRestartResumes(t *testing.T) {
 	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
 	cpFile := filepath.Join(t.TempDir(), "sink.checkpoint")
 	// A journal of 10 events: the backlog after the restart is 4 times it.
-	env := map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile, envMaxSegmentSize: "5"}
+	env := map[string]string{envSink: sink.url, envSinkCheckpointFile: cpFile, envMaxSegmentSize: "5"}
 
 	first := startServer(t, sim, env)
 	vc.postEvents(t, 3)
@@ -529,7 +529,7 @@ func TestSinkKilled(t *testing.T) {
 		return answer
 	}, nil)
 	cpFile := filepath.Join(t.TempDir(), "sink.checkpoint")
-	env := []string{envSink + "=" + sink.URL, envSinkCheckpointFile + "=" + cpFile, envDebug + "=true"}
+	env := []string{envSink + "=" + sink.url, envSinkCheckpointFile + "=" + cpFile, envDebug + "=true"}
 
 	first := startChild(t, sim, env)
 	start := vc.latestKey(t) // after the server's login, an event too
@@ -588,7 +588,7 @@ func TestSinkCheckpointAheadOfVCenter(t *testing.T) {
 	if err := saveCheckpoint(cpFile, checkpoint{Offset: ahead, Time: time.Now().Add(-time.Minute)}); err != nil {
 		t.Fatal(err)
 	}
-	srv := startServer(t, sim, map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile})
+	srv := startServer(t, sim, map[string]string{envSink: sink.url, envSinkCheckpointFile: cpFile})
 	rec := srv.logs.wait(t, "the sink checkpoint is ahead of vCenter's newest event: vCenter was reinstalled or the checkpoint is another vCenter's; delivering from the first event held", srv.stopped)
 	if rec["checkpoint"] != float64(ahead) {
 		t.Errorf("warning %v", rec)
@@ -620,7 +620,7 @@ func TestSinkLostEvents(t *testing.T) {
 		}
 		return answer
 	}, nil)
-	srv := startServer(t, sim, map[string]string{envSink: sink.URL, envMaxSegmentSize: "5"})
+	srv := startServer(t, sim, map[string]string{envSink: sink.url, envMaxSegmentSize: "5"})
 	sink.waitAcked(t, vc.latestKey(t))
 	armed.Store(true)
 	vc.postEvents(t, 30)
@@ -657,8 +657,8 @@ func TestSinkStructured(t *testing.T) {
 	vc := connectVCenter(t, sim)
 	plain := startTestSink(t, "127.0.0.1:0", nil, nil)
 	withOverrides := startTestSink(t, "127.0.0.1:0", nil, nil)
-	a := startServer(t, sim, map[string]string{envSink: plain.URL, envSinkMode: "structured", envSinkFilter: "eventclass=eventex"})
-	b := startServer(t, sim, map[string]string{envSink: withOverrides.URL, envSinkMode: "structured", envCEOverrides: `{"extensions":{"cluster":"x"}}`})
+	a := startServer(t, sim, map[string]string{envSink: plain.url, envSinkMode: "structured", envSinkFilter: "eventclass=eventex"})
+	b := startServer(t, sim, map[string]string{envSink: withOverrides.url, envSinkMode: "structured", envCEOverrides: `{"extensions":{"cluster":"x"}}`})
 	vc.postEvents(t, 3)
 	latest := vc.latestKey(t)
 	plain.waitAcked(t, latest)
@@ -725,7 +725,7 @@ func TestSinkShutdown(t *testing.T) {
 			return answer
 		}, nil)
 		cpFile := filepath.Join(t.TempDir(), "cp")
-		srv := startServer(t, sim, map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile})
+		srv := startServer(t, sim, map[string]string{envSink: sink.url, envSinkCheckpointFile: cpFile})
 		before := vc.latestKey(t)
 		sink.waitAcked(t, before)
 		sink.mu.Lock()
@@ -749,7 +749,7 @@ func TestSinkShutdown(t *testing.T) {
 		sim := startTestSimulation(t)
 		sink := startTestSink(t, "127.0.0.1:0", func(int, string) misbehaviour { return hang }, nil)
 		cpFile := filepath.Join(t.TempDir(), "cp")
-		srv := startServer(t, sim, map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile, envSinkTimeout: "1m"})
+		srv := startServer(t, sim, map[string]string{envSink: sink.url, envSinkCheckpointFile: cpFile, envSinkTimeout: "1m"})
 		sink.waitFor(t, "request", func() bool { return len(sink.requests) > 0 })
 		start := time.Now()
 		srv.shutdown(t) // fails the test beyond 5 s
@@ -815,10 +815,10 @@ func TestSinkConfigErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		s := cfg.Sink
-		if s.URL == nil || !s.Structured || s.Extensions["cluster"] != "a1" || s.CheckpointFile != cp || s.Timeout != 2*time.Second ||
-			!slices.Equal(s.Filter.types, []string{cloudEventType("VmPoweredOnEvent"), cloudEventType("VmPoweredOffEvent")}) ||
-			!slices.Equal(s.Filter.classes, []EventClass{ClassEvent}) {
+		s := cfg.sink
+		if s.url == nil || !s.structured || s.extensions["cluster"] != "a1" || s.checkpointFile != cp || s.timeout != 2*time.Second ||
+			!slices.Equal(s.filter.types, []string{cloudEventType("VmPoweredOnEvent"), cloudEventType("VmPoweredOffEvent")}) ||
+			!slices.Equal(s.filter.classes, []eventClass{classEvent}) {
 			t.Errorf("sink config %+v", s)
 		}
 		if entries, _ := os.ReadDir(filepath.Dir(cp)); len(entries) != 0 {
@@ -830,7 +830,7 @@ func TestSinkConfigErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if s := cfg.Sink; s.URL != nil || s.Structured || s.Timeout != defaultSinkTimeout || !s.Filter.all() || s.CheckpointFile != "" {
+		if s := cfg.sink; s.url != nil || s.structured || s.timeout != defaultSinkTimeout || !s.filter.all() || s.checkpointFile != "" {
 			t.Errorf("default sink config %+v", s)
 		}
 	})
@@ -841,9 +841,9 @@ func TestSinkConfigErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = newSinkPace(cfg.Sink, sinkPatience, newCollectorStatus(time.Minute))
+		_, err = newSinkPace(cfg.sink, sinkPatience, newCollectorStatus(time.Minute))
 		checkConfigError(t, err, envSinkCheckpointFile)
-		if !errors.Is(err, ErrCheckpointCorrupt) && !strings.Contains(err.Error(), ErrCheckpointCorrupt.Error()) {
+		if !errors.Is(err, errCheckpointCorrupt) && !strings.Contains(err.Error(), errCheckpointCorrupt.Error()) {
 			t.Errorf("error %v does not say the checkpoint is corrupt", err)
 		}
 	})
@@ -874,7 +874,7 @@ func TestCheckpointFile(t *testing.T) {
 		t.Error("saving into a missing directory succeeded")
 	}
 	writeFile(t, path, `{"offset":-1,"time":"2026-11-25T00:00:00Z"}`)
-	if _, _, err := loadCheckpoint(path); !errors.Is(err, ErrCheckpointCorrupt) {
+	if _, _, err := loadCheckpoint(path); !errors.Is(err, errCheckpointCorrupt) {
 		t.Errorf("negative offset: %v, want ErrCheckpointCorrupt", err)
 	}
 }
@@ -901,7 +901,7 @@ func TestParseRetryAfter(t *testing.T) {
 
 // newTestDeliverer returns a deliverer of j for cfg, at the pace of a
 // collector that never runs.
-func newTestDeliverer(t testing.TB, cfg SinkConfig, j *Journal, log *slog.Logger) *Deliverer {
+func newTestDeliverer(t testing.TB, cfg sinkConfig, j *journal, log *slog.Logger) *deliverer {
 	t.Helper()
 	pace, err := newSinkPace(cfg, sinkPatience, newCollectorStatus(time.Minute))
 	if err != nil {
@@ -917,18 +917,18 @@ func newTestDeliverer(t testing.TB, cfg SinkConfig, j *Journal, log *slog.Logger
 // runDeliverer runs, until the test ends, a deliverer of j configured by
 // env (tune, if set, adjusts it first), and returns its debug log and a
 // channel closed when it stops.
-func runDeliverer(t *testing.T, j *Journal, env map[string]string, tune func(*Deliverer)) (*logRecorder, *SinkStatus, <-chan struct{}) {
+func runDeliverer(t *testing.T, j *journal, env map[string]string, tune func(*deliverer)) (*logRecorder, *sinkStatus, <-chan struct{}) {
 	t.Helper()
 	cfg, err := parseConfig(configEnv(env), false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	logs := newLogRecorder()
-	d := newTestDeliverer(t, cfg.Sink, j, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	d := newTestDeliverer(t, cfg.sink, j, slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	if tune != nil {
 		tune(d)
 	}
-	return logs, d.status, runUntilCleanup(t, d.Run)
+	return logs, d.status, runUntilCleanup(t, d.run)
 }
 
 // TestSinkFilterAdvancesCheckpoint: events SINK_FILTER leaves out are not
@@ -939,24 +939,24 @@ func TestSinkFilterAdvancesCheckpoint(t *testing.T) {
 	t.Parallel()
 	conv := &eventConverter{source: "https://vc.example.com/sdk", maxRecordSize: defaultMaxRecordSize}
 	created := time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC)
-	j := NewJournal(100)
+	j := newJournal(100)
 	for key := int32(1); key <= 10; key++ {
 		base := types.Event{Key: key, ChainId: key, CreatedTime: created.Add(time.Duration(key) * time.Second)}
 		var ev types.BaseEvent = &types.VmPoweredOnEvent{VmEvent: types.VmEvent{Event: base}}
 		if key%2 == 1 {
 			ev = &types.EventEx{Event: base, EventTypeId: "com.example.odd"}
 		}
-		c, err := conv.Convert(ev)
+		c, err := conv.convert(ev)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := j.AppendRecord(c.Record); err != nil {
+		if err := j.append(c.record); err != nil {
 			t.Fatal(err)
 		}
 	}
 	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
 	cpFile := filepath.Join(t.TempDir(), "cp")
-	_, status, stopped := runDeliverer(t, j, map[string]string{envSink: sink.URL, envSinkFilter: "eventclass=eventex", envSinkCheckpointFile: cpFile}, nil)
+	_, status, stopped := runDeliverer(t, j, map[string]string{envSink: sink.url, envSinkFilter: "eventclass=eventex", envSinkCheckpointFile: cpFile}, nil)
 	sink.waitAcked(t, 9)
 	waitUntil(t, &status.changes, stopped, "checkpoint 10", func() bool { return status.checkpointed.Load() == 10 })
 	if got := sink.ackedKeys(t); !slices.Equal(got, []int64{1, 3, 5, 7, 9}) {
@@ -976,12 +976,12 @@ func TestSinkCheckpointEventWithoutTime(t *testing.T) {
 	t.Parallel()
 	conv := &eventConverter{source: "https://vc.example.com/sdk", maxRecordSize: defaultMaxRecordSize}
 	created := time.Date(2026, 11, 25, 1, 0, 0, 0, time.UTC)
-	j := NewJournal(100)
+	j := newJournal(100)
 	appendAt := func(key int32, at time.Time) {
 		t.Helper()
-		c, err := conv.Convert(&types.EventEx{Event: types.Event{Key: key, CreatedTime: at}, EventTypeId: "com.example.test"})
+		c, err := conv.convert(&types.EventEx{Event: types.Event{Key: key, CreatedTime: at}, EventTypeId: "com.example.test"})
 		if err == nil {
-			err = j.AppendRecord(c.Record)
+			err = j.append(c.record)
 		}
 		if err != nil {
 			t.Fatal(err)
@@ -992,7 +992,7 @@ func TestSinkCheckpointEventWithoutTime(t *testing.T) {
 	appendAt(3, created.Add(3*time.Second))
 	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
 	cpFile := filepath.Join(t.TempDir(), "cp")
-	logs, status, stopped := runDeliverer(t, j, map[string]string{envSink: sink.URL, envSinkCheckpointFile: cpFile}, nil)
+	logs, status, stopped := runDeliverer(t, j, map[string]string{envSink: sink.url, envSinkCheckpointFile: cpFile}, nil)
 	checkpointAt := func(offset int64, at time.Time) {
 		t.Helper()
 		sink.waitAcked(t, offset)
@@ -1020,11 +1020,11 @@ func TestSinkRetryAfterHonoured(t *testing.T) {
 		}
 		return behave
 	}, nil)
-	j := NewJournal(10)
-	if err := j.AppendRecord(benchRecords(t, 1)[0]); err != nil {
+	j := newJournal(10)
+	if err := j.append(benchRecords(t, 1)[0]); err != nil {
 		t.Fatal(err)
 	}
-	runDeliverer(t, j, map[string]string{envSink: sink.URL}, func(d *Deliverer) {
+	runDeliverer(t, j, map[string]string{envSink: sink.url}, func(d *deliverer) {
 		d.backoffMin, d.backoffMax = time.Millisecond, 10*time.Millisecond
 	})
 	sink.waitFor(t, "the retry", func() bool { return len(sink.acked) == 1 })
@@ -1051,7 +1051,7 @@ func TestSinkAnswers(t *testing.T) {
 	}))
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL)
-	d := newTestDeliverer(t, SinkConfig{URL: u, Timeout: 5 * time.Second}, NewJournal(1), slog.New(slog.DiscardHandler))
+	d := newTestDeliverer(t, sinkConfig{url: u, timeout: 5 * time.Second}, newJournal(1), slog.New(slog.DiscardHandler))
 	msg, err := d.message(benchRecords(t, 1)[0])
 	if err != nil {
 		t.Fatal(err)
@@ -1069,17 +1069,17 @@ func TestSinkAnswers(t *testing.T) {
 		if res.status != code {
 			t.Errorf("status %d read as %d", code, res.status)
 		}
-		if want == modeSkip && (res.body != "answer body" || !errors.Is(res.err, ErrSinkRejected)) {
+		if want == modeSkip && (res.body != "answer body" || !errors.Is(res.err, errSinkRejected)) {
 			t.Errorf("status %d: body %q, error %v", code, res.body, res.err)
 		}
-		if want == modeBackoff && (res.retryAfter != 2*time.Second || !errors.Is(res.err, ErrSinkUnavailable)) {
+		if want == modeBackoff && (res.retryAfter != 2*time.Second || !errors.Is(res.err, errSinkUnavailable)) {
 			t.Errorf("status %d: Retry-After %v, error %v", code, res.retryAfter, res.err)
 		}
 	}
 	// No answer at all: retried, unless shutting down.
 	srv.Close()
 	res := d.attempt(context.Background(), 7, msg, 1)
-	if got := decide(context.Background(), res); got != modeBackoff || !errors.Is(res.err, ErrSinkUnavailable) {
+	if got := decide(context.Background(), res); got != modeBackoff || !errors.Is(res.err, errSinkUnavailable) {
 		t.Errorf("closed sink: mode %d, error %v", got, res.err)
 	}
 	done, cancel := context.WithCancel(context.Background())
@@ -1098,7 +1098,7 @@ func TestSinkWithTokensAndTLS(t *testing.T) {
 	sim := startTestSimulation(t)
 	vc := connectVCenter(t, sim)
 	sink := startTestSink(t, "127.0.0.1:0", nil, nil)
-	s, ca, _ := startHTTPSServerEnv(t, sim, tokenAlice+"\n", map[string]string{envSink: sink.URL})
+	s, ca, _ := startHTTPSServerEnv(t, sim, tokenAlice+"\n", map[string]string{envSink: sink.url})
 	client := httpsClient(ca)
 
 	vc.postEvents(t, 2)
@@ -1108,17 +1108,17 @@ func TestSinkWithTokensAndTLS(t *testing.T) {
 		t.Errorf("acknowledged keys repeat or are out of order: %v", acked)
 	}
 
-	resp, body := authGet(t, client, s.URL+"/readyz", "")
+	resp, body := authGet(t, client, s.url+"/readyz", "")
 	var ready struct {
 		Sink *sinkReady `json:"sink"`
 	}
 	if resp.StatusCode != http.StatusOK || json.Unmarshal(body, &ready) != nil || ready.Sink == nil {
 		t.Fatalf("/readyz without a token: %s %s, want 200 with the sink's state", resp.Status, body)
 	}
-	if resp, _ := authGet(t, client, s.URL+"/metrics", ""); resp.StatusCode != http.StatusUnauthorized {
+	if resp, _ := authGet(t, client, s.url+"/metrics", ""); resp.StatusCode != http.StatusUnauthorized {
 		t.Errorf("/metrics without a token: %s, want 401", resp.Status)
 	}
-	resp, body = authGet(t, client, s.URL+"/metrics", tokenAlice)
+	resp, body = authGet(t, client, s.url+"/metrics", tokenAlice)
 	if resp.StatusCode != http.StatusOK {
 		t.Fatalf("/metrics with a token: %s", resp.Status)
 	}
@@ -1134,25 +1134,25 @@ func TestSinkBacklogStalledSink(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulation(t)
 	vc := connectVCenter(t, sim)
-	cfg := Config{VCenterURL: sim.URL, Insecure: true, Username: sim.Username, Password: sim.Password,
-		StreamBegin: defaultStreamBegin, MaxRecordSize: defaultMaxRecordSize, MaxSegmentSize: 5}
+	cfg := config{vcenterURL: sim.url, insecure: true, username: sim.username, password: sim.password,
+		streamBegin: defaultStreamBegin, maxRecordSize: defaultMaxRecordSize, maxSegmentSize: 5}
 	opts := defaultCollectorOptions()
-	journal := NewJournal(cfg.MaxSegmentSize)
+	journal := newJournal(cfg.maxSegmentSize)
 	status := newCollectorStatus(opts.stuckAfter())
 	logs := newLogRecorder()
 	// No deliverer takes from it: the sink needs the first event held.
-	pace, err := newSinkPace(SinkConfig{}, 50*time.Millisecond, status)
+	pace, err := newSinkPace(sinkConfig{}, 50*time.Millisecond, status)
 	if err != nil {
 		t.Fatal(err)
 	}
 	collector := newCollector(cfg, opts, journal, status, pace, slog.New(slog.NewJSONHandler(logs, nil)))
-	stopped := runUntilCleanup(t, collector.Run)
+	stopped := runUntilCleanup(t, collector.run)
 
-	waitUntil(t, &status.changes, stopped, "the catch-up with vCenter", status.Ready)
+	waitUntil(t, &status.changes, stopped, "the catch-up with vCenter", status.isReady)
 	if n := logs.count("the sink took no event for a while: reading vCenter's backlog on without it; the events it needs may be purged before delivery (sink_lost_total)"); n != 1 {
 		t.Errorf("%d warnings that the catch-up reads on without the sink, want 1", n)
 	}
-	if _, latest, _ := journal.Range(); latest != vc.latestKey(t) {
+	if _, latest, _ := journal.bounds(); latest != vc.latestKey(t) {
 		t.Errorf("caught up to %d, want vCenter's newest %d", latest, vc.latestKey(t))
 	}
 }
@@ -1179,14 +1179,14 @@ func TestCollectorPacesSink(t *testing.T) {
 		{name: "caught up once", ready: true},
 	} {
 		status := newCollectorStatus(time.Minute)
-		pace, err := newSinkPace(SinkConfig{}, sinkPatience, status)
+		pace, err := newSinkPace(sinkConfig{}, sinkPatience, status)
 		if err != nil {
 			t.Fatal(err)
 		}
 		if tc.noSink {
 			pace = nil
 		}
-		c := &Collector{status: status, pace: pace, backlogUntil: began,
+		c := &collector{status: status, pace: pace, backlogUntil: began,
 			lastCreated: tc.lastCreated, sinkGaveUp: tc.gaveUp}
 		if tc.ready {
 			c.status.setReady()

@@ -34,7 +34,7 @@ type sinkPace struct {
 	patience time.Duration
 	// collector tells of the collector's first catch-up and of each of
 	// its appends.
-	collector *CollectorStatus
+	collector *collectorStatus
 	// done is the last offset the sink is done with (acknowledged, refused
 	// for good or not selected), -1 before; moved is notified as it grows.
 	done  atomic.Int64
@@ -45,13 +45,13 @@ type sinkPace struct {
 // catch-up of the collector of status waits patience for a sink that
 // takes no event. With a checkpoint file, delivery resumes after the
 // offset it holds.
-func newSinkPace(cfg SinkConfig, patience time.Duration, collector *CollectorStatus) (*sinkPace, error) {
+func newSinkPace(cfg sinkConfig, patience time.Duration, collector *collectorStatus) (*sinkPace, error) {
 	p := &sinkPace{patience: patience, collector: collector}
 	p.done.Store(-1)
-	if cfg.CheckpointFile == "" {
+	if cfg.checkpointFile == "" {
 		return p, nil
 	}
-	cp, ok, err := loadCheckpoint(cfg.CheckpointFile)
+	cp, ok, err := loadCheckpoint(cfg.checkpointFile)
 	if err != nil {
 		return nil, &configError{envSinkCheckpointFile, err.Error()}
 	}
@@ -108,7 +108,7 @@ func (p *sinkPace) beginBy(begin time.Time) time.Time {
 // first time, or until held holds (looked at again at each event the
 // collector appends), and reports true; false if ctx ended first.
 func (p *sinkPace) waitCaughtUp(ctx context.Context, held func() bool) bool {
-	return p.collector.waitFor(ctx, func() bool { return held() || p.collector.Ready() })
+	return p.collector.waitFor(ctx, func() bool { return held() || p.collector.isReady() })
 }
 
 // sinkRoom returns how many events the next page may hold: size, or, while
@@ -117,7 +117,7 @@ func (p *sinkPace) waitCaughtUp(ctx context.Context, held func() bool) bool {
 // it waits for the sink, with the watchdog paused (the wait is not
 // vCenter's) and the session kept alive, as long as the sink takes events;
 // one that takes none for the pace's patience is waited for no more.
-func (c *Collector) sinkRoom(ctx context.Context, s *vcSession, size int) (int, error) {
+func (c *collector) sinkRoom(ctx context.Context, s *vcSession, size int) (int, error) {
 	if !c.pacesSink() {
 		return size, nil
 	}
@@ -127,7 +127,7 @@ func (c *Collector) sinkRoom(ctx context.Context, s *vcSession, size int) (int, 
 		if needs < 0 {
 			// The first event held, or on an empty journal the first
 			// appended: the same room either way.
-			needs, _, _ = c.journal.Range()
+			needs, _, _ = c.journal.bounds()
 		}
 		if room := c.journal.roomBefore(needs); room > 0 {
 			return min(size, room), nil
@@ -160,7 +160,7 @@ func (c *Collector) sinkRoom(ctx context.Context, s *vcSession, size int) (int, 
 // began. Then it reads on as fast as vCenter answers, even for a sink
 // slower than vCenter's own rate: the catch-up ends, and the server gets
 // ready.
-func (c *Collector) pacesSink() bool {
-	return c.pace != nil && !c.sinkGaveUp && !c.status.Ready() &&
+func (c *collector) pacesSink() bool {
+	return c.pace != nil && !c.sinkGaveUp && !c.status.isReady() &&
 		(c.lastCreated.IsZero() || c.lastCreated.Before(c.backlogUntil))
 }

@@ -6,9 +6,9 @@ import (
 	"time"
 )
 
-// CollectorStatus is what the collector reports about itself to the HTTP
+// collectorStatus is what the collector reports about itself to the HTTP
 // API (readiness, liveness, metrics). All methods are safe for concurrent use.
-type CollectorStatus struct {
+type collectorStatus struct {
 	// ready is set after the first successful read from vCenter.
 	ready atomic.Bool
 	// connected is true while the collector holds a working session.
@@ -40,18 +40,18 @@ type CollectorStatus struct {
 
 // newCollectorStatus returns the status of a collector that has not run yet;
 // its loop counts as stuck if it does not turn within stuckAfter.
-func newCollectorStatus(stuckAfter time.Duration) *CollectorStatus {
-	s := &CollectorStatus{stuckAfter: stuckAfter}
+func newCollectorStatus(stuckAfter time.Duration) *collectorStatus {
+	s := &collectorStatus{stuckAfter: stuckAfter}
 	s.beat()
 	return s
 }
 
-// Ready reports whether the collector has read from vCenter at least once.
-func (s *CollectorStatus) Ready() bool { return s.ready.Load() }
+// isReady reports whether the collector has read from vCenter at least once.
+func (s *collectorStatus) isReady() bool { return s.ready.Load() }
 
 // setReady marks the collector ready, once it has read all of vCenter's
 // events the first time; it reports whether it was not yet.
-func (s *CollectorStatus) setReady() bool {
+func (s *collectorStatus) setReady() bool {
 	if s.ready.Swap(true) {
 		return false
 	}
@@ -61,21 +61,21 @@ func (s *CollectorStatus) setReady() bool {
 
 // waitReady waits until the collector is ready and reports true, or until
 // ctx is done (false).
-func (s *CollectorStatus) waitReady(ctx context.Context) bool { return s.waitFor(ctx, s.Ready) }
+func (s *collectorStatus) waitReady(ctx context.Context) bool { return s.waitFor(ctx, s.isReady) }
 
 // waitFor waits until cond holds and reports true, or until ctx is done
 // (false). It looks at cond again whenever what the status reports
 // changes: readiness, the connection, and each append, so that cond may
 // also be about the journal the collector appends to.
-func (s *CollectorStatus) waitFor(ctx context.Context, cond func() bool) bool {
+func (s *collectorStatus) waitFor(ctx context.Context, cond func() bool) bool {
 	return s.changes.waitFor(ctx, cond)
 }
 
-// Connected reports whether the collector has a working vCenter session now.
-func (s *CollectorStatus) Connected() bool { return s.connected.Load() }
+// isConnected reports whether the collector has a working vCenter session now.
+func (s *collectorStatus) isConnected() bool { return s.connected.Load() }
 
 // setConnected records whether the collector has a working session.
-func (s *CollectorStatus) setConnected(connected bool) {
+func (s *collectorStatus) setConnected(connected bool) {
 	if s.connected.Swap(connected) != connected {
 		s.changes.notify()
 	}
@@ -84,7 +84,7 @@ func (s *CollectorStatus) setConnected(connected bool) {
 // appended records the append of an event created at created (zero if its
 // time could not be read: the times then stay as they were), which took
 // lag from its creation in vCenter.
-func (s *CollectorStatus) appended(created time.Time, lag time.Duration) {
+func (s *collectorStatus) appended(created time.Time, lag time.Duration) {
 	s.ingested.Add(1)
 	if !created.IsZero() {
 		s.lastEvent.Store(created.UnixNano())
@@ -93,16 +93,16 @@ func (s *CollectorStatus) appended(created time.Time, lag time.Duration) {
 	s.changes.notify()
 }
 
-// Alive reports whether the collector's loop has turned recently. It is
+// alive reports whether the collector's loop has turned recently. It is
 // false only when the process itself is wedged: vCenter outages and stalls
 // are handled by the loop and keep it turning.
-func (s *CollectorStatus) Alive() bool {
+func (s *collectorStatus) alive() bool {
 	return s.stuckAfter <= 0 || time.Since(time.Unix(0, s.heartbeat.Load())) < s.stuckAfter
 }
 
-// LastEventTime returns the creation time of the newest event appended, or
+// lastEventTime returns the creation time of the newest event appended, or
 // the zero time if there is none.
-func (s *CollectorStatus) LastEventTime() time.Time {
+func (s *collectorStatus) lastEventTime() time.Time {
 	if n := s.lastEvent.Load(); n != 0 {
 		return time.Unix(0, n).UTC()
 	}
@@ -110,20 +110,20 @@ func (s *CollectorStatus) LastEventTime() time.Time {
 }
 
 // reconnecting records that a session failed and another is to be opened.
-func (s *CollectorStatus) reconnecting() {
+func (s *collectorStatus) reconnecting() {
 	s.reconnects.Add(1)
 	s.changes.notify()
 }
 
 // setMode records how the current session learns of new events.
-func (s *CollectorStatus) setMode(m collectMode) {
+func (s *collectorStatus) setMode(m collectMode) {
 	if collectMode(s.mode.Swap(int32(m))) != m {
 		s.changes.notify()
 	}
 }
 
 // currentMode is how the current session learns of new events.
-func (s *CollectorStatus) currentMode() collectMode { return collectMode(s.mode.Load()) }
+func (s *collectorStatus) currentMode() collectMode { return collectMode(s.mode.Load()) }
 
 // beat records that the collector's loop turned now (Alive).
-func (s *CollectorStatus) beat() { s.heartbeat.Store(time.Now().UnixNano()) }
+func (s *collectorStatus) beat() { s.heartbeat.Store(time.Now().UnixNano()) }

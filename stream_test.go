@@ -130,7 +130,7 @@ func TestSSEResume(t *testing.T) {
 	waitForKey(t, srv, int64(history[len(history)-1].GetEvent().Key))
 
 	// The URL an EventSource keeps: where the stream began.
-	target := fmt.Sprintf("%s/api/v1/events?watch=true&offset=%d", srv.URL, history[0].GetEvent().Key)
+	target := fmt.Sprintf("%s/api/v1/events?watch=true&offset=%d", srv.url, history[0].GetEvent().Key)
 	check := func(s *sseStream, want []int) string {
 		t.Helper()
 		var last string
@@ -141,7 +141,7 @@ func TestSSEResume(t *testing.T) {
 			if ev.id != strconv.FormatInt(key, 10) || ev.event != cloudEventType(name) {
 				t.Fatalf("event id %q type %q, want %d %s", ev.id, ev.event, key, cloudEventType(name))
 			}
-			if body := mustGet(t, srv.URL+"/api/v1/events/"+ev.id); ev.data != string(body) {
+			if body := mustGet(t, srv.url+"/api/v1/events/"+ev.id); ev.data != string(body) {
 				t.Fatalf("data of %s differs from /events/%s:\n%s\n%s", ev.id, ev.id, ev.data, body)
 			}
 			last = ev.id
@@ -185,17 +185,17 @@ func streamServer(t *testing.T, d handlerDeps) *httptest.Server {
 }
 
 // typedRecord is a record with a type and class, as the collector appends.
-func typedRecord(key int64, name string, class EventClass) Record {
+func typedRecord(key int64, name string, class eventClass) record {
 	typ := cloudEventType(name)
 	data := fmt.Sprintf(`{"id":"%d","type":"%s","eventclass":"%s"}`, key, typ, class)
-	return Record{Offset: key, Data: []byte(data), Type: typ, Class: class}
+	return record{offset: key, data: []byte(data), eventType: typ, class: class}
 }
 
 func TestSSEHeartbeatAndErrors(t *testing.T) {
 	t.Parallel()
 	t.Run("ping while idle", func(t *testing.T) {
 		t.Parallel()
-		srv := streamServer(t, handlerDeps{journal: NewJournal(10), sseHeartbeat: 20 * time.Millisecond})
+		srv := streamServer(t, handlerDeps{journal: newJournal(10), sseHeartbeat: 20 * time.Millisecond})
 		s := openSSE(t, srv.URL+"/api/v1/events?watch=true", "")
 		go func() { _, _ = s.read() }() // the reader notes comments as they come
 		select {
@@ -209,10 +209,10 @@ func TestSSEHeartbeatAndErrors(t *testing.T) {
 	})
 	t.Run("event: error when the offset is gone", func(t *testing.T) {
 		t.Parallel()
-		j := NewJournal(10)
+		j := newJournal(10)
 		srv := streamServer(t, handlerDeps{journal: j})
 		s := openSSE(t, srv.URL+"/api/v1/events?offset=1", "") // Accept alone makes it a watch
-		if err := j.AppendRecord(typedRecord(38, "VmPoweredOnEvent", ClassEvent)); err != nil {
+		if err := j.append(typedRecord(38, "VmPoweredOnEvent", classEvent)); err != nil {
 			t.Fatal(err)
 		}
 		ev := s.next()
@@ -225,7 +225,7 @@ func TestSSEHeartbeatAndErrors(t *testing.T) {
 	})
 	t.Run("bad Last-Event-ID and contradicting watch", func(t *testing.T) {
 		t.Parallel()
-		srv := streamServer(t, handlerDeps{journal: NewJournal(10)})
+		srv := streamServer(t, handlerDeps{journal: newJournal(10)})
 		for _, c := range []struct{ query, lastID string }{
 			{"?watch=true", "abc"},
 			{"?watch=true", "-1"},
@@ -248,8 +248,8 @@ func TestSSEHeartbeatAndErrors(t *testing.T) {
 	})
 	t.Run("Accept decides, q=0 refuses", func(t *testing.T) {
 		t.Parallel()
-		j := NewJournal(10)
-		if err := j.AppendRecord(typedRecord(1, "VmPoweredOnEvent", ClassEvent)); err != nil {
+		j := newJournal(10)
+		if err := j.append(typedRecord(1, "VmPoweredOnEvent", classEvent)); err != nil {
 			t.Fatal(err)
 		}
 		srv := streamServer(t, handlerDeps{journal: j})
@@ -272,7 +272,7 @@ func TestSSEHeartbeatAndErrors(t *testing.T) {
 	})
 	t.Run("timeoutSeconds", func(t *testing.T) {
 		t.Parallel()
-		srv := streamServer(t, handlerDeps{journal: NewJournal(10)})
+		srv := streamServer(t, handlerDeps{journal: newJournal(10)})
 		s := openSSE(t, srv.URL+"/api/v1/events?watch=true&timeoutSeconds=1", "")
 		want := fmt.Sprintf("retry: %d\n\n", sseRetry.Milliseconds())
 		if rest, err := io.ReadAll(s.r); err != nil || string(rest) != want {
@@ -285,31 +285,31 @@ func TestSSEHeartbeatAndErrors(t *testing.T) {
 // records in lists and in both watch formats, and never change offsets.
 func TestFilters(t *testing.T) {
 	t.Parallel()
-	j := NewJournal(100)
+	j := newJournal(100)
 	kinds := []struct {
 		name  string
-		class EventClass
+		class eventClass
 	}{
-		{"VmPoweredOnEvent", ClassEvent},
-		{"VmPoweredOffEvent", ClassEvent},
-		{"com.vmware.vc.HA.Health", ClassEventEx},
-		{"com.example.backup", ClassExtendedEvent},
+		{"VmPoweredOnEvent", classEvent},
+		{"VmPoweredOffEvent", classEvent},
+		{"com.vmware.vc.HA.Health", classEventEx},
+		{"com.example.backup", classExtendedEvent},
 	}
 	want := map[string][]int64{} // filter query -> keys
 	for i := range 40 {
 		key := int64(10 + 2*i) // gaps between keys
 		k := kinds[i%len(kinds)]
-		if err := j.AppendRecord(typedRecord(key, k.name, k.class)); err != nil {
+		if err := j.append(typedRecord(key, k.name, k.class)); err != nil {
 			t.Fatal(err)
 		}
 		want["type="+k.name] = append(want["type="+k.name], key)
-		if k.class == ClassEvent {
+		if k.class == classEvent {
 			want["eventclass=event"] = append(want["eventclass=event"], key)
 			want["type=VmPoweredOnEvent&type=vmware.vsphere.VmPoweredOffEvent.v0"] = append(want["type=VmPoweredOnEvent&type=vmware.vsphere.VmPoweredOffEvent.v0"], key)
 		} else {
 			want["eventclass=eventex&eventclass=extendedevent"] = append(want["eventclass=eventex&eventclass=extendedevent"], key)
 		}
-		if k.class == ClassEventEx {
+		if k.class == classEventEx {
 			want["type=com.vmware.vc.HA.Health&eventclass=eventex"] = append(want["type=com.vmware.vc.HA.Health&eventclass=eventex"], key)
 		}
 	}
@@ -436,7 +436,7 @@ func recordKeys(t *testing.T, body []byte) []int64 {
 // watch ends, there is room again.
 func TestWatchCap(t *testing.T) {
 	t.Parallel()
-	srv := streamServer(t, handlerDeps{journal: NewJournal(10), maxWatches: 2})
+	srv := streamServer(t, handlerDeps{journal: newJournal(10), maxWatches: 2})
 	openRawWatch(t, srv.URL+"/api/v1/events?watch=true")
 	short := openRawWatch(t, srv.URL+"/api/v1/events?watch=true&timeoutSeconds=1")
 
@@ -465,9 +465,9 @@ func TestWatchCap(t *testing.T) {
 // event id (an id line without data), so a reconnect resumes after them.
 func TestSSEPosition(t *testing.T) {
 	t.Parallel()
-	j := NewJournal(100)
+	j := newJournal(100)
 	for k := int64(1); k <= 20; k++ {
-		if err := j.AppendRecord(typedRecord(k, "VmPoweredOnEvent", ClassEvent)); err != nil {
+		if err := j.append(typedRecord(k, "VmPoweredOnEvent", classEvent)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -496,7 +496,7 @@ func TestSSEPosition(t *testing.T) {
 	}
 	readUntil("id: 20") // from now: the position at the start
 	for k := int64(21); k <= 25; k++ {
-		if err := j.AppendRecord(typedRecord(k, "VmPoweredOnEvent", ClassEvent)); err != nil {
+		if err := j.append(typedRecord(k, "VmPoweredOnEvent", classEvent)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -508,9 +508,9 @@ func TestSSEPosition(t *testing.T) {
 // between it and the earliest record held: nothing was missed, no 410.
 func TestSSEResumeAcrossGap(t *testing.T) {
 	t.Parallel()
-	j := NewJournal(2)
+	j := newJournal(2)
 	for _, k := range []int64{10, 11, 20, 21, 30} { // 10 and 11 purged; earliest 20
-		if err := j.AppendRecord(typedRecord(k, "VmPoweredOnEvent", ClassEvent)); err != nil {
+		if err := j.append(typedRecord(k, "VmPoweredOnEvent", classEvent)); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -31,9 +31,9 @@ import (
 // authRealm is the realm of every WWW-Authenticate challenge.
 const authRealm = "vsphere-event-streaming"
 
-// ErrTokenRevoked ends the open requests (watches) of a token that was
+// errTokenRevoked ends the open requests (watches) of a token that was
 // removed from the token file.
-var ErrTokenRevoked = errors.New("API token removed from the token file")
+var errTokenRevoked = errors.New("API token removed from the token file")
 
 // errNoTokens is a token file that lists no token.
 var errNoTokens = errors.New("lists no token (one per line; blank lines and # comments are ignored)")
@@ -181,7 +181,7 @@ func (a *tokenAuth) takeTokens(file [][]byte) error {
 	ended := 0
 	for req := range a.inflight {
 		if set.match(req.digest) < 0 {
-			req.cancel(ErrTokenRevoked)
+			req.cancel(errTokenRevoked)
 			delete(a.inflight, req)
 			ended++
 		}
@@ -240,8 +240,8 @@ func bearerToken(r *http.Request) (string, bool) {
 // bearer token, or a browser session made with one); where a route is a
 // page, a browser navigating to it without one is sent to the login form
 // instead of answered 401. An admitted request's context ends with
-// ErrTokenRevoked when its token is removed, and one a browser session
-// admitted with ErrSessionExpired when the session expires, which ends a
+// errTokenRevoked when its token is removed, and one a browser session
+// admitted with errSessionExpired when the session expires, which ends a
 // watch cleanly. An admitted request's answer is marked for its client
 // only (privatecache.go).
 func (a *tokenAuth) require(next http.Handler, page bool) http.Handler {
@@ -250,7 +250,7 @@ func (a *tokenAuth) require(next http.Handler, page bool) http.Handler {
 			base := r.Context()
 			if !expires.IsZero() {
 				var stop context.CancelFunc
-				base, stop = context.WithDeadlineCause(base, expires, ErrSessionExpired)
+				base, stop = context.WithDeadlineCause(base, expires, errSessionExpired)
 				defer stop()
 			}
 			ctx, cancel := context.WithCancelCause(base)

@@ -45,8 +45,8 @@ func startPrivateCAVCenter(t *testing.T) *privateCAVCenter {
 func (v *privateCAVCenter) secrets(t *testing.T, caPEM []byte) string {
 	t.Helper()
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, "username"), v.sim.Username)
-	writeFile(t, filepath.Join(dir, "password"), v.sim.Password)
+	writeFile(t, filepath.Join(dir, "username"), v.sim.username)
+	writeFile(t, filepath.Join(dir, "password"), v.sim.password)
 	if caPEM != nil {
 		writeFile(t, filepath.Join(dir, caFile), string(caPEM))
 	}
@@ -103,7 +103,7 @@ func TestTrustPrivateCA(t *testing.T) {
 			env := trust(t, vc)
 			env[envVCenterInsecure] = "false"
 			s := startServer(t, vc.sim, env)
-			if code, _ := get(t, s.URL+"/readyz"); code != http.StatusOK {
+			if code, _ := get(t, s.url+"/readyz"); code != http.StatusOK {
 				t.Errorf("/readyz = %d, want 200", code)
 			}
 		})
@@ -139,10 +139,10 @@ func TestTrustUntrusted(t *testing.T) {
 			if want := strings.ToUpper(fingerprint(sum[:], true)); rec["sha256_fingerprint"] != want {
 				t.Errorf("logged fingerprint %v, want %s", rec["sha256_fingerprint"], want)
 			}
-			if code, _ := get(t, s.URL+"/readyz"); code != http.StatusServiceUnavailable {
+			if code, _ := get(t, s.url+"/readyz"); code != http.StatusServiceUnavailable {
 				t.Errorf("/readyz = %d, want 503", code)
 			}
-			if code, _ := get(t, s.URL+"/livez"); code != http.StatusOK {
+			if code, _ := get(t, s.url+"/livez"); code != http.StatusOK {
 				t.Errorf("/livez = %d, want 200", code)
 			}
 		})
@@ -195,8 +195,8 @@ func TestTrustConfigErrors(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if cfg.Trust.rootCAs == nil || cfg.Trust.thumbprint != strings.Repeat("AB:", 31)+"AB" {
-		t.Errorf("trust %+v", cfg.Trust)
+	if cfg.trust.rootCAs == nil || cfg.trust.thumbprint != strings.Repeat("AB:", 31)+"AB" {
+		t.Errorf("trust %+v", cfg.trust)
 	}
 	// Through run, the program stops with the error.
 	env[envVCenterThumbprint] = "nope"

@@ -44,26 +44,26 @@ func withUnknownEvents(known types.Func) types.Func {
 // unknownEvent is a vSphere event whose type govmomi does not know.
 type unknownEvent struct {
 	types.Event
-	// TypeName is the event's xsi:type, without a namespace prefix.
-	TypeName string
+	// typeName is the event's xsi:type, without a namespace prefix.
+	typeName string
 	// Extra are the element's children other than the base Event fields,
 	// in document order.
-	Extra []*xmlNode
-	// DecodeErr is why the base fields could not be decoded, if they could
+	extra []*xmlNode
+	// decodeErr is why the base fields could not be decoded, if they could
 	// not; the event is then recorded without data.
-	DecodeErr error
-	// KeyRead tells whether the element had a readable key.
-	KeyRead bool
+	decodeErr error
+	// keyRead tells whether the element had a readable key.
+	keyRead bool
 }
 
 // xmlNode is one element of an unknown event, kept generically.
 type xmlNode struct {
-	Name     string // local name
-	XSIType  string // xsi:type, if any
-	TypeAttr string // the plain type attribute of a managed object reference
-	Nil      bool   // xsi:nil="true"
-	Text     string // character data of a leaf
-	Children []*xmlNode
+	name     string // local name
+	xsiType  string // xsi:type, if any
+	typeAttr string // the plain type attribute of a managed object reference
+	isNil    bool   // xsi:nil="true"
+	text     string // character data of a leaf
+	children []*xmlNode
 }
 
 // baseEventElements are the XML names of types.Event's fields.
@@ -76,35 +76,35 @@ var baseEventElements = map[string]bool{
 
 // UnmarshalXML keeps the element generically and decodes its base Event
 // fields as govmomi would for a known type. It never fails the whole read:
-// a problem with this one event is kept in DecodeErr.
+// a problem with this one event is kept in decodeErr.
 func (u *unknownEvent) UnmarshalXML(d *xml.Decoder, start xml.StartElement) error {
 	root, err := readXMLNode(d, start)
 	if err != nil {
 		// The document itself is broken: nothing after it can be read.
 		return err
 	}
-	u.TypeName = root.XSIType
-	if i := strings.LastIndexByte(u.TypeName, ':'); i >= 0 {
-		u.TypeName = u.TypeName[i+1:]
+	u.typeName = root.xsiType
+	if i := strings.LastIndexByte(u.typeName, ':'); i >= 0 {
+		u.typeName = u.typeName[i+1:]
 	}
 	var base []*xmlNode
-	for _, c := range root.Children {
-		if baseEventElements[c.Name] {
+	for _, c := range root.children {
+		if baseEventElements[c.name] {
 			base = append(base, c)
 		} else {
-			u.Extra = append(u.Extra, c)
+			u.extra = append(u.extra, c)
 		}
 	}
-	u.DecodeErr = decodeBaseEvent(base, &u.Event)
-	u.KeyRead = u.DecodeErr == nil
-	if u.DecodeErr != nil {
+	u.decodeErr = decodeBaseEvent(base, &u.Event)
+	u.keyRead = u.decodeErr == nil
+	if u.decodeErr != nil {
 		// The key alone may still be readable, so the event keeps its
 		// offset; and its time, each on its own, so that the event keeps its
 		// place in time (where a reconnect or a sink's checkpoint resumes).
 		var key struct {
 			Key int32 `xml:"key"`
 		}
-		u.KeyRead = decodeBaseEvent(base, &key) == nil && hasElement(base, "key")
+		u.keyRead = decodeBaseEvent(base, &key) == nil && hasElement(base, "key")
 		u.Key = key.Key
 		var created struct {
 			CreatedTime time.Time `xml:"createdTime"`
@@ -118,7 +118,7 @@ func (u *unknownEvent) UnmarshalXML(d *xml.Decoder, start xml.StartElement) erro
 
 // hasElement reports whether nodes include an element named name.
 func hasElement(nodes []*xmlNode, name string) bool {
-	return slices.ContainsFunc(nodes, func(n *xmlNode) bool { return n.Name == name })
+	return slices.ContainsFunc(nodes, func(n *xmlNode) bool { return n.name == name })
 }
 
 // decodeBaseEvent decodes nodes, written back as XML, into v with govmomi's
@@ -141,22 +141,22 @@ func decodeBaseEvent(nodes []*xmlNode, v any) (err error) {
 
 // readXMLNode reads the element that start opens, up to its end.
 func readXMLNode(d *xml.Decoder, start xml.StartElement) (*xmlNode, error) {
-	n := &xmlNode{Name: start.Name.Local}
+	n := &xmlNode{name: start.Name.Local}
 	for _, a := range start.Attr {
 		switch {
 		case a.Name.Local == "type" && (a.Name.Space == xsiNamespace || a.Name.Space == "xsi"):
-			n.XSIType = a.Value
+			n.xsiType = a.Value
 		case a.Name.Local == "nil" && (a.Name.Space == xsiNamespace || a.Name.Space == "xsi"):
-			n.Nil = a.Value == "true" || a.Value == "1"
+			n.isNil = a.Value == "true" || a.Value == "1"
 		case a.Name.Local == "type" && a.Name.Space == "":
-			n.TypeAttr = a.Value
+			n.typeAttr = a.Value
 		}
 	}
 	var text strings.Builder
 	for {
 		tok, err := d.Token()
 		if err != nil {
-			return nil, fmt.Errorf("read <%s>: %w", n.Name, err)
+			return nil, fmt.Errorf("read <%s>: %w", n.name, err)
 		}
 		switch t := tok.(type) {
 		case xml.StartElement:
@@ -164,12 +164,12 @@ func readXMLNode(d *xml.Decoder, start xml.StartElement) (*xmlNode, error) {
 			if err != nil {
 				return nil, err
 			}
-			n.Children = append(n.Children, child)
+			n.children = append(n.children, child)
 		case xml.CharData:
 			text.Write(t)
 		case xml.EndElement:
-			if len(n.Children) == 0 {
-				n.Text = text.String()
+			if len(n.children) == 0 {
+				n.text = text.String()
 			}
 			return n, nil
 		}
@@ -178,40 +178,40 @@ func readXMLNode(d *xml.Decoder, start xml.StartElement) (*xmlNode, error) {
 
 // writeXML writes n back as XML, with the attributes govmomi's decoder reads.
 func (n *xmlNode) writeXML(buf *bytes.Buffer) {
-	buf.WriteString("<" + n.Name)
+	buf.WriteString("<" + n.name)
 	writeAttr := func(name, value string) {
 		buf.WriteString(" " + name + `="`)
 		_ = xml.EscapeText(buf, []byte(value))
 		buf.WriteByte('"')
 	}
-	if n.XSIType != "" {
-		writeAttr("xsi:type", n.XSIType)
+	if n.xsiType != "" {
+		writeAttr("xsi:type", n.xsiType)
 	}
-	if n.TypeAttr != "" {
-		writeAttr("type", n.TypeAttr)
+	if n.typeAttr != "" {
+		writeAttr("type", n.typeAttr)
 	}
-	if n.Nil {
+	if n.isNil {
 		writeAttr("xsi:nil", "true")
 	}
 	buf.WriteByte('>')
-	_ = xml.EscapeText(buf, []byte(n.Text))
-	for _, c := range n.Children {
+	_ = xml.EscapeText(buf, []byte(n.text))
+	for _, c := range n.children {
 		c.writeXML(buf)
 	}
-	buf.WriteString("</" + n.Name + ">")
+	buf.WriteString("</" + n.name + ">")
 }
 
 // appendUnknownEventData appends the data of u: its base fields exactly as
 // the wire encoder writes them for a known type (they come first there too,
 // Event being embedded first), then its other elements in document order.
 func appendUnknownEventData(b []byte, wire *wireEncoder, u *unknownEvent) []byte {
-	b = wire.Append(b, &u.Event)
-	if len(u.Extra) == 0 {
+	b = wire.append(b, &u.Event)
+	if len(u.extra) == 0 {
 		return b
 	}
 	// Continue the object the wire encoder closed.
 	b = b[:len(b)-1]
-	b = appendXMLFields(b, u.Extra, true)
+	b = appendXMLFields(b, u.extra, true)
 	return append(b, '}')
 }
 
@@ -221,19 +221,19 @@ func appendUnknownEventData(b []byte, wire *wireEncoder, u *unknownEvent) []byte
 func appendXMLFields(b []byte, nodes []*xmlNode, continued bool) []byte {
 	done := make(map[string]bool, len(nodes))
 	for i, n := range nodes {
-		if done[n.Name] {
+		if done[n.name] {
 			continue
 		}
-		done[n.Name] = true
+		done[n.name] = true
 		if continued {
 			b = append(b, ',')
 		}
 		continued = true
-		b = appendString(b, pascalCase(n.Name))
+		b = appendString(b, pascalCase(n.name))
 		b = append(b, ':')
 		var same []*xmlNode
 		for _, m := range nodes[i:] {
-			if m.Name == n.Name {
+			if m.name == n.name {
 				same = append(same, m)
 			}
 		}
@@ -258,20 +258,20 @@ func appendXMLFields(b []byte, nodes []*xmlNode, continued bool) []byte {
 // its text as a string.
 func appendXMLValue(b []byte, n *xmlNode) []byte {
 	switch {
-	case len(n.Children) > 0:
+	case len(n.children) > 0:
 		b = append(b, '{')
-		b = appendXMLFields(b, n.Children, false)
+		b = appendXMLFields(b, n.children, false)
 		return append(b, '}')
-	case n.Nil:
+	case n.isNil:
 		return append(b, "null"...)
-	case n.TypeAttr != "":
+	case n.typeAttr != "":
 		b = append(b, `{"Type":`...)
-		b = appendString(b, n.TypeAttr)
+		b = appendString(b, n.typeAttr)
 		b = append(b, `,"Value":`...)
-		b = appendString(b, n.Text)
+		b = appendString(b, n.text)
 		return append(b, '}')
 	}
-	return appendString(b, n.Text)
+	return appendString(b, n.text)
 }
 
 // pascalCase upper-cases the first letter of an XML name, as govmomi names

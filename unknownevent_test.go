@@ -71,23 +71,23 @@ func TestUnknownEventDecoding(t *testing.T) {
 	if !ok {
 		t.Fatalf("second event is %T, want *unknownEvent", events[1])
 	}
-	if unknown.TypeName != "VmFutureReconfiguredEvent" || unknown.DecodeErr != nil || !unknown.KeyRead {
-		t.Fatalf("unknown event: type %q, error %v, key read %v", unknown.TypeName, unknown.DecodeErr, unknown.KeyRead)
+	if unknown.typeName != "VmFutureReconfiguredEvent" || unknown.decodeErr != nil || !unknown.keyRead {
+		t.Fatalf("unknown event: type %q, error %v, key read %v", unknown.typeName, unknown.decodeErr, unknown.keyRead)
 	}
 
 	conv := &eventConverter{source: goldenSource, maxRecordSize: defaultMaxRecordSize}
-	knownRec, err := conv.Convert(known)
+	knownRec, err := conv.convert(known)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec, err := conv.Convert(unknown)
-	if err != nil || rec.Dropped != "" {
-		t.Fatalf("convert: %v, dropped %q", err, rec.Dropped)
+	rec, err := conv.convert(unknown)
+	if err != nil || rec.dropped != "" {
+		t.Fatalf("convert: %v, dropped %q", err, rec.dropped)
 	}
-	if rec.Offset != 42 || rec.Type != "vmware.vsphere.VmFutureReconfiguredEvent.v0" || rec.Class != ClassEvent {
-		t.Errorf("record offset %d type %q class %v", rec.Offset, rec.Type, rec.Class)
+	if rec.offset != 42 || rec.eventType != "vmware.vsphere.VmFutureReconfiguredEvent.v0" || rec.class != classEvent {
+		t.Errorf("record offset %d type %q class %v", rec.offset, rec.eventType, rec.class)
 	}
-	knownData, data := cloudEventData(t, knownRec.Data), cloudEventData(t, rec.Data)
+	knownData, data := cloudEventData(t, knownRec.data), cloudEventData(t, rec.data)
 	// The base fields are byte for byte the known type's: everything up to
 	// the first field of its own (Template).
 	base, _, found := bytes.Cut(knownData, []byte(`,"Template"`))
@@ -99,8 +99,8 @@ func TestUnknownEventDecoding(t *testing.T) {
 	if got := string(data[len(base):]); got != want {
 		t.Errorf("other fields\n got %s\nwant %s", got, want)
 	}
-	if !json.Valid(rec.Data) {
-		t.Errorf("record is not JSON: %s", rec.Data)
+	if !json.Valid(rec.data) {
+		t.Errorf("record is not JSON: %s", rec.data)
 	}
 }
 
@@ -122,29 +122,29 @@ func TestUnknownEventUnreadable(t *testing.T) {
 	// so the event keeps its place in time (reconnects and the sink's
 	// checkpoint resume from it).
 	badChain := events[4].(*unknownEvent)
-	if want := time.Date(2026, 11, 24, 14, 2, 33, 0, time.UTC); badChain.DecodeErr == nil || !badChain.KeyRead || badChain.Key != 11 || !badChain.CreatedTime.Equal(want) {
-		t.Errorf("bad chainId: error %v, key read %v, key %d, created %v", badChain.DecodeErr, badChain.KeyRead, badChain.Key, badChain.CreatedTime)
+	if want := time.Date(2026, 11, 24, 14, 2, 33, 0, time.UTC); badChain.decodeErr == nil || !badChain.keyRead || badChain.Key != 11 || !badChain.CreatedTime.Equal(want) {
+		t.Errorf("bad chainId: error %v, key read %v, key %d, created %v", badChain.decodeErr, badChain.keyRead, badChain.Key, badChain.CreatedTime)
 	}
-	if rec, err := (&eventConverter{source: goldenSource, maxRecordSize: defaultMaxRecordSize}).Convert(badChain); err != nil || recordTime(rec.Record).IsZero() {
-		t.Errorf("bad chainId: record without a time (%v): %s", err, rec.Data)
+	if rec, err := (&eventConverter{source: goldenSource, maxRecordSize: defaultMaxRecordSize}).convert(badChain); err != nil || recordTime(rec.record).IsZero() {
+		t.Errorf("bad chainId: record without a time (%v): %s", err, rec.data)
 	}
 	bad := events[0].(*unknownEvent)
-	if bad.DecodeErr == nil || !bad.KeyRead || bad.Key != 7 {
-		t.Errorf("bad time: error %v, key read %v, key %d", bad.DecodeErr, bad.KeyRead, bad.Key)
+	if bad.decodeErr == nil || !bad.keyRead || bad.Key != 7 {
+		t.Errorf("bad time: error %v, key read %v, key %d", bad.decodeErr, bad.keyRead, bad.Key)
 	}
 	conv := &eventConverter{source: goldenSource, maxRecordSize: defaultMaxRecordSize}
-	rec, err := conv.Convert(bad)
-	if err != nil || rec.Dropped != dropError || rec.Offset != 7 {
-		t.Fatalf("convert: %v, dropped %q, offset %d", err, rec.Dropped, rec.Offset)
+	rec, err := conv.convert(bad)
+	if err != nil || rec.dropped != dropError || rec.offset != 7 {
+		t.Fatalf("convert: %v, dropped %q, offset %d", err, rec.dropped, rec.offset)
 	}
 	var ce map[string]any
-	if err := json.Unmarshal(rec.Data, &ce); err != nil {
+	if err := json.Unmarshal(rec.data, &ce); err != nil {
 		t.Fatal(err)
 	}
 	if ce["datadropped"] != "error" || ce["data"] != nil || ce["id"] != "7" || ce["type"] != "vmware.vsphere.FutureEvent.v0" {
-		t.Errorf("record %s", rec.Data)
+		t.Errorf("record %s", rec.data)
 	}
-	if noKey := events[1].(*unknownEvent); noKey.KeyRead {
+	if noKey := events[1].(*unknownEvent); noKey.keyRead {
 		t.Error("an event without a key counts as having one")
 	}
 	if events[2] != nil {
@@ -236,7 +236,7 @@ func TestUnknownEventTypeEndToEnd(t *testing.T) {
 	t.Parallel()
 	sim := startTestSimulationTLS(t, nil)
 	vc := connectVCenter(t, sim)
-	proxied := rewritingProxy(t, sim.URL,
+	proxied := rewritingProxy(t, sim.url,
 		// The simulator writes xsi:type with a prefix of its own making.
 		`:type="VmReconfiguredEvent"`, `:type="VmReconfiguredFutureEvent"`,
 		// A known type that is not an event's: govmomi's decoder panics.
@@ -283,11 +283,11 @@ func TestUnknownEventTypeEndToEnd(t *testing.T) {
 		if got.ID != strconv.Itoa(int(ev.GetEvent().Key)) {
 			t.Fatalf("event %d: id %s, want %d", i, got.ID, ev.GetEvent().Key)
 		}
-		known, err := conv.Convert(ev)
+		known, err := conv.convert(ev)
 		if err != nil {
 			t.Fatal(err)
 		}
-		knownData := cloudEventData(t, known.Data)
+		knownData := cloudEventData(t, known.data)
 		if _, ok := ev.(*types.VmReconfiguredEvent); !ok {
 			if !bytes.Equal(got.Data, knownData) {
 				t.Errorf("event %d: data %s, want %s", i, got.Data, knownData)
@@ -313,7 +313,7 @@ func TestUnknownEventTypeEndToEnd(t *testing.T) {
 			t.Errorf("event %d: other fields %s", i, got.Data)
 		}
 		// The same bytes by offset.
-		if code, body := get(t, fmt.Sprintf("%s/api/v1/events/%s", s.URL, got.ID)); code != http.StatusOK || !bytes.Equal(bytes.TrimSpace(body), got.Raw) {
+		if code, body := get(t, fmt.Sprintf("%s/api/v1/events/%s", s.url, got.ID)); code != http.StatusOK || !bytes.Equal(bytes.TrimSpace(body), got.Raw) {
 			t.Errorf("event %s by offset: %d %s", got.ID, code, body)
 		}
 	}
@@ -327,7 +327,7 @@ func TestUnknownEventTypeEndToEnd(t *testing.T) {
 		}
 	}
 	// The panicked event is gone from GET too: 404, a gap.
-	if code, _ := get(t, fmt.Sprintf("%s/api/v1/events/%d", s.URL, history[2].GetEvent().Key)); code != http.StatusNotFound {
+	if code, _ := get(t, fmt.Sprintf("%s/api/v1/events/%d", s.url, history[2].GetEvent().Key)); code != http.StatusNotFound {
 		t.Errorf("the unreadable event answers %d, want 404", code)
 	}
 }
@@ -341,7 +341,7 @@ func TestEventPanicRecorded(t *testing.T) {
 	vc := connectVCenter(t, sim)
 	logs := newLogRecorder()
 	log := slog.New(slog.NewJSONHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	journal, status, done := runCollector(t, sim, log, func(c *Collector) {
+	journal, status, done := runCollector(t, sim, log, func(c *collector) {
 		c.converter.beforeEncode = func(ev types.BaseEvent) {
 			if e, ok := ev.(*types.EventEx); ok && e.Message == "test event 1" {
 				panic("injected")
@@ -355,7 +355,7 @@ func TestEventPanicRecorded(t *testing.T) {
 			t.Logf("log:\n%s", logs)
 		}
 	})
-	s := &testServer{URL: srv.URL, logs: logs, stopped: done, running: running{journal: journal, status: status}}
+	s := &testServer{url: srv.URL, logs: logs, stopped: done, running: running{journal: journal, status: status}}
 	s.waitReady(t)
 
 	before, w := watchFromNow(t, vc, s)

@@ -107,9 +107,9 @@ type vcLogin struct {
 }
 
 // newVCLogin returns the login to cfg's vCenter.
-func newVCLogin(cfg Config) vcLogin {
-	return vcLogin{url: cfg.VCenterURL, insecure: cfg.Insecure, trust: cfg.Trust,
-		credentials: url.UserPassword(cfg.Username, cfg.Password)}
+func newVCLogin(cfg config) vcLogin {
+	return vcLogin{url: cfg.vcenterURL, insecure: cfg.insecure, trust: cfg.trust,
+		credentials: url.UserPassword(cfg.username, cfg.password)}
 }
 
 // sessionOptions are a vCenter session's timings.

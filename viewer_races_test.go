@@ -35,7 +35,7 @@ func TestViewerEmptyStart(t *testing.T) {
 
 	t.Run("events after the watch began", func(t *testing.T) {
 		t.Parallel()
-		j := NewJournal(100)
+		j := newJournal(100)
 		srv := startJournalServer(t, j)
 		p := openViewer(t, srv.srv.URL+"/")
 		p.waitFor("live", live)
@@ -46,11 +46,11 @@ func TestViewerEmptyStart(t *testing.T) {
 
 	t.Run("events before the watch arrived", func(t *testing.T) {
 		t.Parallel()
-		j := NewJournal(100)
+		j := newJournal(100)
 		srv := startJournalServer(t, j)
 		// Made here: the handler's goroutine must not fail the test.
 		now := time.Now()
-		early := []Record{viewerRecord(t, 5, now), viewerRecord(t, 6, now), viewerRecord(t, 7, now)}
+		early := []record{viewerRecord(t, 5, now), viewerRecord(t, 6, now), viewerRecord(t, 7, now)}
 		var watches sync.Map // Last-Event-ID of each watch -> true
 		var first atomic.Bool
 		before := func(r *http.Request) {
@@ -62,8 +62,8 @@ func TestViewerEmptyStart(t *testing.T) {
 			// empty journal, and events arrive before its watch does.
 			if first.CompareAndSwap(false, true) {
 				for _, rec := range early {
-					if err := j.AppendRecord(rec); err != nil {
-						t.Errorf("append %d: %v", rec.Offset, err)
+					if err := j.append(rec); err != nil {
+						t.Errorf("append %d: %v", rec.offset, err)
 					}
 				}
 			}
@@ -85,7 +85,7 @@ func TestViewerEmptyStart(t *testing.T) {
 		// position after an event that does not match: the page starts
 		// again, and neither loses nor repeats anything.
 		t.Parallel()
-		j := NewJournal(100)
+		j := newJournal(100)
 		srv := startJournalServer(t, j)
 		var resumed atomic.Bool
 		before := func(r *http.Request) {
@@ -97,14 +97,14 @@ func TestViewerEmptyStart(t *testing.T) {
 		p := openViewer(t, srv.srv.URL+"/?type=VmPoweredOffEvent")
 		p.waitFor("live", live)
 		now := time.Now()
-		if err := j.AppendRecord(viewerRecordOf(t, 5, now, "VmPoweredOnEvent")); err != nil {
+		if err := j.append(viewerRecordOf(t, 5, now, "VmPoweredOnEvent")); err != nil {
 			t.Fatal(err)
 		}
 		// The page starts again on its position (5): live again once its
 		// new watch resumes after 5.
 		p.waitFor("live after 5", live+` && document.getElementById('range').textContent === 'journal #5–#5'`)
 		for key := int64(6); key <= 7; key++ {
-			if err := j.AppendRecord(viewerRecordOf(t, key, now, "VmPoweredOffEvent")); err != nil {
+			if err := j.append(viewerRecordOf(t, key, now, "VmPoweredOffEvent")); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -122,7 +122,7 @@ func TestViewerEmptyStart(t *testing.T) {
 func TestViewerOlderWhileLiveFillsThePage(t *testing.T) {
 	t.Parallel()
 	browser(t)
-	j := NewJournal(5000)
+	j := newJournal(5000)
 	appendRecords(t, j, 1, 200)
 	srv := startJournalServer(t, j)
 	held := make(chan struct{})

@@ -404,9 +404,9 @@ func TestViewerShowsRecentAndLiveEvents(t *testing.T) {
 	t.Parallel()
 	browser(t)
 	sim, vc, s := startViewerServer(t, 1, 2, nil)
-	want := serverPage(t, s.URL, "")
+	want := serverPage(t, s.url, "")
 
-	p := openViewer(t, s.URL+"/")
+	p := openViewer(t, s.url+"/")
 	p.waitFor("the newest page", fmt.Sprintf(`document.querySelectorAll('#rows tr').length === %d`, len(want)))
 	p.waitFor("live", `document.getElementById('state').dataset.state === 'live'`)
 
@@ -504,7 +504,7 @@ func TestViewerShowsRecentAndLiveEvents(t *testing.T) {
 		if err := json.Unmarshal([]byte(eval[string](p, `document.getElementById('d-json').textContent`)), &shown); err != nil {
 			t.Fatalf("detail is not JSON: %v", err)
 		}
-		code, body := get(t, fmt.Sprintf("%s/api/v1/events/%d", s.URL, row.Key))
+		code, body := get(t, fmt.Sprintf("%s/api/v1/events/%d", s.url, row.Key))
 		var served map[string]any
 		if err := json.Unmarshal(body, &served); code != http.StatusOK || err != nil {
 			t.Fatalf("event %d: %d %v", row.Key, code, err)
@@ -517,7 +517,7 @@ func TestViewerShowsRecentAndLiveEvents(t *testing.T) {
 		}
 		// Tokens off: no Authorization header.
 		curl := eval[string](p, `document.getElementById('d-curl').textContent`)
-		if want := fmt.Sprintf("curl -s '%s/api/v1/events/%d'", s.URL, row.Key); curl != want {
+		if want := fmt.Sprintf("curl -s '%s/api/v1/events/%d'", s.url, row.Key); curl != want {
 			t.Errorf("curl line %q, want %q", curl, want)
 		}
 		p.do(chromedp.Click("#d-copy"))
@@ -648,7 +648,7 @@ func TestViewerFilters(t *testing.T) {
 	browser(t)
 	_, vc, s := startViewerServer(t, 2, 2, nil)
 
-	p := openViewer(t, s.URL+"/")
+	p := openViewer(t, s.url+"/")
 	p.waitFor("rows", `document.querySelectorAll('#rows tr').length > 10`)
 
 	t.Run("type, server-side and in the URL", func(t *testing.T) {
@@ -656,7 +656,7 @@ func TestViewerFilters(t *testing.T) {
 		p.navigate(chromedp.Click("#f-apply"))
 		p.waitFor("the filtered page", `location.search === '?type=VmPoweredOnEvent' &&
 			document.getElementById('state').dataset.state === 'live'`)
-		want := serverPage(t, s.URL, "&type=VmPoweredOnEvent")
+		want := serverPage(t, s.url, "&type=VmPoweredOnEvent")
 		p.waitFor("the filtered rows", fmt.Sprintf(`document.querySelectorAll('#rows tr').length === %d`, len(want)))
 		if len(want) == 0 {
 			t.Fatal("no VmPoweredOnEvent to show")
@@ -693,8 +693,8 @@ func TestViewerFilters(t *testing.T) {
 	})
 
 	t.Run("eventclass", func(t *testing.T) {
-		p.do(chromedp.Navigate(s.URL + "/?eventclass=eventex"))
-		want := serverPage(t, s.URL, "&eventclass=eventex")
+		p.do(chromedp.Navigate(s.url + "/?eventclass=eventex"))
+		want := serverPage(t, s.url, "&eventclass=eventex")
 		p.waitFor("eventex rows", fmt.Sprintf(`document.querySelectorAll('#rows tr').length === %d &&
 			document.getElementById('f-class').value === 'eventex'`, len(want)))
 		for _, r := range p.rows() {
@@ -705,7 +705,7 @@ func TestViewerFilters(t *testing.T) {
 	})
 
 	t.Run("free text, client-side", func(t *testing.T) {
-		p.do(chromedp.Navigate(s.URL + "/"))
+		p.do(chromedp.Navigate(s.url + "/"))
 		p.waitFor("rows", `document.querySelectorAll('#rows tr').length > 10`)
 		all := p.rows()
 		p.do(chromedp.SendKeys("#f-text", "test event 1"))
@@ -724,14 +724,14 @@ func TestViewerFilters(t *testing.T) {
 			t.Errorf("%d of %d rows shown, want 1 of %d", shown, len(p.rows()), len(all))
 		}
 		// The URL shares the view: opened afresh, it searches the same.
-		p.do(chromedp.Navigate(s.URL + "/?q=test+event+1"))
+		p.do(chromedp.Navigate(s.url + "/?q=test+event+1"))
 		p.waitFor("the shared search", `document.getElementById('f-text').value === 'test event 1' &&
 			[...document.querySelectorAll('#rows tr')].filter(tr => !tr.hidden).length === 1 &&
 			document.querySelectorAll('#rows tr').length > 10`)
 	})
 
 	t.Run("a bad filter shows the API's answer", func(t *testing.T) {
-		p.do(chromedp.Navigate(s.URL + "/?eventclass=vmevent"))
+		p.do(chromedp.Navigate(s.url + "/?eventclass=vmevent"))
 		p.waitFor("the problem", `document.getElementById('state').dataset.state === 'stopped' &&
 			document.getElementById('banner-text').textContent.startsWith('The filter is not valid: ')`)
 	})
@@ -741,12 +741,12 @@ func TestViewerResumesAcrossServerRestart(t *testing.T) {
 	t.Parallel()
 	browser(t)
 	sim, vc, s1 := startViewerServer(t, 0, 3, nil)
-	_, port, err := net.SplitHostPort(strings.TrimPrefix(s1.URL, "http://"))
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(s1.url, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
 
-	p := openViewer(t, s1.URL+"/")
+	p := openViewer(t, s1.url+"/")
 	p.waitFor("live", `document.getElementById('state').dataset.state === 'live'`)
 	p.waitFor("the newest event", topKeyIs(vc.latestKey(t)))
 	oldest := p.rows()[len(p.rows())-1].Key
@@ -782,11 +782,11 @@ func TestViewerFellBehindAcrossRestart(t *testing.T) {
 	browser(t)
 	env := map[string]string{envMaxSegmentSize: "5"}
 	sim, vc, s1 := startViewerServer(t, 0, 0, env)
-	_, port, err := net.SplitHostPort(strings.TrimPrefix(s1.URL, "http://"))
+	_, port, err := net.SplitHostPort(strings.TrimPrefix(s1.url, "http://"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := openViewer(t, s1.URL+"/")
+	p := openViewer(t, s1.url+"/")
 	p.waitFor("live", `document.getElementById('state').dataset.state === 'live'`)
 	last := vc.latestKey(t)
 	p.waitFor("the newest event", topKeyIs(last))
@@ -823,7 +823,7 @@ type journalServer struct {
 	taken map[net.Conn]struct{} // the connections watches took over
 }
 
-func startJournalServer(t testing.TB, j *Journal) *journalServer {
+func startJournalServer(t testing.TB, j *journal) *journalServer {
 	t.Helper()
 	js := &journalServer{taken: make(map[net.Conn]struct{})}
 	js.swap(j)
@@ -862,8 +862,8 @@ func (js *journalServer) closeTaken() {
 
 // swap serves j from now on and cuts every open connection, as a restart
 // of the server on another journal would.
-func (js *journalServer) swap(j *Journal) {
-	status := &CollectorStatus{}
+func (js *journalServer) swap(j *journal) {
+	status := &collectorStatus{}
 	status.ready.Store(true)
 	status.connected.Store(true)
 	h := newHandler(handlerDeps{journal: j, status: status, log: slog.New(slog.DiscardHandler)})
@@ -876,13 +876,13 @@ func (js *journalServer) swap(j *Journal) {
 
 // viewerRecord is a VmPoweredOnEvent with the given key, as the collector
 // records it.
-func viewerRecord(t testing.TB, key int64, created time.Time) Record {
+func viewerRecord(t testing.TB, key int64, created time.Time) record {
 	t.Helper()
 	return viewerRecordOf(t, key, created, "VmPoweredOnEvent")
 }
 
 // viewerRecordOf is a VM event of the type name with the given key.
-func viewerRecordOf(t testing.TB, key int64, created time.Time, name string) Record {
+func viewerRecordOf(t testing.TB, key int64, created time.Time, name string) record {
 	t.Helper()
 	data, err := json.Marshal(map[string]any{
 		"specversion": "1.0", "id": strconv.FormatInt(key, 10), "source": "https://vc.example.com/sdk",
@@ -898,14 +898,14 @@ func viewerRecordOf(t testing.TB, key int64, created time.Time, name string) Rec
 	if err != nil {
 		t.Fatal(err)
 	}
-	return Record{Offset: key, Data: data, Type: cloudEventType(name), Class: ClassEvent}
+	return record{offset: key, data: data, eventType: cloudEventType(name), class: classEvent}
 }
 
-func appendRecords(t testing.TB, j *Journal, from, to int64) {
+func appendRecords(t testing.TB, j *journal, from, to int64) {
 	t.Helper()
 	now := time.Now()
 	for key := from; key <= to; key++ {
-		if err := j.AppendRecord(viewerRecord(t, key, now)); err != nil {
+		if err := j.append(viewerRecord(t, key, now)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -914,7 +914,7 @@ func appendRecords(t testing.TB, j *Journal, from, to int64) {
 func TestViewerPurgedEvents(t *testing.T) {
 	t.Parallel()
 	browser(t)
-	j := NewJournal(5)
+	j := newJournal(5)
 	appendRecords(t, j, 1, 10)
 	srv := startJournalServer(t, j)
 	p := openViewer(t, srv.srv.URL+"/")
@@ -928,7 +928,7 @@ func TestViewerPurgedEvents(t *testing.T) {
 			appendRecords(t, j, key, key)
 			p.waitFor(fmt.Sprint(key), topKeyIs(key))
 		}
-		if earliest, _, _ := j.Range(); earliest != 16 {
+		if earliest, _, _ := j.bounds(); earliest != 16 {
 			t.Fatalf("journal begins at %d, want 16", earliest)
 		}
 		p.do(chromedp.Click("#older"))
@@ -937,7 +937,7 @@ func TestViewerPurgedEvents(t *testing.T) {
 	})
 
 	t.Run("Older pages down to earliest through Link", func(t *testing.T) {
-		j := NewJournal(200)
+		j := newJournal(200)
 		appendRecords(t, j, 1, 250) // holds 1-250
 		srv := startJournalServer(t, j)
 		p := openViewer(t, srv.srv.URL+"/")
@@ -958,10 +958,10 @@ func TestViewerPurgedEvents(t *testing.T) {
 
 	t.Run("Older with a type filter", func(t *testing.T) {
 		// Odd keys powered on, even keys powered off: 125 of each.
-		j := NewJournal(200)
+		j := newJournal(200)
 		now := time.Now()
 		for key := int64(1); key <= 250; key++ {
-			if err := j.AppendRecord(viewerRecordOf(t, key, now, map[bool]string{true: "VmPoweredOnEvent", false: "VmPoweredOffEvent"}[key%2 == 1])); err != nil {
+			if err := j.append(viewerRecordOf(t, key, now, map[bool]string{true: "VmPoweredOnEvent", false: "VmPoweredOffEvent"}[key%2 == 1])); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -992,7 +992,7 @@ func TestViewerPurgedEvents(t *testing.T) {
 		// A restart onto a journal that begins after the page's last event
 		// (as with a short VCENTER_STREAM_BEGIN): the resumed watch opens,
 		// then its first record shows 26-29 are gone.
-		j2 := NewJournal(5)
+		j2 := newJournal(5)
 		srv.swap(j2)
 		p.waitFor("reconnecting", `document.getElementById('state').dataset.state === 'reconnecting'`)
 		p.waitFor("live again", `document.getElementById('state').dataset.state === 'live'`)
@@ -1016,7 +1016,7 @@ func TestViewerPurgedEvents(t *testing.T) {
 	})
 
 	t.Run("a resume refused with 410", func(t *testing.T) {
-		j3 := NewJournal(5)
+		j3 := newJournal(5)
 		appendRecords(t, j3, 40, 44)
 		srv.swap(j3)
 		p.waitFor("fell behind", `document.getElementById('state').dataset.state === 'behind'`)
@@ -1036,7 +1036,7 @@ func TestViewerBurst(t *testing.T) {
 	t.Parallel()
 	browser(t)
 	const rate, seconds = 1000, 5
-	j := NewJournal(maxPageSize * 3)
+	j := newJournal(maxPageSize * 3)
 	appendRecords(t, j, 1, 10)
 	srv := startJournalServer(t, j)
 	p := openViewer(t, srv.srv.URL+"/")
@@ -1083,7 +1083,7 @@ func TestViewerBurst(t *testing.T) {
 
 func TestViewerSecurityHeaders(t *testing.T) {
 	t.Parallel()
-	srv := httptest.NewServer(newHandler(handlerDeps{journal: NewJournal(10), log: slog.New(slog.DiscardHandler)}))
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: newJournal(10), log: slog.New(slog.DiscardHandler)}))
 	defer srv.Close()
 	for _, path := range []string{"/", "/?type=VmPoweredOnEvent", "/ui/viewer.js", "/ui/viewer.css", "/ui/icon.svg"} {
 		resp, err := http.Get(srv.URL + path)
@@ -1150,7 +1150,7 @@ func TestViewerSecurityHeaders(t *testing.T) {
 func TestViewerSignsInOn401(t *testing.T) {
 	t.Parallel()
 	browser(t)
-	viewer := newHandler(handlerDeps{journal: NewJournal(10), log: slog.New(slog.DiscardHandler)})
+	viewer := newHandler(handlerDeps{journal: newJournal(10), log: slog.New(slog.DiscardHandler)})
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if strings.HasPrefix(r.URL.Path, "/api/") || r.URL.Path == "/readyz" {
 			w.Header().Set("WWW-Authenticate", `Bearer realm="vsphere-event-streaming"`)
@@ -1242,7 +1242,7 @@ func (w *lineWaiter) Write(p []byte) (int, error) {
 // journal until the page shows it (ns/op is one event's trip).
 func BenchmarkViewerLatency(b *testing.B) {
 	browser(b)
-	j := NewJournal(1000)
+	j := newJournal(1000)
 	appendRecords(b, j, 1, 1)
 	srv := startJournalServer(b, j)
 	p := openViewer(b, srv.srv.URL+"/")

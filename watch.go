@@ -47,7 +47,7 @@ type streamFormat interface {
 	contentType() string
 	// start is written once, before any event.
 	start(b []byte) []byte
-	event(b []byte, r Record) []byte
+	event(b []byte, r record) []byte
 	// heartbeat keeps an idle stream alive through proxies; nil if the
 	// format has none.
 	heartbeat() []byte
@@ -63,7 +63,7 @@ type ndjson struct{}
 
 func (ndjson) contentType() string                  { return "application/x-ndjson" }
 func (ndjson) start(b []byte) []byte                { return b }
-func (ndjson) event(b []byte, r Record) []byte      { return append(append(b, r.Data...), '\n') }
+func (ndjson) event(b []byte, r record) []byte      { return append(append(b, r.data...), '\n') }
 func (ndjson) heartbeat() []byte                    { return nil }
 func (ndjson) position(b []byte, _ int64) []byte    { return b }
 func (ndjson) failure(b []byte, line []byte) []byte { return append(append(b, line...), '\n') }
@@ -81,17 +81,17 @@ func (serverSentEvents) start(b []byte) []byte {
 	return append(b, "\n\n"...)
 }
 
-func (serverSentEvents) event(b []byte, r Record) []byte {
+func (serverSentEvents) event(b []byte, r record) []byte {
 	b = append(b, "id: "...)
-	b = strconv.AppendInt(b, r.Offset, 10)
+	b = strconv.AppendInt(b, r.offset, 10)
 	// A type id is any string a vCenter client chose; a line break in it
 	// would forge fields.
-	if r.Type != "" && !strings.ContainsAny(r.Type, "\r\n") {
+	if r.eventType != "" && !strings.ContainsAny(r.eventType, "\r\n") {
 		b = append(b, "\nevent: "...)
-		b = append(b, r.Type...)
+		b = append(b, r.eventType...)
 	}
 	b = append(b, "\ndata: "...)
-	b = append(b, r.Data...)
+	b = append(b, r.data...)
 	return append(b, "\n\n"...)
 }
 
@@ -150,13 +150,13 @@ func (l *watchLimit) acquire() (release func(), ok bool) {
 // neither, so that an idle watch costs little more than its connection
 // and its goroutine. Its pools are the handler's, shared by its watches.
 type watchBuffers struct {
-	batches sync.Pool // *[]Record of capacity watchBatch
+	batches sync.Pool // *[]record of capacity watchBatch
 	bytes   sync.Pool // *[]byte
 }
 
 func newWatchBuffers() *watchBuffers {
 	return &watchBuffers{
-		batches: sync.Pool{New: func() any { b := make([]Record, 0, watchBatch); return &b }},
+		batches: sync.Pool{New: func() any { b := make([]record, 0, watchBatch); return &b }},
 		bytes:   sync.Pool{New: func() any { b := make([]byte, 0, 4<<10); return &b }},
 	}
 }
@@ -165,12 +165,12 @@ func newWatchBuffers() *watchBuffers {
 // one very large record does not pin its buffer.
 const maxPooledBytes = 2 * watchBufferSize
 
-func (p *watchBuffers) batch() *[]Record { return p.batches.Get().(*[]Record) }
+func (p *watchBuffers) batch() *[]record { return p.batches.Get().(*[]record) }
 
 // putBatch returns a batch, first dropping its records: a pooled batch
 // must not keep purged records' data alive. Beyond its length a batch is
 // already clear.
-func (p *watchBuffers) putBatch(b *[]Record) {
+func (p *watchBuffers) putBatch(b *[]record) {
 	clear(*b)
 	*b = (*b)[:0]
 	p.batches.Put(b)
@@ -202,7 +202,7 @@ type watchOutput interface {
 	// wait waits for a record at or above next, sending the format's
 	// heartbeats meanwhile; it reports whether the watch goes on (false
 	// once ctx ends, the client leaves or a write fails).
-	wait(ctx context.Context, j *Journal, next int64, s watchSettings) bool
+	wait(ctx context.Context, j *journal, next int64, s watchSettings) bool
 }
 
 // responseOutput writes through net/http: HTTP/2, and any ResponseWriter
@@ -214,7 +214,7 @@ type responseOutput struct {
 
 func (responseOutput) begin(b []byte) []byte { return b[:0] }
 
-func (o responseOutput) wait(ctx context.Context, j *Journal, next int64, s watchSettings) bool {
+func (o responseOutput) wait(ctx context.Context, j *journal, next int64, s watchSettings) bool {
 	return waitOrBeat(ctx, j, next, o, s)
 }
 
@@ -230,16 +230,16 @@ func (o responseOutput) send(b []byte) bool {
 // serveWatch streams the events that match q's filter, from q.offset or
 // from the next event to arrive, until the client leaves, the server shuts
 // down (the request's context ends) or the timeout passes.
-func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuery, s watchSettings) {
+func serveWatch(w http.ResponseWriter, r *http.Request, j *journal, q eventsQuery, s watchSettings) {
 	// From now: on an empty journal, from whatever is appended first.
 	next := int64(-1)
 	if q.hasOffset {
 		// Refuse a purged offset while a status can still say so. A client
 		// resuming after its last event id has seen everything before: only
 		// a purge of what comes after counts, not a gap in the keys.
-		check := j.ReadFrom
+		check := j.readFrom
 		if q.resume {
-			check = j.ReadNext
+			check = j.readNext
 		}
 		if _, err := check(q.offset, 0, nil); err != nil {
 			p := offsetProblem(j, q.offset, err)
@@ -251,7 +251,7 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 			return
 		}
 		next = q.offset
-	} else if _, latest, ok := j.Range(); ok {
+	} else if _, latest, ok := j.bounds(); ok {
 		next = latest + 1
 	}
 
@@ -329,13 +329,13 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *Journal, q eventsQuer
 		if next < 0 {
 			// From the first record ever appended, so that a purge before
 			// this watch read anything is noticed.
-			if first, ok := j.First(); ok {
+			if first, ok := j.firstOffset(); ok {
 				next = first
 			}
 		}
 		sent, err := sendBatch(out, j, q.filter, s, &next)
 		switch {
-		case errors.Is(err, ErrPurged):
+		case errors.Is(err, errPurged):
 			line, _ := json.Marshal(watchFailure(offsetProblem(j, next, err)))
 			buf := s.buffers.buffer()
 			out.send(s.format.failure(out.begin(*buf), line))
@@ -366,14 +366,14 @@ func writeStart(out watchOutput, s watchSettings, next int64) bool {
 
 // sendBatch writes the records from *next on, at most watchBatch of them,
 // that match filter, and moves *next past them. It reports whether there
-// were any records; the error is ErrPurged if *next was purged,
+// were any records; the error is errPurged if *next was purged,
 // errWriteFailed if the client could not be written to. The batch and the
 // bytes are borrowed for the call only.
-func sendBatch(out watchOutput, j *Journal, filter eventFilter, s watchSettings, next *int64) (bool, error) {
+func sendBatch(out watchOutput, j *journal, filter eventFilter, s watchSettings, next *int64) (bool, error) {
 	batch := s.buffers.batch()
 	defer s.buffers.putBatch(batch)
 	var err error
-	*batch, err = j.ReadNext(*next, watchBatch, (*batch)[:0])
+	*batch, err = j.readNext(*next, watchBatch, (*batch)[:0])
 	if err != nil || len(*batch) == 0 {
 		return false, err
 	}
@@ -394,9 +394,9 @@ func sendBatch(out watchOutput, j *Journal, filter eventFilter, s watchSettings,
 	}
 	last := (*batch)[len(*batch)-1]
 	if !filter.match(last) {
-		*buf = s.format.position(*buf, last.Offset)
+		*buf = s.format.position(*buf, last.offset)
 	}
-	*next = last.Offset + 1
+	*next = last.offset + 1
 	if !out.send(*buf) {
 		return true, errWriteFailed
 	}
@@ -406,14 +406,14 @@ func sendBatch(out watchOutput, j *Journal, filter eventFilter, s watchSettings,
 // waitOrBeat waits for a record at or above next; while none comes it
 // sends the format's heartbeat every interval. It reports whether the watch
 // goes on.
-func waitOrBeat(ctx context.Context, j *Journal, next int64, out watchOutput, s watchSettings) bool {
+func waitOrBeat(ctx context.Context, j *journal, next int64, out watchOutput, s watchSettings) bool {
 	beat := s.format.heartbeat()
 	if beat == nil || s.heartbeat <= 0 {
-		return j.Wait(ctx, next) == nil
+		return j.wait(ctx, next) == nil
 	}
 	for {
 		beatCtx, cancel := context.WithTimeout(ctx, s.heartbeat)
-		err := j.Wait(beatCtx, next)
+		err := j.wait(beatCtx, next)
 		cancel()
 		switch {
 		case err == nil:

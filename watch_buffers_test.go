@@ -12,14 +12,14 @@ func TestWatchBuffers(t *testing.T) {
 	if len(*b) != 0 || cap(*b) != watchBatch {
 		t.Fatalf("new batch: len %d cap %d, want 0 and %d", len(*b), cap(*b), watchBatch)
 	}
-	*b = append(*b, Record{Offset: 1, Data: []byte("x")}, Record{Offset: 2, Data: []byte("y")})
+	*b = append(*b, record{offset: 1, data: []byte("x")}, record{offset: 2, data: []byte("y")})
 	held := (*b)[:2]
 	p.putBatch(b)
 	if len(*b) != 0 {
 		t.Fatalf("returned batch has %d records", len(*b))
 	}
 	for i, r := range held {
-		if r.Data != nil || r.Offset != 0 {
+		if r.data != nil || r.offset != 0 {
 			t.Fatalf("record %d still held after return: %+v", i, r)
 		}
 	}

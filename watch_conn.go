@@ -137,7 +137,7 @@ func takeConn(w http.ResponseWriter, r *http.Request, s watchSettings) *connOutp
 // read's deadline to the past: the deadline is set first, the conditions
 // are looked at next, then the read. A wake that comes before the deadline
 // is set comes after its condition holds, which the look then sees.
-func (c *connOutput) wait(ctx context.Context, j *Journal, next int64, s watchSettings) bool {
+func (c *connOutput) wait(ctx context.Context, j *journal, next int64, s watchSettings) bool {
 	if c.failed {
 		return false
 	}
@@ -278,7 +278,7 @@ func (c *connOutput) close() {
 // wait for: one goroutine for all of them, which runs while any waits. It
 // is safe for concurrent use.
 type watchWaker struct {
-	j   *Journal
+	j   *journal
 	log *slog.Logger
 
 	mu      sync.Mutex
@@ -287,7 +287,7 @@ type watchWaker struct {
 	empty   chan struct{}         // takes a value when waiting empties
 }
 
-func newWatchWaker(j *Journal, log *slog.Logger) *watchWaker {
+func newWatchWaker(j *journal, log *slog.Logger) *watchWaker {
 	return &watchWaker{j: j, log: log, waiting: make(map[*connOutput]int64), empty: make(chan struct{}, 1)}
 }
 
@@ -346,7 +346,7 @@ func (w *watchWaker) wakeReady() (low int64, done bool) {
 		w.running = false
 		return 0, true
 	}
-	_, latest, ok := w.j.Range()
+	_, latest, ok := w.j.bounds()
 	low = math.MaxInt64
 	for c, next := range w.waiting {
 		if ok && next <= latest {

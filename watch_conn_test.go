@@ -22,7 +22,7 @@ import (
 // connections taken over from net/http; its log goes to logs.
 type takenServer struct {
 	srv   *httptest.Server
-	j     *Journal
+	j     *journal
 	taken *takenWatches
 	logs  *logRecorder
 
@@ -34,7 +34,7 @@ type takenServer struct {
 // and count of taken watches.
 func startTakenServer(t *testing.T, tlsServer bool, d handlerDeps) *takenServer {
 	t.Helper()
-	s := &takenServer{j: NewJournal(100), taken: new(takenWatches), logs: newLogRecorder(), conns: make(map[net.Conn]struct{})}
+	s := &takenServer{j: newJournal(100), taken: new(takenWatches), logs: newLogRecorder(), conns: make(map[net.Conn]struct{})}
 	log := slog.New(slog.NewJSONHandler(s.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	d.journal, d.log, d.taken = s.j, log, s.taken
 	s.srv = httptest.NewUnstartedServer(newHandler(d))
@@ -105,7 +105,7 @@ func rawTakenWatch(t *testing.T, addr, request string) (net.Conn, *bufio.Reader,
 func TestTakenWatchHead(t *testing.T) {
 	t.Parallel()
 	s := startTakenServer(t, false, handlerDeps{})
-	if err := s.j.AppendRecord(Record{Offset: 1, Data: apiRecord(1)}); err != nil {
+	if err := s.j.append(record{offset: 1, data: apiRecord(1)}); err != nil {
 		t.Fatal(err)
 	}
 	conn, br, tp, status, head := rawTakenWatch(t, s.srv.Listener.Addr().String(),
@@ -154,7 +154,7 @@ func TestTakenWatchHead(t *testing.T) {
 	if got, want := chunk(), string(apiRecord(1))+"\n"; got != want {
 		t.Errorf("first chunk %q, want %q", got, want)
 	}
-	if err := s.j.AppendRecord(Record{Offset: 2, Data: apiRecord(2)}); err != nil {
+	if err := s.j.append(record{offset: 2, data: apiRecord(2)}); err != nil {
 		t.Fatal(err)
 	}
 	if got, want := chunk(), string(apiRecord(2))+"\n"; got != want {
@@ -203,7 +203,7 @@ func TestTakenWatchSSEAndHTTP10(t *testing.T) {
 	if status != "HTTP/1.1 200 OK" || head.Get("Connection") != "close" || head.Get("Transfer-Encoding") != "" {
 		t.Errorf("HTTP/1.0: %q %v", status, head)
 	}
-	if err := s.j.AppendRecord(Record{Offset: 1, Data: apiRecord(1)}); err != nil {
+	if err := s.j.append(record{offset: 1, data: apiRecord(1)}); err != nil {
 		t.Fatal(err)
 	}
 	body, err := io.ReadAll(br)
@@ -285,7 +285,7 @@ func TestTakenWatchHTTP2(t *testing.T) {
 			t.Errorf("%s: Connection: close is %v, want %v", tc.name, got, tc.taken)
 		}
 		key := int64(i + 1)
-		if err := s.j.AppendRecord(Record{Offset: key, Data: apiRecord(key)}); err != nil {
+		if err := s.j.append(record{offset: key, data: apiRecord(key)}); err != nil {
 			t.Fatal(err)
 		}
 		body, err := io.ReadAll(resp.Body)
@@ -328,7 +328,7 @@ func TestTakenWatchRevoked(t *testing.T) {
 	if rest, err := io.ReadAll(aliceSSE); err != nil || !strings.HasSuffix(string(rest), "0\r\n\r\n") {
 		t.Errorf("SSE watch of the removed token: %q, %v; want the last chunk and the end", rest, err)
 	}
-	if err := s.j.AppendRecord(Record{Offset: 1, Data: apiRecord(1)}); err != nil {
+	if err := s.j.append(record{offset: 1, data: apiRecord(1)}); err != nil {
 		t.Fatal(err)
 	}
 	want := fmt.Sprintf("%x\r\n%s\n\r\n", len(apiRecord(1))+1, apiRecord(1))

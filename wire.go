@@ -34,8 +34,8 @@ var (
 	morType  = reflect.TypeFor[types.ManagedObjectReference]()
 )
 
-// Append appends the JSON of v to b.
-func (e *wireEncoder) Append(b []byte, v any) []byte {
+// append appends the JSON of v to b.
+func (e *wireEncoder) append(b []byte, v any) []byte {
 	if v == nil {
 		return append(b, "null"...)
 	}
