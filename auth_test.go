@@ -675,6 +675,16 @@ func TestAuthReload(t *testing.T) {
 	if n := strings.Count(logs.String(), "cannot reload API tokens"); n != 1 {
 		t.Errorf("reload error logged %d times, want once", n)
 	}
+	// Each new failure is logged: the file gone, then the refused one back.
+	if err := os.Remove(path); err != nil {
+		t.Fatal(err)
+	}
+	a.reload()
+	writeFile(t, path, "# nothing\n")
+	a.reload()
+	if n := strings.Count(logs.String(), "cannot reload API tokens"); n != 3 {
+		t.Errorf("reload errors logged %d times, want 3 (empty, missing, empty again)", n)
+	}
 	writeFile(t, path, "# comments and the same token\n"+replacement+"\n")
 	a.reload()
 	if !admitted(replacement) {
@@ -1230,4 +1240,46 @@ func nonCanonical(s string) string {
 	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 	last := strings.IndexByte(alphabet, s[len(s)-1])
 	return s[:len(s)-1] + string(alphabet[last^1])
+}
+
+// TestAuthUncleanPaths: a path ServeMux redirects to its clean form is
+// checked as its route is first (method, token), and labelled as it; a
+// browser at an unknown path under /api gets the API's 401, not the login
+// page.
+func TestAuthUncleanPaths(t *testing.T) {
+	t.Parallel()
+	srv := httptest.NewServer(newHandler(handlerDeps{journal: openAPIGoldenJournal(t), log: apiLogger(), auth: testTokenAuth(tokenAlice)}))
+	t.Cleanup(srv.Close)
+	client := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	send := func(method, target, token string, header ...string) (*http.Response, []byte) {
+		t.Helper()
+		req, _ := http.NewRequestWithContext(t.Context(), method, srv.URL+target, nil)
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		for i := 0; i+1 < len(header); i += 2 {
+			req.Header.Set(header[i], header[i+1])
+		}
+		return fetch(t, client, req)
+	}
+	if resp, body := send(http.MethodPut, "//api/v1/range", tokenAlice); resp.StatusCode != http.StatusMethodNotAllowed || resp.Header.Get("Allow") != "GET, HEAD" {
+		t.Errorf("PUT //api/v1/range: %d Allow %q %s, want 405", resp.StatusCode, resp.Header.Get("Allow"), body)
+	}
+	resp, body := send(http.MethodGet, "//api/v1/range", "")
+	checkUnauthorized(t, "unclean path without a token", resp, body)
+	resp, _ = send(http.MethodGet, "//api/v1/range", tokenAlice)
+	if resp.StatusCode/100 != 3 || resp.Header.Get("Location") != "/api/v1/range" || !strings.Contains(resp.Header.Get("Cache-Control"), "private") {
+		t.Errorf("unclean path with a token: %d to %q, Cache-Control %q; want a redirect to the clean path, private", resp.StatusCode, resp.Header.Get("Location"), resp.Header.Get("Cache-Control"))
+	}
+	for _, target := range []string{"/api", "/api/", "/api/v2/nothing"} {
+		resp, body := send(http.MethodGet, target, "", "Accept", "text/html")
+		checkUnauthorized(t, "browser at "+target, resp, body)
+		if resp, _ := send(http.MethodGet, target, tokenAlice); resp.StatusCode != http.StatusNotFound {
+			t.Errorf("%s with a token: %d, want 404", target, resp.StatusCode)
+		}
+	}
+	_, metrics := send(http.MethodGet, "/metrics", tokenAlice)
+	if want := `vsphere_event_streaming_http_requests_total{route="GET /api/v1/range",code="401"} 1`; !strings.Contains(string(metrics), want) {
+		t.Errorf("metrics lack %s:\n%s", want, metrics)
+	}
 }

@@ -80,7 +80,11 @@ func (f *fileReloader) reload() {
 	f.reloading.Lock()
 	defer f.reloading.Unlock()
 	content, err := f.read()
-	if err == nil {
+	if err != nil {
+		// What comes back after the files could not be read is news,
+		// refused before or not.
+		f.badSum = [sha256.Size]byte{}
+	} else {
 		switch sum := contentSum(content); sum {
 		case f.sum:
 			f.lastErr = "" // unchanged, or back as it was: a new failure is news

@@ -4,6 +4,7 @@ import (
 	"maps"
 	"net/http"
 	"net/url"
+	"path"
 	"slices"
 	"strings"
 )
@@ -68,15 +69,15 @@ type route struct {
 	handler routeHandler
 }
 
-// notFound is the catch-all route of the paths below path (which ends in
-// a slash, as a ServeMux pattern of a subtree does).
+// notFound is the catch-all route of path: it answers 404 for the paths
+// that no other route takes, below path if it ends in a slash (as a
+// ServeMux pattern of a subtree does). Metrics label them all "other".
 func notFound(path string, a access) route {
-	return route{http.MethodGet, path, a, anyQuery(), handleNotFound()}
+	return route{http.MethodGet, path, a, anyQuery(), nil}
 }
 
-// catchAll reports whether the route answers the paths below its own that
-// no other route takes; metrics label them all "other".
-func (rt route) catchAll() bool { return strings.HasSuffix(rt.path, "/") }
+// catchAll reports whether the route is a catch-all (notFound).
+func (rt route) catchAll() bool { return rt.handler == nil }
 
 // routes is the route table: every route the server answers.
 func (d handlerDeps) routes(metrics *httpMetrics, watches *watchLimit) []route {
@@ -104,6 +105,7 @@ func (d handlerDeps) routes(metrics *httpMetrics, watches *watchLimit) []route {
 		// Every other path: 404, after a browser without a session has
 		// signed in (it may have mistyped the viewer's address); under
 		// the API's prefix, after a 401, as on the API's own paths.
+		notFound("/api", apiRoute),
 		notFound("/api/", apiRoute),
 		notFound("/", pageRoute),
 	}
@@ -112,109 +114,148 @@ func (d handlerDeps) routes(metrics *httpMetrics, watches *watchLimit) []route {
 // newRouter serves routes, requiring the tokens of auth (nil: none) where
 // a route needs one.
 func newRouter(routes []route, auth *tokenAuth) http.Handler {
-	paths := make(map[string]*pathRoutes)
+	t := &router{mux: http.NewServeMux(), paths: make(map[string]*pathRoutes)}
 	for _, rt := range routes {
 		if rt.access == loginRoute && auth == nil {
 			continue // without tokens there is nothing to sign in to
 		}
-		p := paths[rt.path]
+		p := t.paths[rt.path]
 		if p == nil {
-			p = &pathRoutes{methods: make(map[string]http.Handler)}
-			paths[rt.path] = p
+			p = &pathRoutes{methods: make(map[string]*servedRoute)}
+			t.paths[rt.path] = p
+			t.mux.Handle(rt.path, p)
 		}
 		p.methods[rt.method] = rt.serve(auth)
 	}
-	mux := http.NewServeMux()
-	for path, p := range paths {
+	for _, p := range t.paths {
 		methods := slices.Collect(maps.Keys(p.methods))
 		if p.methods[http.MethodGet] != nil {
 			methods = append(methods, http.MethodHead)
 		}
 		slices.Sort(methods)
 		p.allow = strings.Join(methods, ", ")
-		mux.Handle(path, p)
 	}
-	return &router{mux: mux, unknown: paths["/"]}
+	return t
 }
 
-// serve is the route's handler: it names the route in r.Pattern, the
-// label of metrics and the debug log (ServeMux matched the path alone),
-// requires a token where the route needs one, then checks the query.
-func (rt route) serve(auth *tokenAuth) http.Handler {
+// servedRoute is a route ready to serve.
+type servedRoute struct {
+	// guard wraps what answers on the route in what every answer on it
+	// needs: its token (auth.require) and its name in r.Pattern, the label
+	// of metrics and the debug log (none for a catch-all: "other").
+	guard func(http.Handler) http.Handler
+	// handler is guard's wrapping of the query's check and the route's
+	// handler.
+	handler http.Handler
+}
+
+// serve readies the route, requiring the tokens of auth where it needs one.
+func (rt route) serve(auth *tokenAuth) *servedRoute {
 	pattern := rt.method + " " + rt.path
-	var h http.Handler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	catchAll := rt.catchAll()
+	guard := func(h http.Handler) http.Handler {
+		if auth != nil && (rt.access == apiRoute || rt.access == pageRoute) {
+			h = auth.require(h, rt.access == pageRoute)
+		}
+		if catchAll {
+			return h
+		}
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			r.Pattern = pattern
+			h.ServeHTTP(w, r)
+		})
+	}
+	answer := rt.handler
+	if catchAll {
+		answer = handleNotFound()
+	}
+	return &servedRoute{guard: guard, handler: guard(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		params, p := rt.query.check(r.URL.RawQuery)
 		if p != nil {
 			writeProblem(w, p)
 			return
 		}
-		rt.handler(w, r, params)
-	})
-	if auth != nil && (rt.access == apiRoute || rt.access == pageRoute) {
-		h = auth.require(h, rt.access == pageRoute)
-	}
-	if rt.catchAll() {
-		return h // ServeMux's pattern names no method: "other"
-	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		r.Pattern = pattern
-		h.ServeHTTP(w, r)
-	})
+		answer(w, r, params)
+	}))}
 }
 
 // router serves the route table.
 type router struct {
-	mux     *http.ServeMux
-	unknown *pathRoutes // those of "/": every path no other route takes
+	mux   *http.ServeMux         // serves a request with the routes of its path
+	paths map[string]*pathRoutes // by path pattern, as mux holds them
 }
 
-// ServeHTTP hands a request to ServeMux, which matches its path.
+// ServeHTTP serves a request with the route of its path and method:
+// ServeMux matches the path, its routes do the rest. A path that is not
+// clean ("//api/v1/range") ServeMux would redirect to its clean form
+// before anything the route checks; it is asked only which route that is,
+// which then checks as ever (the method, the target's length, the token)
+// and names itself, before the redirect.
 func (t *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if strings.HasPrefix(r.URL.Path, "/") {
+	switch {
+	case !strings.HasPrefix(r.URL.Path, "/"):
+		// "GET *" (or a CONNECT's host:port) has no path: ServeMux would
+		// answer a bare 400, not a problem.
+		if t.paths["/"].admit(w, r) != nil {
+			writeProblem(w, newProblem(http.StatusBadRequest, "request target %q is not a path", r.RequestURI))
+		}
+	case cleanPath(r.URL.Path) != r.URL.Path:
+		redirect, pattern := t.mux.Handler(r)
+		if rt := t.paths[pattern].admit(w, r); rt != nil {
+			rt.guard(redirect).ServeHTTP(w, r)
+		}
+	default:
 		t.mux.ServeHTTP(w, r)
-		return
 	}
-	// "GET *" (or a CONNECT's host:port) has no path: ServeMux would answer
-	// a bare 400, not a problem.
-	if t.unknown.admit(w, r) != nil {
-		writeProblem(w, newProblem(http.StatusBadRequest, "request target %q is not a path", r.RequestURI))
+}
+
+// cleanPath is the path ServeMux redirects p to, as it cleans it: no "."
+// or ".." elements, no repeated slashes, the trailing slash kept.
+func cleanPath(p string) string {
+	np := path.Clean(p)
+	if strings.HasSuffix(p, "/") && np != "/" {
+		np += "/"
 	}
+	return np
 }
 
 // pathRoutes are the routes of one path, by method.
 type pathRoutes struct {
-	methods map[string]http.Handler
+	methods map[string]*servedRoute
 	allow   string // the methods, as the Allow header of a 405 lists them
 }
 
 // ServeHTTP serves a request on the path with the route of its method.
 func (p *pathRoutes) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h := p.admit(w, r); h != nil {
-		h.ServeHTTP(w, r)
+	if rt := p.admit(w, r); rt != nil {
+		rt.handler.ServeHTTP(w, r)
 	}
 }
 
 // admit returns the route of the request's method (GET's for HEAD), or nil
 // having answered what no route should see: a method the path does not
 // take (405) or an overlong request target (414).
-func (p *pathRoutes) admit(w http.ResponseWriter, r *http.Request) http.Handler {
+func (p *pathRoutes) admit(w http.ResponseWriter, r *http.Request) *servedRoute {
 	method := r.Method
 	if method == http.MethodHead {
 		method = http.MethodGet
 	}
-	h := p.methods[method]
+	rt := p.methods[method]
 	switch {
-	case h == nil:
+	case rt == nil:
 		why := "this API is read-only"
-		if p.methods[http.MethodPost] != nil {
-			why = "the browser signs in and out with posts"
+		switch {
+		case p.methods[http.MethodPost] != nil && p.methods[http.MethodGet] != nil:
+			why = "the login form is read and posted"
+		case p.methods[http.MethodPost] != nil:
+			why = "signing out is a post"
 		}
 		w.Header().Set("Allow", p.allow)
 		writeProblem(w, newProblem(http.StatusMethodNotAllowed, "method %s is not allowed: %s (allowed: %s)", r.Method, why, p.allow))
 	case len(r.RequestURI) > maxRequestTarget:
 		writeProblem(w, newProblem(http.StatusRequestURITooLong, "request target is %d bytes, more than %d", len(r.RequestURI), maxRequestTarget))
 	default:
-		return h
+		return rt
 	}
 	return nil
 }
