@@ -165,7 +165,6 @@ func (c *collector) session(parent context.Context) (progressed bool, err error)
 	if err := s.follow(ctx, live, c.opts.push); err != nil {
 		return false, err
 	}
-	c.status.setMode(s.mode)
 	c.log.Info("collecting vCenter events", "begin", begin, "push", s.mode == modePush)
 
 	// announced is the newest key the last announcement carried: a read
@@ -187,7 +186,6 @@ func (c *collector) session(parent context.Context) (progressed bool, err error)
 			if err := s.setMode(ctx, next); err != nil {
 				return progressed, err
 			}
-			c.status.setMode(next)
 		}
 		progressed = true
 		if c.status.setReady() {
@@ -261,7 +259,7 @@ func (c *collector) drain(ctx context.Context, s *vcSession, live *eventHistory,
 			return n, err
 		case errors.Is(err, errPanic):
 			c.readSingly--
-			c.status.unreadable.Add(1)
+			c.status.countUnreadable()
 			c.log.Error("event could not be decoded, so its key is unknown: not appended", append(errorAttrs(err), "after", c.lastKey())...)
 			continue
 		case err != nil:
@@ -301,12 +299,12 @@ func (c *collector) ingest(ev types.BaseEvent) (appended bool) {
 		// govmomi's decoder leaves nil for an element whose type it cannot
 		// map to an event type (withUnknownEvents maps only names ending in
 		// "Event"): there is no key to record it under.
-		c.status.unreadable.Add(1)
+		c.status.countUnreadable()
 		c.log.Error("event of an unknown type could not be read: not appended", "after", c.lastKey())
 		return false
 	}
 	if u, ok := ev.(*unknownEvent); ok && !u.keyRead {
-		c.status.unreadable.Add(1)
+		c.status.countUnreadable()
 		c.log.Error("event has no readable key: not appended", "type", u.typeName, "after", c.lastKey(), "error", u.decodeErr)
 		return false
 	}
@@ -315,14 +313,14 @@ func (c *collector) ingest(ev types.BaseEvent) (appended bool) {
 		// Convert recovers what fails in encoding: a panic here is in what
 		// surrounds the append, which the event is then held whole or not.
 		if p := recover(); p != nil {
-			c.status.failed.Add(1)
+			c.status.countFailed()
 			c.log.Error("event could not be processed", append(errorAttrs(newPanicError(p)), "offset", key)...)
 			appended = false
 		}
 	}()
 	// A new session re-reads some events; skip them before encoding.
 	if earliest, latest, ok := c.journal.bounds(); ok && key <= latest {
-		c.status.skipped.Add(1)
+		c.status.countSkipped()
 		if _, err := c.journal.read(key); errors.Is(err, errNotFound) && key >= earliest {
 			// Not a re-read: vCenter delivered this key after a higher one.
 			// Offsets only grow, so it cannot be appended; say so.
@@ -335,7 +333,7 @@ func (c *collector) ingest(ev types.BaseEvent) (appended bool) {
 	rec, err := c.converter.convert(ev)
 	if err != nil {
 		// Not even without its data.
-		c.status.failed.Add(1)
+		c.status.countFailed()
 		c.log.Error("event could not be recorded: not appended", append(errorAttrs(err), "offset", key)...)
 		return false
 	}
@@ -349,12 +347,12 @@ func (c *collector) ingest(ev types.BaseEvent) (appended bool) {
 		c.log.Warn("event larger than the record size limit: recorded without data",
 			"offset", rec.offset, "type", rec.eventType, "limit", c.converter.maxRecordSize)
 	case dropError:
-		c.status.failed.Add(1)
+		c.status.countFailed()
 		c.log.Error("event could not be decoded or encoded: recorded without data",
 			append(errorAttrs(rec.err), "offset", rec.offset, "type", rec.eventType)...)
 	}
 	if u, ok := ev.(*unknownEvent); ok {
-		c.status.unknownTypes.Add(1)
+		c.status.countUnknownType()
 		if !c.unknownTypes[u.typeName] {
 			c.unknownTypes[u.typeName] = true
 			c.log.Warn("event type unknown to this server's vSphere SDK: served with its own name and generic data",

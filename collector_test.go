@@ -256,7 +256,8 @@ func TestCollectorPollingFallback(t *testing.T) {
 	sim.failMethod("WaitForUpdatesEx")
 	vc := connectVCenter(t, sim)
 	srv := startServer(t, sim, nil)
-	srv.waitStatus(t, "polling", func() bool { return srv.status.currentMode() == modePoll })
+	// The warning is what tells an operator that push mode is off.
+	srv.logs.wait(t, "falling back to polling vCenter", srv.stopped)
 
 	before, w := watchFromNow(t, vc, srv)
 	vc.postEvents(t, 5) // power operations would wait for their tasks with WaitForUpdatesEx
@@ -309,27 +310,6 @@ func TestCollectorLiveness(t *testing.T) {
 	status.beat()
 	if code, _ := get(t, srv.URL+"/livez"); code != http.StatusOK {
 		t.Fatalf("livez after the loop turned again: %d", code)
-	}
-}
-
-// TestCollectorStatusWaitReady: waitReady returns true once the collector
-// is ready, and false if its context ends first.
-func TestCollectorStatusWaitReady(t *testing.T) {
-	t.Parallel()
-	status := newCollectorStatus(time.Minute)
-	ended, cancel := context.WithCancel(t.Context())
-	cancel()
-	if status.waitReady(ended) {
-		t.Error("waitReady with its context done, before the collector is ready: true")
-	}
-	ready := make(chan bool)
-	go func() { ready <- status.waitReady(t.Context()) }()
-	status.setReady()
-	if !<-ready {
-		t.Error("waitReady after setReady: false")
-	}
-	if !status.waitReady(ended) {
-		t.Error("waitReady of a ready collector: false")
 	}
 }
 

@@ -258,7 +258,7 @@ func (d *deliverer) lose() {
 		return
 	}
 	lost := earliest - d.next
-	d.status.add(&d.status.lost, lost)
+	d.status.countLost(lost)
 	d.log.Error("events purged before delivery to the sink: lost",
 		"from", d.next, "to", earliest-1, "lost", lost, "earliest", earliest, "latest", latest)
 	d.next = earliest
@@ -324,7 +324,7 @@ func (d *deliverer) deliver(ctx, requests context.Context, rec record) (done boo
 	// or something panics on the way, is skipped like one the sink
 	// refuses: the stream goes on.
 	skip := func(err error) bool {
-		d.status.add(&d.status.rejected, 1)
+		d.status.countRejected()
 		d.status.setError(err)
 		d.log.Error("cannot deliver an event: skipped", append(errorAttrs(err), "key", rec.offset)...)
 		return true
@@ -353,7 +353,7 @@ func (d *deliverer) deliver(ctx, requests context.Context, rec record) (done boo
 			res = d.attempt(requests, rec.offset, msg, attempt)
 			mode = decide(ctx, res)
 		case modeBackoff:
-			d.status.add(&d.status.retries, 1)
+			d.status.countRetry()
 			d.status.setState(sinkStateRetrying)
 			// A retry may take long: keep the checkpoint current meanwhile.
 			d.checkpoint(true)
@@ -368,7 +368,7 @@ func (d *deliverer) deliver(ctx, requests context.Context, rec record) (done boo
 			}
 			mode = modeDeliver
 		case modeSkip:
-			d.status.add(&d.status.rejected, 1)
+			d.status.countRejected()
 			d.log.Error("sink rejected the event: skipped", "key", rec.offset, "status", res.status, "body", res.body)
 			return true
 		case modeAcked:
@@ -555,8 +555,18 @@ func newSinkStatus(pace *sinkPace) *sinkStatus {
 	return s
 }
 
-// add adds n to one of the status's counters.
-func (s *sinkStatus) add(counter *atomic.Int64, n int64) {
+// countRetry counts an attempt that failed and is tried again.
+func (s *sinkStatus) countRetry() { s.count(&s.retries, 1) }
+
+// countRejected counts an event the sink refused for good, or that could
+// not be sent: skipped.
+func (s *sinkStatus) countRejected() { s.count(&s.rejected, 1) }
+
+// countLost counts n events purged before they could be delivered.
+func (s *sinkStatus) countLost(n int64) { s.count(&s.lost, n) }
+
+// count adds n to one of the status's counters.
+func (s *sinkStatus) count(counter *atomic.Int64, n int64) {
 	counter.Add(n)
 	s.changes.notify()
 }
@@ -585,13 +595,6 @@ func (s *sinkStatus) setState(state string) {
 	}
 }
 
-// currentState is what the deliverer does now.
-func (s *sinkStatus) currentState() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.state
-}
-
 // setError records the last failure, as /readyz shows it.
 func (s *sinkStatus) setError(err error) {
 	s.mu.Lock()
@@ -608,11 +611,12 @@ func (s *sinkStatus) observe(d time.Duration) {
 	s.changes.notify()
 }
 
-// attempts is the number of delivery requests made, answered or not.
-func (s *sinkStatus) attempts() uint64 {
+// requestDurations is a copy of the histogram of delivery requests made,
+// answered or not.
+func (s *sinkStatus) requestDurations() histogram {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.durations.count
+	return s.durations.clone()
 }
 
 // sinkReady is the sink's part of the /readyz body.
@@ -649,6 +653,9 @@ func (s *sinkStatus) writeMetrics(w io.Writer, j *journal) {
 	if n := s.lastDelivered.Load(); n >= 0 {
 		metric("sink_last_delivered_offset", "gauge", "Offset of the last event the sink acknowledged.", float64(n))
 	}
+	if n := s.checkpointed.Load(); n >= 0 {
+		metric("sink_checkpoint_offset", "gauge", "Offset the checkpoint file holds, where delivery resumes after a restart.", float64(n))
+	}
 	if _, latest, ok := j.bounds(); ok {
 		// Measured from the last offset done with, so that events the
 		// filter leaves out do not count as lag.
@@ -660,10 +667,7 @@ func (s *sinkStatus) writeMetrics(w io.Writer, j *journal) {
 		}
 		metric("sink_lag_events", "gauge", "Latest offset held minus the last offset delivered (or skipped).", float64(max(lag, 0)))
 	}
-	s.mu.Lock()
-	h := s.durations.clone()
-	s.mu.Unlock()
-	h.write(w, metricPrefix+"sink_request_duration_seconds", "Duration of delivery requests to the sink, answered or not.")
+	s.requestDurations().write(w, metricPrefix+"sink_request_duration_seconds", "Duration of delivery requests to the sink, answered or not.")
 }
 
 // sinkDurationBuckets are the upper bounds of the request duration

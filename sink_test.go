@@ -261,7 +261,7 @@ func heldEvents(t *testing.T, srv *testServer) ([]string, map[string]json.RawMes
 func waitCaughtUp(t testing.TB, srv *testServer, key int64) {
 	t.Helper()
 	srv.waitSink(t, fmt.Sprintf("idle deliverer done with %d", key), func() bool {
-		return srv.sink.currentState() == sinkStateIdle && srv.sink.pace.doneWith() >= key
+		return srv.sink.ready().State == sinkStateIdle && srv.sink.pace.doneWith() >= key
 	})
 }
 
@@ -419,7 +419,7 @@ func TestSinkMisbehavingReceiver(t *testing.T) {
 	sink.mu.Lock()
 	requests := len(sink.requests)
 	sink.mu.Unlock()
-	srv.waitSink(t, fmt.Sprintf("%d attempts", requests+1), func() bool { return srv.sink.attempts() >= uint64(requests+1) })
+	srv.waitSink(t, fmt.Sprintf("%d attempts", requests+1), func() bool { return srv.sink.requestDurations().count >= uint64(requests+1) })
 
 	m := serverMetrics(t, srv)
 	p := metricPrefix
@@ -480,6 +480,9 @@ func TestSinkRestartResumes(t *testing.T) {
 	// Written within a second while running, not only at shutdown: a
 	// crash now would send nothing again.
 	first.waitSink(t, fmt.Sprintf("checkpoint %d", before), func() bool { return first.sink.checkpointed.Load() == before })
+	if m := serverMetrics(t, first); m[metricPrefix+"sink_checkpoint_offset"] != float64(before) {
+		t.Errorf("sink_checkpoint_offset = %v, want %d", m[metricPrefix+"sink_checkpoint_offset"], before)
+	}
 	first.shutdown(t)
 	cp, ok, err := loadCheckpoint(cpFile)
 	if err != nil || !ok || cp.Offset != before {

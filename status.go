@@ -31,7 +31,6 @@ type collectorStatus struct {
 	ingested   atomic.Int64 // events appended to the journal
 	skipped    atomic.Int64 // events not appended: their key was not above the latest (already seen)
 	reconnects atomic.Int64 // sessions that ended in an error and were opened again
-	mode       atomic.Int32 // the collectMode of the current session
 
 	unknownTypes atomic.Int64 // events of a type govmomi does not know, appended
 	failed       atomic.Int64 // events that could not be decoded, encoded or appended whole
@@ -58,10 +57,6 @@ func (s *collectorStatus) setReady() bool {
 	s.changes.notify()
 	return true
 }
-
-// waitReady waits until the collector is ready and reports true, or until
-// ctx is done (false).
-func (s *collectorStatus) waitReady(ctx context.Context) bool { return s.waitFor(ctx, s.isReady) }
 
 // waitFor waits until cond holds and reports true, or until ctx is done
 // (false). It looks at cond again whenever what the status reports
@@ -109,21 +104,24 @@ func (s *collectorStatus) lastEventTime() time.Time {
 	return time.Time{}
 }
 
+// countSkipped counts an event read again and skipped as already held.
+func (s *collectorStatus) countSkipped() { s.skipped.Add(1) }
+
+// countUnknownType counts an event appended whose type govmomi does not know.
+func (s *collectorStatus) countUnknownType() { s.unknownTypes.Add(1) }
+
+// countFailed counts an event that could not be decoded, encoded or
+// appended whole.
+func (s *collectorStatus) countFailed() { s.failed.Add(1) }
+
+// countUnreadable counts an event whose key could not be read.
+func (s *collectorStatus) countUnreadable() { s.unreadable.Add(1) }
+
 // reconnecting records that a session failed and another is to be opened.
 func (s *collectorStatus) reconnecting() {
 	s.reconnects.Add(1)
 	s.changes.notify()
 }
-
-// setMode records how the current session learns of new events.
-func (s *collectorStatus) setMode(m collectMode) {
-	if collectMode(s.mode.Swap(int32(m))) != m {
-		s.changes.notify()
-	}
-}
-
-// currentMode is how the current session learns of new events.
-func (s *collectorStatus) currentMode() collectMode { return collectMode(s.mode.Load()) }
 
 // beat records that the collector's loop turned now (Alive).
 func (s *collectorStatus) beat() { s.heartbeat.Store(time.Now().UnixNano()) }
