@@ -366,16 +366,6 @@ func handleReadyz(j *journal, status *collectorStatus, sink *sinkStatus, tokens 
 	}
 }
 
-// parseQuery parses a request's query, allowing only the given parameters
-// (parseParams), and describes what is wrong with it as a 400 problem.
-func parseQuery(rawQuery string, allowed ...string) (url.Values, *problem) {
-	values, err := parseParams(rawQuery, allowed...)
-	if err != nil {
-		return nil, newProblem(http.StatusBadRequest, "%s", err)
-	}
-	return values, nil
-}
-
 // parseOffset parses an offset: a non-negative decimal integer.
 func parseOffset(name, s string) (int64, *problem) {
 	n, err := strconv.ParseInt(s, 10, 64)

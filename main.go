@@ -171,7 +171,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if cfg.sink.url != nil {
 		// A sink that retries one event, timing out and backing off, is
 		// still taking events.
-		if pace, err = newSinkPace(cfg.sink, max(sinkPatience, 2*cfg.sink.timeout+sinkBackoffMax), status); err != nil {
+		if pace, err = newSinkPace(cfg.sink.checkpointFile, max(sinkPatience, 2*cfg.sink.timeout+sinkBackoffMax), status); err != nil {
 			return err
 		}
 		if sink, err = newDeliverer(cfg.sink, journal, pace, log); err != nil {

@@ -53,7 +53,11 @@ func (q query) check(rawQuery string) (url.Values, *problem) {
 	if q.any {
 		return nil, nil
 	}
-	return parseQuery(rawQuery, q.params...)
+	values, err := parseParams(rawQuery, q.params...)
+	if err != nil {
+		return nil, newProblem(http.StatusBadRequest, "%s", err)
+	}
+	return values, nil
 }
 
 // routeHandler answers a request on its route, with the query parameters

@@ -844,7 +844,7 @@ func TestSinkConfigErrors(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, err = newSinkPace(cfg.sink, sinkPatience, newCollectorStatus(time.Minute))
+		_, err = newSinkPace(cfg.sink.checkpointFile, sinkPatience, newCollectorStatus(time.Minute))
 		checkConfigError(t, err, envSinkCheckpointFile)
 		if !errors.Is(err, errCheckpointCorrupt) && !strings.Contains(err.Error(), errCheckpointCorrupt.Error()) {
 			t.Errorf("error %v does not say the checkpoint is corrupt", err)
@@ -906,7 +906,7 @@ func TestParseRetryAfter(t *testing.T) {
 // collector that never runs.
 func newTestDeliverer(t testing.TB, cfg sinkConfig, j *journal, log *slog.Logger) *deliverer {
 	t.Helper()
-	pace, err := newSinkPace(cfg, sinkPatience, newCollectorStatus(time.Minute))
+	pace, err := newSinkPace(cfg.checkpointFile, sinkPatience, newCollectorStatus(time.Minute))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1144,7 +1144,7 @@ func TestSinkBacklogStalledSink(t *testing.T) {
 	status := newCollectorStatus(opts.stuckAfter())
 	logs := newLogRecorder()
 	// No deliverer takes from it: the sink needs the first event held.
-	pace, err := newSinkPace(sinkConfig{}, 50*time.Millisecond, status)
+	pace, err := newSinkPace("", 50*time.Millisecond, status)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -1182,7 +1182,7 @@ func TestCollectorPacesSink(t *testing.T) {
 		{name: "caught up once", ready: true},
 	} {
 		status := newCollectorStatus(time.Minute)
-		pace, err := newSinkPace(sinkConfig{}, sinkPatience, status)
+		pace, err := newSinkPace("", sinkPatience, status)
 		if err != nil {
 			t.Fatal(err)
 		}

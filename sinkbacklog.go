@@ -41,17 +41,17 @@ type sinkPace struct {
 	moved notifier
 }
 
-// newSinkPace returns the pace of delivery to cfg's sink: the first
-// catch-up of the collector of status waits patience for a sink that
-// takes no event. With a checkpoint file, delivery resumes after the
+// newSinkPace returns the pace of delivery to a sink: the first catch-up
+// of collector waits patience for a sink that takes no event. With a
+// checkpoint file (SINK_CHECKPOINT_FILE), delivery resumes after the
 // offset it holds.
-func newSinkPace(cfg sinkConfig, patience time.Duration, collector *collectorStatus) (*sinkPace, error) {
+func newSinkPace(checkpointFile string, patience time.Duration, collector *collectorStatus) (*sinkPace, error) {
 	p := &sinkPace{patience: patience, collector: collector}
 	p.done.Store(-1)
-	if cfg.checkpointFile == "" {
+	if checkpointFile == "" {
 		return p, nil
 	}
-	cp, ok, err := loadCheckpoint(cfg.checkpointFile)
+	cp, ok, err := loadCheckpoint(checkpointFile)
 	if err != nil {
 		return nil, &configError{envSinkCheckpointFile, err.Error()}
 	}

@@ -284,11 +284,11 @@ type watchWaker struct {
 	mu      sync.Mutex
 	waiting map[*connOutput]int64 // the offset each waits for
 	running bool                  // run is running
-	empty   chan struct{}         // takes a value when waiting empties
+	emptied notifier              // notified when waiting empties
 }
 
 func newWatchWaker(j *journal, log *slog.Logger) *watchWaker {
-	return &watchWaker{j: j, log: log, waiting: make(map[*connOutput]int64), empty: make(chan struct{}, 1)}
+	return &watchWaker{j: j, log: log, waiting: make(map[*connOutput]int64)}
 }
 
 // add has c woken once the journal holds a record at or above next.
@@ -307,10 +307,7 @@ func (w *watchWaker) remove(c *connOutput) {
 	defer w.mu.Unlock()
 	delete(w.waiting, c)
 	if len(w.waiting) == 0 {
-		select {
-		case w.empty <- struct{}{}:
-		default:
-		}
+		w.emptied.notify()
 	}
 }
 
@@ -318,20 +315,20 @@ func (w *watchWaker) remove(c *connOutput) {
 // none waits.
 func (w *watchWaker) run(context.Context) {
 	for {
+		// Taken before the look, so that what changes after it ends the
+		// wait: any append (one below low too, which the next round sees)
+		// or the last watch leaving.
+		appended, emptied := w.j.appended(), w.emptied.changed()
 		low, done := w.wakeReady()
 		if done {
 			return
 		}
-		if low == math.MaxInt64 {
+		if low == math.MaxInt64 || w.j.holds(low) {
 			continue
 		}
-		// Any append wakes this: one below low too, which the next round
-		// sees.
-		if appended := w.j.appended(); !w.j.holds(low) {
-			select {
-			case <-appended:
-			case <-w.empty:
-			}
+		select {
+		case <-appended:
+		case <-emptied:
 		}
 	}
 }
