@@ -142,7 +142,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 			return err
 		}
 		defer sim.close()
-		cfg.vcenterURL, cfg.username, cfg.password, cfg.insecure = sim.url, sim.username, sim.password, true
+		cfg.useSimulation(sim)
 		log.Info("started vCenter simulator", "url", sim.url.String())
 	}
 	// On the way out: cancel, wait for every goroutine (the collector logs

@@ -54,6 +54,12 @@ func startSimulationTLS(config *tls.Config) (*simulation, error) {
 	return sim, nil
 }
 
+// useSimulation has cfg connect to sim, in place of the vCenter address
+// and credentials that --simulate does not read.
+func (cfg *config) useSimulation(sim *simulation) {
+	cfg.vcenterURL, cfg.username, cfg.password, cfg.insecure = sim.url, sim.username, sim.password, true
+}
+
 // close stops the server and removes the inventory's files.
 func (s *simulation) close() {
 	s.server.Close()
