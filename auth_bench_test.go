@@ -68,7 +68,7 @@ func BenchmarkGetCertificate(b *testing.B) {
 				}
 			}
 			for b.Loop() {
-				if _, err := c.GetCertificate(nil); err != nil {
+				if _, err := c.certificate(nil); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -541,7 +541,7 @@ func TestAuthCertificateRenewal(t *testing.T) {
 	}
 	vol.update(t, map[string]string{"tls.crt": string(c14), "tls.key": string(k14)})
 	ss.reload()
-	got, err := ss.GetCertificate(nil)
+	got, err := ss.certificate(nil)
 	if err != nil || got.Leaf.SerialNumber.Int64() != 14 {
 		t.Errorf("after a Secret volume update: %v, %v; want serial 14", got.Leaf.SerialNumber, err)
 	}

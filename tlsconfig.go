@@ -92,8 +92,8 @@ func holdsCertificate(b []byte) bool {
 	}
 }
 
-// GetCertificate returns the pair in use.
-func (c *certReloader) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+// certificate returns the pair in use: tls.Config.GetCertificate.
+func (c *certReloader) certificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return c.cert.Load(), nil
 }
 
@@ -117,6 +117,6 @@ func (c *certReloader) logCertificate(msg string, cert *tls.Certificate) {
 func (c *certReloader) tlsConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		GetCertificate: c.GetCertificate,
+		GetCertificate: c.certificate,
 	}
 }
