@@ -340,6 +340,9 @@ type readyResponse struct {
 	// so that the viewer's curl line shows where one goes; /readyz needs
 	// none, and a 401 would tell as much anyway.
 	Tokens bool `json:"tokens"`
+	// VCenter is the vCenter the collector last logged in to; there once
+	// it has.
+	VCenter *vcenterIdentity `json:"vcenter,omitempty"`
 	// Sink is there only with K_SINK set.
 	Sink *sinkReady `json:"sink,omitempty"`
 }
@@ -348,7 +351,7 @@ type readyResponse struct {
 // ready through later vCenter outages: the cached events are still served.
 func handleReadyz(j *journal, status *collectorStatus, sink *sinkStatus, tokens bool) routeHandler {
 	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
-		body := readyResponse{Ready: status.isReady(), VCenterConnected: status.isConnected(), Tokens: tokens}
+		body := readyResponse{Ready: status.isReady(), VCenterConnected: status.isConnected(), Tokens: tokens, VCenter: status.lastVCenter()}
 		if earliest, latest, ok := j.bounds(); ok {
 			body.Range = &rangeResponse{Earliest: earliest, Latest: latest}
 		}

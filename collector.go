@@ -149,6 +149,8 @@ func (c *collector) session(parent context.Context) (progressed bool, err error)
 		return false, err
 	}
 	defer s.close(ctx)
+	about := s.client.ServiceContent.About
+	c.status.loggedIn(vcenterIdentity{InstanceUUID: about.InstanceUuid, APIVersion: about.ApiVersion})
 	now, err := s.now(ctx)
 	if err != nil {
 		return false, err

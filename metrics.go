@@ -140,6 +140,11 @@ func writeMetrics(w *bufio.Writer, j *journal, status *collectorStatus, m *httpM
 	metric("watchers", "gauge", "Open watches.", float64(watches.open.Load()))
 	metric("vcenter_connected", "gauge", "1 while the collector has a working vCenter session.", boolValue(status.isConnected()))
 	metric("vcenter_reconnects_total", "counter", "vCenter sessions opened again after a failure.", float64(status.reconnects.Load()))
+	if id := status.lastVCenter(); id != nil {
+		name := metricPrefix + "vcenter_info"
+		fmt.Fprintf(w, "# HELP %s The vCenter the collector last logged in to.\n# TYPE %s gauge\n%s{instance_uuid=\"%s\",api_version=\"%s\"} 1\n",
+			name, name, name, escapeLabel(id.InstanceUUID), escapeLabel(id.APIVersion))
+	}
 	if t := status.lastEventTime(); !t.IsZero() {
 		metric("last_event_timestamp_seconds", "gauge", "Creation time in vCenter of the newest event held (Unix seconds).", float64(t.UnixNano())/1e9)
 		metric("collector_lag_seconds", "gauge", "Time from the newest event's creation in vCenter to its append, on vCenter's clock.", time.Duration(status.lag.Load()).Seconds())

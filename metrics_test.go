@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"regexp"
 	"strconv"
 	"strings"
@@ -11,7 +12,7 @@ import (
 // line must be a HELP or TYPE comment or a well-formed sample.
 func parseMetrics(t *testing.T, body string) map[string]float64 {
 	t.Helper()
-	sample := regexp.MustCompile(`^([a-z_]+(?:\{[a-z]+="(?:[^"\\]|\\.)*"(?:,[a-z]+="(?:[^"\\]|\\.)*")*\})?) (\S+)$`)
+	sample := regexp.MustCompile(`^([a-z_]+(?:\{[a-z_]+="(?:[^"\\]|\\.)*"(?:,[a-z_]+="(?:[^"\\]|\\.)*")*\})?) (\S+)$`)
 	out := make(map[string]float64)
 	for _, line := range strings.Split(strings.TrimSuffix(body, "\n"), "\n") {
 		if strings.HasPrefix(line, "# HELP ") || strings.HasPrefix(line, "# TYPE ") {
@@ -48,7 +49,12 @@ func TestMetrics(t *testing.T) {
 	earliest, _ := serverRange(t, srv)
 	m := parseMetrics(t, string(mustGet(t, srv.url+"/metrics")))
 	p := metricPrefix
+	about := vc.client.ServiceContent.About
+	if about.InstanceUuid == "" || about.ApiVersion == "" {
+		t.Fatalf("the simulator tells no identity: %+v", about)
+	}
 	for name, want := range map[string]float64{
+		p + `vcenter_info{instance_uuid="` + about.InstanceUuid + `",api_version="` + about.ApiVersion + `"}`: 1,
 		p + "journal_earliest_offset":  float64(earliest),
 		p + "journal_latest_offset":    float64(latest),
 		p + "journal_records":          float64(latest - earliest + 1), // the simulator's keys have no gaps
@@ -64,6 +70,14 @@ func TestMetrics(t *testing.T) {
 		if got, ok := m[name]; !ok || got != want {
 			t.Errorf("%s = %v (present %v), want %v", name, got, ok, want)
 		}
+	}
+	// /readyz names the same vCenter.
+	var ready readyResponse
+	if err := json.Unmarshal(mustGet(t, srv.url+"/readyz"), &ready); err != nil {
+		t.Fatal(err)
+	}
+	if id := ready.VCenter; id == nil || id.InstanceUUID != about.InstanceUuid || id.APIVersion != about.ApiVersion {
+		t.Errorf("/readyz vcenter = %+v, want %s, %s", id, about.InstanceUuid, about.ApiVersion)
 	}
 	for _, name := range []string{"journal_bytes", "last_event_timestamp_seconds", "collector_lag_seconds"} {
 		if v, ok := m[p+name]; !ok || v <= 0 {

@@ -16,6 +16,8 @@ type collectorStatus struct {
 	// changes is notified as ready or connected change and at each
 	// append: whoever waits for the collector (waitFor) looks again then.
 	changes notifier
+	// vcenter is the vCenter of the last login, nil before the first.
+	vcenter atomic.Pointer[vcenterIdentity]
 	// lastEvent is the CreatedTime (Unix nanoseconds) of the newest event appended.
 	lastEvent atomic.Int64
 	// heartbeat is when the collector's loop last turned (Unix nanoseconds).
@@ -116,6 +118,20 @@ func (s *collectorStatus) countFailed() { s.failed.Add(1) }
 
 // countUnreadable counts an event whose key could not be read.
 func (s *collectorStatus) countUnreadable() { s.unreadable.Add(1) }
+
+// vcenterIdentity is which vCenter a session logged in to: its instance
+// UUID names the vCenter (another after a reinstall, the same after a
+// restore from backup), its API version the release it speaks.
+type vcenterIdentity struct {
+	InstanceUUID string `json:"instanceUuid"`
+	APIVersion   string `json:"apiVersion"`
+}
+
+// loggedIn records the vCenter a session logged in to.
+func (s *collectorStatus) loggedIn(id vcenterIdentity) { s.vcenter.Store(&id) }
+
+// lastVCenter is the vCenter of the last login; nil before the first.
+func (s *collectorStatus) lastVCenter() *vcenterIdentity { return s.vcenter.Load() }
 
 // reconnecting records that a session failed and another is to be opened.
 func (s *collectorStatus) reconnecting() {

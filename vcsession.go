@@ -200,7 +200,8 @@ func (l vcLogin) login(ctx context.Context, log *slog.Logger) (*vim25.Client, er
 		sc.CloseIdleConnections()
 		return nil, fmt.Errorf("log in to vCenter %s: %w", l.url.Host, err)
 	}
-	log.Info("logged in to vCenter", "url", l.url.String())
+	about := client.ServiceContent.About
+	log.Info("logged in to vCenter", "url", l.url.String(), "instanceUuid", about.InstanceUuid, "apiVersion", about.ApiVersion)
 	return client, nil
 }
 
