@@ -1271,6 +1271,10 @@ func TestAuthUncleanPaths(t *testing.T) {
 	if resp.StatusCode/100 != 3 || resp.Header.Get("Location") != "/api/v1/range" || !strings.Contains(resp.Header.Get("Cache-Control"), "private") {
 		t.Errorf("unclean path with a token: %d to %q, Cache-Control %q; want a redirect to the clean path, private", resp.StatusCode, resp.Header.Get("Location"), resp.Header.Get("Cache-Control"))
 	}
+	// An escaped slash leaves the path clean: served, not redirected.
+	if resp, body := send(http.MethodGet, "/api/v1/events/%2F5", tokenAlice); resp.StatusCode != http.StatusBadRequest || !strings.Contains(string(body), `\"/5\"`) {
+		t.Errorf("/api/v1/events/%%2F5: %d %s, want 400 naming the id /5", resp.StatusCode, body)
+	}
 	for _, target := range []string{"/api", "/api/", "/api/v2/nothing"} {
 		resp, body := send(http.MethodGet, target, "", "Accept", "text/html")
 		checkUnauthorized(t, "browser at "+target, resp, body)

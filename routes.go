@@ -203,7 +203,7 @@ func (t *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if t.paths["/"].admit(w, r) != nil {
 			writeProblem(w, newProblem(http.StatusBadRequest, "request target %q is not a path", r.RequestURI))
 		}
-	case cleanPath(r.URL.Path) != r.URL.Path:
+	case r.Method != http.MethodConnect && cleanPath(r.URL.EscapedPath()) != r.URL.EscapedPath():
 		redirect, pattern := t.mux.Handler(r)
 		if rt := t.paths[pattern].admit(w, r); rt != nil {
 			rt.guard(redirect).ServeHTTP(w, r)
@@ -213,8 +213,9 @@ func (t *router) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// cleanPath is the path ServeMux redirects p to, as it cleans it: no "."
-// or ".." elements, no repeated slashes, the trailing slash kept.
+// cleanPath is the path ServeMux redirects p (escaped, as it cleans it)
+// to: no "." or ".." elements, no repeated slashes, the trailing slash
+// kept.
 func cleanPath(p string) string {
 	np := path.Clean(p)
 	if strings.HasSuffix(p, "/") && np != "/" {

@@ -139,6 +139,7 @@ func newDeliverer(cfg sinkConfig, j *journal, pace *sinkPace, log *slog.Logger) 
 	}
 	if cp := pace.resume; !cp.Time.IsZero() {
 		d.next, d.saved, d.savedTime, d.resume = cp.Offset+1, cp.Offset, cp.Time, cp
+		d.status.setCheckpointed(cp.Offset)
 	}
 	return d, nil
 }

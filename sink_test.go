@@ -494,6 +494,10 @@ func TestSinkRestartResumes(t *testing.T) {
 	vc.postEvents(t, 40)
 	env[envStreamBegin] = "0s"
 	second := startServer(t, sim, env)
+	// Before it writes one, the checkpoint it resumes from.
+	if m := serverMetrics(t, second); m[metricPrefix+"sink_checkpoint_offset"] < float64(before) {
+		t.Errorf("sink_checkpoint_offset after the restart = %v, want at least %d", m[metricPrefix+"sink_checkpoint_offset"], before)
+	}
 	vc.postEvents(t, 2)
 	latest := vc.latestKey(t)
 	sink.waitAcked(t, latest)
