@@ -232,10 +232,9 @@ func weighsZero(params string) bool {
 }
 
 // handleEvents answers a list or a watch.
-func handleEvents(d handlerDeps, watches *watchLimit) routeHandler {
-	j := d.journal
+func handleEvents(j *journal, watches *watchLimit, taken *takenWatches, sseHeartbeat time.Duration, log *slog.Logger) routeHandler {
 	buffers := newWatchBuffers()
-	waker := newWatchWaker(j, d.log)
+	waker := newWatchWaker(j, log)
 	return func(w http.ResponseWriter, r *http.Request, params url.Values) {
 		q, p := parseEventsQuery(r, params, j)
 		if p != nil {
@@ -253,9 +252,9 @@ func handleEvents(d handlerDeps, watches *watchLimit) routeHandler {
 			return
 		}
 		defer release()
-		s := watchSettings{format: ndjson{}, buffers: buffers, log: d.log, taken: d.taken, waker: waker, release: release}
+		s := watchSettings{format: ndjson{}, buffers: buffers, log: log, taken: taken, waker: waker, release: release}
 		if q.sse {
-			s.format, s.heartbeat = serverSentEvents{}, d.sseHeartbeat
+			s.format, s.heartbeat = serverSentEvents{}, sseHeartbeat
 		}
 		serveWatch(w, r, j, q, s)
 	}

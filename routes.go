@@ -94,7 +94,7 @@ func (d handlerDeps) routes(metrics *httpMetrics, watches *watchLimit) []route {
 	return []route{
 		{get, "/api/v1/openapi.yaml", apiRoute, takes(), handleOpenAPI()},
 		{get, "/api/v1/range", apiRoute, takes(), handleRange(d.journal)},
-		{get, "/api/v1/events", apiRoute, takes(eventsParams()...), handleEvents(d, watches)},
+		{get, "/api/v1/events", apiRoute, takes(eventsParams()...), handleEvents(d.journal, watches, d.taken, d.sseHeartbeat, d.log)},
 		{get, "/api/v1/events/{id}", apiRoute, takes(), handleEvent(d.journal)},
 		{get, "/livez", openRoute, takes(), handleLivez(d.status)},
 		{get, "/readyz", openRoute, takes(), handleReadyz(d.journal, d.status, d.sink, d.auth != nil)},
