@@ -342,6 +342,10 @@ type readyResponse struct {
 	// VCenter is the vCenter the collector last logged in to; there once
 	// it has.
 	VCenter *vcenterIdentity `json:"vcenter,omitempty"`
+	// Epoch is the epoch of the offsets held: how many times vCenter's
+	// keys were seen to start over (README, "When vCenter's keys start
+	// over").
+	Epoch int `json:"epoch"`
 	// Sink is there only with K_SINK set.
 	Sink *sinkReady `json:"sink,omitempty"`
 }
@@ -350,7 +354,7 @@ type readyResponse struct {
 // ready through later vCenter outages: the cached events are still served.
 func handleReadyz(j *journal, status *collectorStatus, sink *sinkStatus, tokens bool) routeHandler {
 	return func(w http.ResponseWriter, _ *http.Request, _ url.Values) {
-		body := readyResponse{Ready: status.isReady(), VCenterConnected: status.isConnected(), Tokens: tokens, VCenter: status.lastVCenter()}
+		body := readyResponse{Ready: status.isReady(), VCenterConnected: status.isConnected(), Tokens: tokens, VCenter: status.lastVCenter(), Epoch: j.currentTimeline().epoch}
 		if earliest, latest, ok := j.bounds(); ok {
 			body.Range = &rangeResponse{Earliest: earliest, Latest: latest}
 		}

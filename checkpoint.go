@@ -17,10 +17,20 @@ var errCheckpointCorrupt = errors.New("checkpoint file is corrupt")
 // event the deliverer is done with (acknowledged, refused for good or not
 // selected by the filter). Time is that event's creation time in vCenter,
 // from which the collector must read again after a restart to include the
-// next event.
+// next event. InstanceUUID and Epoch are the timeline of Offset (the
+// vCenter, and how many times its keys started over): an offset of another
+// timeline names another event. A checkpoint written before they were
+// recorded has neither.
 type checkpoint struct {
-	Offset int64     `json:"offset"`
-	Time   time.Time `json:"time"`
+	Offset       int64     `json:"offset"`
+	Time         time.Time `json:"time"`
+	InstanceUUID string    `json:"instanceUuid,omitempty"`
+	Epoch        int       `json:"epoch,omitempty"`
+}
+
+// timeline is the timeline of the checkpoint's offset.
+func (cp checkpoint) timeline() timeline {
+	return timeline{instanceUUID: cp.InstanceUUID, epoch: cp.Epoch}
 }
 
 // loadCheckpoint reads the checkpoint at path; ok is false if there is no
@@ -33,7 +43,7 @@ func loadCheckpoint(path string) (cp checkpoint, ok bool, err error) {
 	if err != nil {
 		return cp, false, fmt.Errorf("read checkpoint: %w", err)
 	}
-	if err := json.Unmarshal(b, &cp); err != nil || cp.Offset < 0 || cp.Time.IsZero() {
+	if err := json.Unmarshal(b, &cp); err != nil || cp.Offset < 0 || cp.Time.IsZero() || cp.Epoch < 0 {
 		return cp, false, fmt.Errorf("%w: %q is not {\"offset\":N,\"time\":\"RFC 3339\"}", errCheckpointCorrupt, path)
 	}
 	return cp, true, nil

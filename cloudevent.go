@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"net/url"
 	"reflect"
 	"strconv"
 	"sync"
@@ -49,11 +50,25 @@ const (
 	extDataDropped = "datadropped"
 )
 
+// epochSource is the CloudEvent source of the events of epoch: vCenter's
+// SDK URL, and after its keys started over (epoch 1 on) the same with the
+// query parameter epoch=N, so that no (source, id) pair names two events.
+func epochSource(sdk *url.URL, epoch int) string {
+	if epoch == 0 {
+		return sdk.String()
+	}
+	u := *sdk
+	q := u.Query()
+	q.Set("epoch", strconv.Itoa(epoch))
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
 // eventConverter turns vSphere events into the CloudEvent records the
 // journal holds. Each event is encoded once, at ingest; every reader then
 // shares the same bytes. It is safe for concurrent use.
 type eventConverter struct {
-	source        string // the vCenter SDK URL, without credentials
+	source        string // epochSource: the vCenter SDK URL, without credentials, of the epoch
 	maxRecordSize int
 	wire          wireEncoder
 	// types maps event names to their CloudEvent types, made once.
@@ -120,6 +135,9 @@ func (c *eventConverter) convert(ev types.BaseEvent) (convertedEvent, error) {
 	base := ev.GetEvent()
 	name, class := eventTypeAndClass(ev)
 	out := convertedEvent{record: record{offset: int64(base.Key), eventType: c.cloudEventType(name), class: class}}
+	if !base.CreatedTime.IsZero() {
+		out.created = base.CreatedTime.UnixNano()
+	}
 
 	ce := cloudevents.New()
 	ce.SetID(strconv.FormatInt(out.offset, 10))

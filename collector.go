@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/rand/v2"
 	"time"
@@ -80,6 +81,14 @@ type collector struct {
 	// backlogUntil is vCenter's time when the first session began: the
 	// events created before it are the backlog that sinkRoom paces.
 	backlogUntil time.Time
+
+	// checkpointChecked: the sink's checkpoint, if any, was looked for in
+	// vCenter (checkCheckpoint).
+	checkpointChecked bool
+	// unreachable is the newest key vCenter announced that no read
+	// reached (announcedUnreachable), -1 before; the first is logged.
+	unreachable       int64
+	unreachableLogged bool
 }
 
 // newCollector returns a collector for cfg's vCenter that appends to j and
@@ -90,12 +99,13 @@ func newCollector(cfg config, opts collectorOptions, j *journal, status *collect
 		streamBegin: cfg.streamBegin,
 		opts:        opts,
 		journal:     j,
-		converter:   &eventConverter{source: cfg.vcenterURL.String(), maxRecordSize: cfg.maxRecordSize},
+		converter:   &eventConverter{source: epochSource(cfg.vcenterURL, j.currentTimeline().epoch), maxRecordSize: cfg.maxRecordSize},
 		status:      status,
 		log:         log,
 		pace:        pace,
 
 		unknownTypes: make(map[string]bool),
+		unreachable:  -1,
 	}
 }
 
@@ -151,8 +161,12 @@ func (c *collector) session(parent context.Context) (progressed bool, err error)
 	defer s.close(ctx)
 	about := s.client.ServiceContent.About
 	c.status.loggedIn(vcenterIdentity{InstanceUUID: about.InstanceUuid, APIVersion: about.ApiVersion})
+	c.checkInstance(about.InstanceUuid)
 	now, err := s.now(ctx)
 	if err != nil {
+		return false, err
+	}
+	if err := c.checkCheckpoint(ctx, s); err != nil {
 		return false, err
 	}
 	if c.backlogUntil.IsZero() {
@@ -167,6 +181,13 @@ func (c *collector) session(parent context.Context) (progressed bool, err error)
 	if err := s.follow(ctx, live, c.opts.push); err != nil {
 		return false, err
 	}
+	newest, err := live.newest(ctx)
+	if err != nil {
+		return false, err
+	}
+	if newest != nil {
+		c.checkNewest(int64(newest.GetEvent().Key), newest)
+	}
 	c.log.Info("collecting vCenter events", "begin", begin, "push", s.mode == modePush)
 
 	// announced is the newest key the last announcement carried: a read
@@ -176,6 +197,7 @@ func (c *collector) session(parent context.Context) (progressed bool, err error)
 	announced := int64(-1)
 	for {
 		c.status.beat()
+		c.checkNewest(announced, nil)
 		n, err := c.drain(ctx, s, live, announced)
 		if err != nil {
 			return progressed, failed(ctx, "read events", err)
@@ -212,7 +234,8 @@ func (c *collector) session(parent context.Context) (progressed bool, err error)
 func (c *collector) beginTime(now time.Time) time.Time {
 	if c.begin.IsZero() {
 		c.begin = now.Add(-c.streamBegin)
-		if c.pace != nil {
+		if c.pace != nil && c.journal.currentTimeline().epoch == c.pace.resume.Epoch {
+			// The checkpoint is of the timeline held (checkCheckpoint).
 			c.begin = c.pace.beginBy(c.begin)
 		}
 	}
@@ -269,6 +292,9 @@ func (c *collector) drain(ctx context.Context, s *vcSession, live *eventHistory,
 		}
 		if len(events) == 0 {
 			c.readSingly = 0
+			if announced >= 0 && c.lastKey() < announced {
+				c.announcedUnreachable(announced)
+			}
 			return n, nil
 		}
 		appended, lastRead := 0, int64(-1)
@@ -320,16 +346,9 @@ func (c *collector) ingest(ev types.BaseEvent) (appended bool) {
 			appended = false
 		}
 	}()
-	// A new session re-reads some events; skip them before encoding.
-	if earliest, latest, ok := c.journal.bounds(); ok && key <= latest {
-		c.status.countSkipped()
-		if _, err := c.journal.read(key); errors.Is(err, errNotFound) && key >= earliest {
-			// Not a re-read: vCenter delivered this key after a higher one.
-			// Offsets only grow, so it cannot be appended; say so.
-			c.log.Warn("event arrived after a higher key: not appended", "offset", key, "latest", latest)
-			return false
-		}
-		c.log.Debug("skipped event already seen", "offset", key)
+	// A new session re-reads some events; skip them before encoding,
+	// unless vCenter's keys went back.
+	if c.reread(ev, key) {
 		return false
 	}
 	rec, err := c.converter.convert(ev)
@@ -364,6 +383,223 @@ func (c *collector) ingest(ev types.BaseEvent) (appended bool) {
 	c.appended(ev.GetEvent().CreatedTime)
 	c.log.Debug("appended event", "offset", rec.offset, "type", rec.eventType, "bytes", len(rec.data))
 	return true
+}
+
+// reread reports whether ev, whose key is key, is not to be appended: it
+// is an event held already (a new session reads some again), or one
+// vCenter delivered after a higher key. An event whose key is not above the
+// newest held that is neither means vCenter's keys went back: a new epoch
+// starts (keysWentBack), and ev is the first event of the new timeline.
+func (c *collector) reread(ev types.BaseEvent, key int64) bool {
+	earliest, latest, ok := c.journal.bounds()
+	if !ok || key > latest {
+		return false
+	}
+	held, err := c.journal.read(key)
+	created := ev.GetEvent().CreatedTime
+	switch {
+	case err == nil && c.sameEvent(held, ev):
+		c.status.countSkipped()
+		c.log.Debug("skipped event already seen", "offset", key)
+		return true
+	case err == nil:
+		c.keysWentBack(key-1, fmt.Sprintf("vCenter's event %d is another event than the one held (%s created %s; held: %s created %s)",
+			key, c.eventType(ev), formatTime(created), held.eventType, formatTime(recordTime(held))))
+		return false
+	case !c.lastCreated.IsZero() && created.After(c.lastCreated):
+		// Not held, and newer than every event held: not a re-read.
+		c.keysWentBack(key-1, fmt.Sprintf("vCenter's event %d, created %s, is not held though newer than the newest held (%d, created %s)",
+			key, formatTime(created), latest, formatTime(c.lastCreated)))
+		return false
+	case errors.Is(err, errNotFound) && key >= earliest:
+		// Not a re-read: vCenter delivered this key after a higher one,
+		// and with an older time. Offsets only grow, so it cannot be
+		// appended; say so.
+		c.status.countSkipped()
+		c.log.Warn("event arrived after a higher key: not appended", "offset", key, "latest", latest)
+		return true
+	}
+	// Below the journal: purged, or from before the stream began.
+	c.status.countSkipped()
+	c.log.Debug("skipped event already seen", "offset", key)
+	return true
+}
+
+// sameEvent reports whether ev, read from vCenter, is the event held as
+// rec: the same key, creation time and type.
+func (c *collector) sameEvent(rec record, ev types.BaseEvent) bool {
+	e := ev.GetEvent()
+	return rec.offset == int64(e.Key) && rec.created == createdNanos(e.CreatedTime) && rec.eventType == c.eventType(ev)
+}
+
+// eventType is the CloudEvent type of ev.
+func (c *collector) eventType(ev types.BaseEvent) string {
+	name, _ := eventTypeAndClass(ev)
+	return c.converter.cloudEventType(name)
+}
+
+// createdNanos is a creation time as a record holds it.
+func createdNanos(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.UnixNano()
+}
+
+// formatTime is t for a log line or an error, "unknown" if zero.
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return "unknown"
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+// checkInstance starts a new epoch if the session is on another vCenter
+// than the journal's (another instance UUID: a reinstall, or another
+// vCenter behind the same name): nothing held is this vCenter's, and its
+// events are read from the stream's begin, as at a first start.
+func (c *collector) checkInstance(instanceUUID string) {
+	held := c.journal.currentTimeline().instanceUUID
+	switch {
+	case held == "":
+		c.journal.identify(instanceUUID)
+	case held != instanceUUID:
+		c.startEpoch(instanceUUID, -1, fmt.Sprintf("another vCenter: instance UUID %s, was %s", instanceUUID, held))
+		c.begin, c.lastCreated = time.Time{}, time.Time{}
+		// The checkpoint is the other vCenter's: the deliverer follows the
+		// reset.
+		c.checkpointChecked = true
+	}
+}
+
+// checkCheckpoint looks for the sink checkpoint's event in vCenter, once,
+// before anything is appended: unless vCenter holds the same event (its
+// key, created at the checkpoint's time), the checkpoint's offsets are of a
+// timeline vCenter no longer has (its keys went back while the server was
+// down, or the checkpoint is another vCenter's), and the journal starts a
+// new epoch, so that no event of the new timeline goes out under a
+// (source, id) the sink has seen.
+func (c *collector) checkCheckpoint(ctx context.Context, s *vcSession) error {
+	if c.checkpointChecked || c.pace == nil || c.pace.resume.Time.IsZero() {
+		c.checkpointChecked = true
+		return nil
+	}
+	cp := c.pace.resume
+	created, found, err := findEvent(ctx, s, cp.Offset, cp.Time)
+	if err != nil {
+		return err
+	}
+	c.checkpointChecked = true
+	switch {
+	case !found:
+		c.startEpoch(c.journal.currentTimeline().instanceUUID, -1, fmt.Sprintf(
+			"vCenter holds no event %d created at %s, the sink checkpoint's: its keys went back while the server was down, or the checkpoint is another vCenter's",
+			cp.Offset, formatTime(cp.Time)))
+	case !created.IsZero() && !created.Equal(cp.Time):
+		c.startEpoch(c.journal.currentTimeline().instanceUUID, -1, fmt.Sprintf(
+			"vCenter's event %d, the sink checkpoint's, is another event (created %s, the checkpoint's %s)",
+			cp.Offset, formatTime(created), formatTime(cp.Time)))
+	}
+	return nil
+}
+
+// findEvent looks for the event key created about at (within resumeMargin)
+// in vCenter, and returns its creation time; found is false if vCenter has
+// no such event then.
+func findEvent(ctx context.Context, s *vcSession, key int64, at time.Time) (created time.Time, found bool, err error) {
+	h, err := s.openHistory(ctx, at.Add(-resumeMargin), at.Add(resumeMargin))
+	if err != nil {
+		return created, false, err
+	}
+	defer h.close(ctx)
+	for {
+		events, err := h.readNext(ctx, readPageSize)
+		switch {
+		case errors.Is(err, errPanic):
+			// A page that cannot be decoded: the event cannot be told.
+			return created, false, nil
+		case err != nil:
+			return created, false, err
+		case len(events) == 0:
+			return created, false, nil
+		}
+		for _, ev := range events {
+			if ev == nil {
+				continue
+			}
+			if e := ev.GetEvent(); int64(e.Key) == key {
+				return e.CreatedTime, true, nil
+			}
+		}
+	}
+}
+
+// checkNewest starts a new epoch if vCenter's newest key (from a latest
+// page, with its event if at hand; -1: none) is below the newest held: its
+// keys went back to it (a restore from backup, a wrap), and the events
+// held above it belong to a timeline vCenter no longer has. If vCenter's
+// event there is another than the one held, the timelines parted below
+// it: the reads that follow find where (reread).
+func (c *collector) checkNewest(newest int64, ev types.BaseEvent) {
+	_, latest, ok := c.journal.bounds()
+	if !ok || newest < 0 || newest >= latest {
+		return
+	}
+	if ev != nil {
+		if held, err := c.journal.read(newest); err == nil && !c.sameEvent(held, ev) {
+			return
+		}
+	}
+	c.keysWentBack(newest, fmt.Sprintf("vCenter's newest event key is %d, below the newest held, %d", newest, latest))
+}
+
+// keysWentBack starts a new epoch of the same vCenter whose keys went back
+// to keptThrough: the events up to it are the same events as before.
+func (c *collector) keysWentBack(keptThrough int64, reason string) {
+	c.startEpoch(c.journal.currentTimeline().instanceUUID, keptThrough, reason+": vCenter's keys went back (a restore from backup, or a wrap)")
+}
+
+// startEpoch starts a new timeline of the vCenter instanceUUID in the
+// journal, keeping the events up to keptThrough (none with -1), loudly: an
+// error in the log with both timelines, a count, the epoch metric.
+func (c *collector) startEpoch(instanceUUID string, keptThrough int64, reason string) {
+	before := c.journal.currentTimeline()
+	_, latest, held := c.journal.bounds()
+	r := c.journal.startEpoch(instanceUUID, keptThrough, reason)
+	c.converter.source = epochSource(c.vc.url, r.to.epoch)
+	c.lastCreated = time.Time{}
+	if _, newest, ok := c.journal.bounds(); ok {
+		if rec, err := c.journal.read(newest); err == nil {
+			c.lastCreated = recordTime(rec)
+		}
+	}
+	c.status.countReset()
+	attrs := []any{"reason", reason, "epoch", r.to.epoch, "previousEpoch", before.epoch,
+		"instanceUuid", instanceUUID, "previousInstanceUuid", before.instanceUUID,
+		"keptThrough", r.keptThrough, "source", c.converter.source}
+	if held {
+		attrs = append(attrs, "previousLatest", latest)
+	}
+	c.log.Error("vCenter's event keys started over: a new epoch begins; events held of the old timeline are dropped, open watches past it end, the sink goes on with the new timeline", attrs...)
+}
+
+// announcedUnreachable records that vCenter announced key (its latest page)
+// but reading returns no event up to it: on a real vCenter, an event of an
+// entity the user has no rights to. The stream goes on with later events;
+// the first is logged, each counted.
+func (c *collector) announcedUnreachable(key int64) {
+	if key <= c.unreachable {
+		return
+	}
+	c.unreachable = key
+	c.status.countUnreachable()
+	if c.unreachableLogged {
+		c.log.Debug("vCenter announced an event no read returns", "key", key)
+		return
+	}
+	c.unreachableLogged = true
+	c.log.Warn("vCenter announced an event that no read returns (the user may lack rights to some entities): going on with later events; further ones are only counted (events_unreachable_total)",
+		"key", key, "latest", c.lastKey())
 }
 
 // appended updates the status after an append of an event created at

@@ -94,9 +94,26 @@ func TestCollectorSessionTerminated(t *testing.T) {
 	srv := startServer(t, sim, nil)
 	before, w := watchFromNow(t, vc, srv)
 
+	vc.terminateServerSession(t)
+
+	vc.powerCycleVMs(t, 1)
+	waitReconnecting(t, srv, 1)
+	waitCollecting(t, srv)
+	vc.powerCycleVMs(t, 1)
+	expectEvents(t, w, vc.events(t, before))
+	// A reconnect that reads events again is no reset.
+	if n := srv.status.resets.Load(); n != 0 || srv.journal.currentTimeline().epoch != 0 {
+		t.Errorf("%d resets, epoch %d after a reconnect; want none", n, srv.journal.currentTimeline().epoch)
+	}
+}
+
+// terminateServerSession terminates the server's session in vCenter, as
+// an administrator would.
+func (v *vcenter) terminateServerSession(t testing.TB) {
+	t.Helper()
 	ctx := context.Background()
 	var sm mo.SessionManager
-	if err := property.DefaultCollector(vc.client.Client).RetrieveOne(ctx, *vc.client.ServiceContent.SessionManager, []string{"sessionList"}, &sm); err != nil {
+	if err := property.DefaultCollector(v.client.Client).RetrieveOne(ctx, *v.client.ServiceContent.SessionManager, []string{"sessionList"}, &sm); err != nil {
 		t.Fatal(err)
 	}
 	var keys []string
@@ -108,15 +125,9 @@ func TestCollectorSessionTerminated(t *testing.T) {
 	if len(keys) != 1 {
 		t.Fatalf("want one session of the server, found %d", len(keys))
 	}
-	if err := session.NewManager(vc.client.Client).TerminateSession(ctx, keys); err != nil {
+	if err := session.NewManager(v.client.Client).TerminateSession(ctx, keys); err != nil {
 		t.Fatal(err)
 	}
-
-	vc.powerCycleVMs(t, 1)
-	waitReconnecting(t, srv, 1)
-	waitCollecting(t, srv)
-	vc.powerCycleVMs(t, 1)
-	expectEvents(t, w, vc.events(t, before))
 }
 
 // TestCollectorVCenterDownAtStart: the server serves (not ready) while

@@ -188,6 +188,9 @@ func (s *simulation) failMethod(method string) {
 	})
 }
 
+// keysStartedOver is the collector's log line of a new epoch.
+const keysStartedOver = "vCenter's event keys started over: a new epoch begins; events held of the old timeline are dropped, open watches past it end, the sink goes on with the new timeline"
+
 // startServer runs the program against sim with env added to a working
 // configuration and args added to its flags, and waits until it has caught
 // up with vCenter.

@@ -101,7 +101,7 @@ func BenchmarkJournalFanOut(b *testing.B) {
 					next := int64(1)
 					ready.Done()
 					for {
-						if j.wait(ctx, next) != nil {
+						if j.wait(ctx, position{next: next}) != nil {
 							return
 						}
 						batch, _ = j.readNext(next, 16, batch[:0])

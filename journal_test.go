@@ -550,7 +550,7 @@ func TestJournalSharesRecords(t *testing.T) {
 // startWait runs j.Wait(ctx, offset) in a goroutine and delivers its result.
 func startWait(ctx context.Context, j *journal, offset int64) <-chan error {
 	done := make(chan error, 1)
-	go func() { done <- j.wait(ctx, offset) }()
+	go func() { done <- j.wait(ctx, position{next: offset}) }()
 	return done
 }
 
@@ -575,14 +575,14 @@ func TestJournalWaitReturnsAtOnce(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	for _, off := range []int64{0, 10, 12, 20, 25, 30} {
-		if err := j.wait(ctx, off); err != nil {
+		if err := j.wait(ctx, position{next: off}); err != nil {
 			t.Errorf("Wait(%d) with latest 30 = %v, want nil at once", off, err)
 		}
 	}
-	if err := j.wait(ctx, 31); !errors.Is(err, context.Canceled) {
+	if err := j.wait(ctx, position{next: 31}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Wait(31) with a cancelled context = %v, want context.Canceled", err)
 	}
-	if err := newJournal(2).wait(ctx, 0); !errors.Is(err, context.Canceled) {
+	if err := newJournal(2).wait(ctx, position{next: 0}); !errors.Is(err, context.Canceled) {
 		t.Errorf("Wait(0) on an empty journal with a cancelled context = %v, want context.Canceled", err)
 	}
 }
@@ -672,7 +672,7 @@ func TestJournalWaitCancelled(t *testing.T) {
 			if err := j.append(record{offset: tc.wait, data: recordData(tc.wait)}); err != nil {
 				t.Fatal(err)
 			}
-			if err := j.wait(context.Background(), tc.wait); err != nil {
+			if err := j.wait(context.Background(), position{next: tc.wait}); err != nil {
 				t.Errorf("Wait after the append = %v", err)
 			}
 		})
@@ -682,7 +682,7 @@ func TestJournalWaitCancelled(t *testing.T) {
 // manyWaitersWait is the body of each goroutine of TestJournalWaitManyWaiters;
 // its name lets the test find these goroutines in a stack dump.
 func manyWaitersWait(ctx context.Context, j *journal, offset int64, done chan<- error) {
-	done <- j.wait(ctx, offset)
+	done <- j.wait(ctx, position{next: offset})
 }
 
 // blockedWaiters counts the goroutines blocked in journal.wait that were
@@ -756,7 +756,7 @@ func followJournal(ctx context.Context, j *journal, keys []int64, limit int, yie
 			return seen, fmt.Errorf("ReadNext(%d, %d) gave %d records", next, limit, len(batch))
 		}
 		if len(batch) == 0 {
-			if err := j.wait(ctx, next); err != nil {
+			if err := j.wait(ctx, position{next: next}); err != nil {
 				return seen, fmt.Errorf("Wait(%d) after %d keys: %w", next, seen, err)
 			}
 			continue
@@ -965,5 +965,102 @@ func TestJournalRoomBefore(t *testing.T) {
 				t.Errorf("%d held, offset %d: no room, but the next append purges through %d (%v)", held, offset, through, purges)
 			}
 		}
+	}
+}
+
+// TestJournalStartEpoch: a reset keeps the records up to the keys kept, in
+// either segment, lets the next append reuse the dropped offsets, and
+// tells each follower whether its position is still good: one that read
+// no further than the keys kept goes on, one past them gets a *resetError
+// with where to resume; a wait past them wakes.
+func TestJournalStartEpoch(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name        string
+		keys        []int64
+		keptThrough int64
+		wantHeld    []int64
+		next        int64 // a follower's position before the reset
+		wantResume  int64 // -2: its position stays good
+	}{
+		{"restore into the active segment", []int64{1, 2, 3, 4, 5, 6}, 5, []int64{3, 4, 5}, 6, -2},
+		{"restore into the history", []int64{1, 2, 3, 4, 5, 6}, 3, []int64{3}, 7, 4},
+		{"restore below the journal", []int64{1, 2, 3, 4, 5, 6}, 1, nil, 5, 2},
+		{"another vCenter", []int64{1, 2, 3, 4, 5, 6}, -1, nil, 7, -1},
+		{"a follower at the keys kept", []int64{1, 2, 3}, 2, []int64{1, 2}, 3, -2},
+		{"a follower from the first held", []int64{1, 2, 3}, -1, nil, -1, -2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			j := newTestJournal(t, 2, tc.keys...) // [3 4] [5 6] for six keys
+			j.identify("uuid-a")
+			before := position{next: tc.next, timeline: j.currentTimeline()}
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			woken := make(chan error, 1)
+			waiting := position{next: 100, timeline: before.timeline}
+			go func() { woken <- j.wait(ctx, waiting) }()
+
+			r := j.startEpoch("uuid-a", tc.keptThrough, "test")
+			if r.to.epoch != 1 || j.currentTimeline() != (timeline{instanceUUID: "uuid-a", epoch: 1}) {
+				t.Fatalf("timeline after the reset = %+v, reset %+v", j.currentTimeline(), r)
+			}
+			if err := <-woken; err != nil {
+				t.Fatalf("a wait past the keys kept was not woken by the reset: %v", err)
+			}
+			checkRecords(t, "held after the reset", j.readLast(10, nil), tc.wantHeld)
+			records, bytes := j.stats()
+			wantBytes := 0
+			for _, k := range tc.wantHeld {
+				wantBytes += len(recordData(k))
+			}
+			if records != len(tc.wantHeld) || bytes != wantBytes {
+				t.Errorf("stats = %d records, %d bytes; want %d, %d", records, bytes, len(tc.wantHeld), wantBytes)
+			}
+			// The new timeline's first key reuses an offset dropped.
+			first := max(tc.keptThrough, 0) + 1
+			if err := j.append(record{offset: first, data: recordData(first)}); err != nil {
+				t.Fatalf("append %d after the reset: %v", first, err)
+			}
+
+			p := before
+			got, err := j.follow(&p, 10, nil)
+			if tc.wantResume == -2 {
+				if err != nil || p.timeline.epoch != 1 {
+					t.Fatalf("follow from %d = %v, %v (epoch %d); want the position to stay good", tc.next, offsetsOf(got), err, p.timeline.epoch)
+				}
+				return
+			}
+			var reset *resetError
+			if !errors.Is(err, errReset) || !errors.As(err, &reset) || reset.resumeFrom != tc.wantResume {
+				t.Fatalf("follow from %d = %v, %v; want errReset resuming from %d", tc.next, offsetsOf(got), err, tc.wantResume)
+			}
+			if !strings.Contains(err.Error(), "test") {
+				t.Errorf("the reset's error %q does not say why", err)
+			}
+			// Where it says to resume, a follower of the new timeline goes on
+			// with the first event of the new timeline.
+			p = position{next: reset.resumeFrom, timeline: j.currentTimeline()}
+			if got, err := j.follow(&p, 10, nil); err != nil || len(got) == 0 || got[len(got)-1].offset != first {
+				t.Fatalf("follow from %d after the reset = %v, %v; want it to end with %d", reset.resumeFrom, offsetsOf(got), err, first)
+			}
+		})
+	}
+}
+
+// TestJournalStartEpochTwice: a follower that slept through two resets
+// resumes from the lower of their keys kept.
+func TestJournalStartEpochTwice(t *testing.T) {
+	t.Parallel()
+	j := newTestJournal(t, 10, 1, 2, 3, 4, 5, 6)
+	p := position{next: 7, timeline: j.currentTimeline()}
+	j.startEpoch("", 2, "first")
+	if err := j.append(record{offset: 3, data: recordData(3)}); err != nil {
+		t.Fatal(err)
+	}
+	j.startEpoch("", 4, "second")
+	var reset *resetError
+	if _, err := j.follow(&p, 10, nil); !errors.As(err, &reset) || reset.resumeFrom != 3 || reset.reset.reason != "first" {
+		t.Fatalf("follow after two resets = %v; want the first's, resuming from 3", err)
 	}
 }

@@ -174,6 +174,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if pace, err = newSinkPace(cfg.sink.checkpointFile, max(sinkPatience, 2*cfg.sink.timeout+sinkBackoffMax), status); err != nil {
 			return err
 		}
+		if !pace.resume.Time.IsZero() {
+			// Offsets go on in the timeline the checkpoint was written in.
+			journal.continueTimeline(pace.resume.timeline())
+		}
 		if sink, err = newDeliverer(cfg.sink, journal, pace, log); err != nil {
 			return err
 		}

@@ -131,6 +131,7 @@ func writeMetrics(w *bufio.Writer, j *journal, status *collectorStatus, m *httpM
 	metric("events_unknown_type_total", "counter", "Events of a type this server's vSphere SDK does not know, served with their own type name.", float64(status.unknownTypes.Load()))
 	metric("events_failed_total", "counter", "Events that could not be decoded, encoded or appended whole: recorded without data (datadropped=error).", float64(status.failed.Load()))
 	metric("events_unreadable_total", "counter", "Events read from vCenter whose key could not be read: not appended, logged.", float64(status.unreadable.Load()))
+	metric("events_unreachable_total", "counter", "Event keys vCenter announced that no read returned (events the user may have no rights to); the stream goes on.", float64(status.unreachable.Load()))
 	metric("journal_records", "gauge", "Records held in the journal.", float64(records))
 	metric("journal_bytes", "gauge", "Bytes of CloudEvent JSON held in the journal.", float64(bytes))
 	if earliest, latest, ok := j.bounds(); ok {
@@ -140,6 +141,8 @@ func writeMetrics(w *bufio.Writer, j *journal, status *collectorStatus, m *httpM
 	metric("watchers", "gauge", "Open watches.", float64(watches.open.Load()))
 	metric("vcenter_connected", "gauge", "1 while the collector has a working vCenter session.", boolValue(status.isConnected()))
 	metric("vcenter_reconnects_total", "counter", "vCenter sessions opened again after a failure.", float64(status.reconnects.Load()))
+	metric("vcenter_key_resets_total", "counter", "Times vCenter's event keys were found to start over (a restore, a wrap, another vCenter), each starting a new epoch.", float64(status.resets.Load()))
+	metric("vcenter_epoch", "gauge", "The epoch of the offsets held: how many times vCenter's keys started over, counted by this server and its sink checkpoint.", float64(j.currentTimeline().epoch))
 	if id := status.lastVCenter(); id != nil {
 		name := metricPrefix + "vcenter_info"
 		fmt.Fprintf(w, "# HELP %s The vCenter the collector last logged in to.\n# TYPE %s gauge\n%s{instance_uuid=\"%s\",api_version=\"%s\"} 1\n",

@@ -35,6 +35,8 @@ func offsetProblem(j *journal, offset int64, err error) *problem {
 	switch {
 	case errors.Is(err, errPurged):
 		p = newProblem(http.StatusGone, "invalid offset %d: purged or before the stream began (below the earliest offset held)", offset)
+	case errors.Is(err, errReset):
+		p = newProblem(http.StatusGone, "invalid offset %d: %v", offset, err)
 	case errors.Is(err, errNotFound):
 		p = newProblem(http.StatusNotFound, "invalid offset %d: not found (no event has this key: a gap in vCenter's keys, or not yet happened)", offset)
 	default:

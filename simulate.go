@@ -40,9 +40,18 @@ func startSimulation() (*simulation, error) {
 // startSimulationTLS is startSimulation with the server's TLS settings
 // (its certificate); nil serves plain HTTP.
 func startSimulationTLS(config *tls.Config) (*simulation, error) {
+	return startSimulationOn(config, "")
+}
+
+// startSimulationOn is startSimulationTLS listening on host (host:port;
+// "" for any port of the loopback address).
+func startSimulationOn(config *tls.Config, host string) (*simulation, error) {
 	model := simulator.VPX()
 	if err := model.Create(); err != nil {
 		return nil, fmt.Errorf("create simulator inventory: %w", err)
+	}
+	if host != "" {
+		model.Service.Listen = &url.URL{Host: host}
 	}
 	model.Service.TLS = config
 	server := model.Service.NewServer()

@@ -109,10 +109,12 @@ type deliverer struct {
 	backoffMin, backoffMax time.Duration
 	grace                  time.Duration
 
-	// next is the first offset to deliver, -1 for the first event held.
-	// It and the fields below are owned by Run's goroutine.
-	next      int64
+	// pos is where delivery is in the journal: the first offset to
+	// deliver (-1 for the first event held) and its timeline. It and the
+	// fields below are owned by Run's goroutine.
+	pos       position
 	done      record    // the last record done with, if doneOK
+	doneIn    timeline  // done's timeline
 	doneOK    bool      // something was done with since the start
 	saved     int64     // the offset of the checkpoint last written
 	savedAt   time.Time // when it was written
@@ -134,11 +136,12 @@ func newDeliverer(cfg sinkConfig, j *journal, pace *sinkPace, log *slog.Logger) 
 	}
 	d := &deliverer{
 		cfg: cfg, journal: j, log: log.With("sink", redactedURL(cfg.url)), protocol: p,
-		pace: pace, status: newSinkStatus(pace), next: -1, saved: -1,
+		pace: pace, status: newSinkStatus(pace), pos: position{next: -1, timeline: j.currentTimeline()}, saved: -1,
 		backoffMin: sinkBackoffMin, backoffMax: sinkBackoffMax, grace: sinkShutdownGrace,
 	}
 	if cp := pace.resume; !cp.Time.IsZero() {
-		d.next, d.saved, d.savedTime, d.resume = cp.Offset+1, cp.Offset, cp.Time, cp
+		d.pos = position{next: cp.Offset + 1, timeline: cp.timeline()}
+		d.saved, d.savedTime, d.resume = cp.Offset, cp.Time, cp
 		d.status.setCheckpointed(cp.Offset)
 	}
 	return d, nil
@@ -161,7 +164,7 @@ func (d *deliverer) run(ctx context.Context) {
 	})
 	defer stopGrace()
 
-	d.log.Info("delivering events to the sink", "from", d.next, "structured", d.cfg.structured, "filter", !d.cfg.filter.all())
+	d.log.Info("delivering events to the sink", "from", d.pos.next, "structured", d.cfg.structured, "filter", !d.cfg.filter.all())
 	if !d.resume.Time.IsZero() && !d.checkResume(ctx) {
 		d.status.setState(sinkStateStopped)
 		return
@@ -172,8 +175,13 @@ func (d *deliverer) run(ctx context.Context) {
 			break
 		}
 		var err error
-		if batch, err = d.journal.readNext(d.next, sinkReadBatch, batch[:0]); errors.Is(err, errPurged) {
+		batch, err = d.journal.follow(&d.pos, sinkReadBatch, batch[:0])
+		switch {
+		case errors.Is(err, errPurged):
 			d.lose()
+			continue
+		case errors.Is(err, errReset):
+			d.followReset(err)
 			continue
 		}
 		for _, rec := range batch {
@@ -186,7 +194,7 @@ func (d *deliverer) run(ctx context.Context) {
 	}
 	d.checkpoint(true)
 	d.status.setState(sinkStateStopped)
-	d.log.Info("stopped delivering events to the sink", "next", d.next)
+	d.log.Info("stopped delivering events to the sink", "next", d.pos.next)
 }
 
 // checkResume makes sure that the checkpoint is one of this vCenter's
@@ -213,15 +221,36 @@ func (d *deliverer) checkResume(ctx context.Context) bool {
 	}
 	// Caught up below the checkpoint, or with nothing since its time: the
 	// first event appended tells.
-	if d.journal.wait(ctx, math.MinInt64) != nil {
+	if d.journal.wait(ctx, position{next: math.MinInt64, timeline: d.pos.timeline}) != nil {
 		return false
 	}
+	if d.journal.currentTimeline().epoch != d.pos.timeline.epoch {
+		// The collector found the checkpoint's timeline gone: the reset
+		// tells the deliverer where to go on (followReset).
+		return true
+	}
 	if _, latest, _ := d.journal.bounds(); latest < d.resume.Offset {
-		d.log.Warn("the sink checkpoint is ahead of vCenter's newest event: vCenter was reinstalled or the checkpoint is another vCenter's; delivering from the first event held",
+		d.log.Warn("the sink checkpoint is ahead of vCenter's newest event: vCenter holds its event (same key and time) but no event after it was read; delivering from the first event held",
 			"checkpoint", d.resume.Offset, "latest", latest)
-		d.next = -1
+		d.pos.next = -1
 	}
 	return true
+}
+
+// followReset goes on after vCenter's keys started over, which err (a
+// *resetError) tells: from the first event of the new timeline, never
+// skipping one. After a restore the events up to the keys kept were of both
+// timelines and were delivered; with another vCenter, from the first event
+// held.
+func (d *deliverer) followReset(err error) {
+	var reset *resetError
+	if !errors.As(err, &reset) {
+		return
+	}
+	from := d.pos.next
+	d.pos = position{next: reset.resumeFrom, timeline: d.journal.currentTimeline()}
+	d.log.Warn("vCenter's event keys were reset: delivering the new timeline's events",
+		"reason", reset.reset.reason, "was_next", from, "next", d.pos.next, "epoch", d.pos.timeline.epoch)
 }
 
 // wait blocks until the journal holds the next offset; it reports false
@@ -229,16 +258,16 @@ func (d *deliverer) checkResume(ctx context.Context) bool {
 // so that an idle deliverer keeps it at most a second old.
 func (d *deliverer) wait(ctx context.Context) bool {
 	for {
-		if _, latest, ok := d.journal.bounds(); ok && latest >= d.next {
+		if d.journal.ready(d.pos) {
 			return true
 		}
 		d.status.setState(sinkStateIdle)
-		d.log.Debug("sink caught up", "next", d.next)
+		d.log.Debug("sink caught up", "next", d.pos.next)
 		waitCtx, cancel := ctx, context.CancelFunc(func() {})
 		if d.dirty() {
 			waitCtx, cancel = context.WithDeadline(ctx, d.savedAt.Add(sinkCheckpointInterval))
 		}
-		err := d.journal.wait(waitCtx, d.next)
+		err := d.journal.wait(waitCtx, d.pos)
 		cancel()
 		switch {
 		case err == nil:
@@ -255,20 +284,21 @@ func (d *deliverer) wait(ctx context.Context) bool {
 // is more than the journal behind. It never stops delivery for good.
 func (d *deliverer) lose() {
 	earliest, latest, ok := d.journal.bounds()
-	if !ok || earliest <= d.next {
+	if !ok || earliest <= d.pos.next {
 		return
 	}
-	lost := earliest - d.next
+	lost := earliest - d.pos.next
 	d.status.countLost(lost)
 	d.log.Error("events purged before delivery to the sink: lost",
-		"from", d.next, "to", earliest-1, "lost", lost, "earliest", earliest, "latest", latest)
-	d.next = earliest
+		"from", d.pos.next, "to", earliest-1, "lost", lost, "earliest", earliest, "latest", latest)
+	d.pos.next = earliest
 }
 
 // markDone records that the deliverer is done with rec.
 func (d *deliverer) markDone(rec record) {
 	d.done, d.doneOK, d.untimed = rec, true, false
-	d.next = rec.offset + 1
+	d.doneIn = d.pos.timeline
+	d.pos.next = rec.offset + 1
 	d.pace.setDone(rec.offset)
 }
 
@@ -286,7 +316,7 @@ func (d *deliverer) checkpoint(now bool) {
 	// A checkpoint not written now (a failed write, or no time to give
 	// it) is tried again a second later, not at once.
 	d.savedAt = time.Now()
-	cp := checkpoint{Offset: d.done.offset, Time: recordTime(d.done)}
+	cp := checkpoint{Offset: d.done.offset, Time: recordTime(d.done), InstanceUUID: d.doneIn.instanceUUID, Epoch: d.doneIn.epoch}
 	if cp.Time.IsZero() {
 		// An event whose time vCenter's answer did not let us read. The
 		// time of the checkpoint before is no later than its, so reading
@@ -310,6 +340,9 @@ func (d *deliverer) checkpoint(now bool) {
 
 // recordTime returns the time attribute of a record.
 func recordTime(r record) time.Time {
+	if r.created != 0 {
+		return time.Unix(0, r.created).UTC()
+	}
 	var ce struct {
 		Time time.Time `json:"time"`
 	}

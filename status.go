@@ -37,6 +37,8 @@ type collectorStatus struct {
 	unknownTypes atomic.Int64 // events of a type govmomi does not know, appended
 	failed       atomic.Int64 // events that could not be decoded, encoded or appended whole
 	unreadable   atomic.Int64 // events whose key could not be read: not appended
+	unreachable  atomic.Int64 // keys vCenter announced that no read returned
+	resets       atomic.Int64 // times vCenter's keys were found to start over
 }
 
 // newCollectorStatus returns the status of a collector that has not run yet;
@@ -118,6 +120,18 @@ func (s *collectorStatus) countFailed() { s.failed.Add(1) }
 
 // countUnreadable counts an event whose key could not be read.
 func (s *collectorStatus) countUnreadable() { s.unreadable.Add(1) }
+
+// countUnreachable counts a key vCenter announced that no read returned.
+func (s *collectorStatus) countUnreachable() {
+	s.unreachable.Add(1)
+	s.changes.notify()
+}
+
+// countReset counts a start of vCenter's keys over (a new epoch).
+func (s *collectorStatus) countReset() {
+	s.resets.Add(1)
+	s.changes.notify()
+}
 
 // vcenterIdentity is which vCenter a session logged in to: its instance
 // UUID names the vCenter (another after a reinstall, the same after a

@@ -13,6 +13,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -192,15 +193,28 @@ func cloudEventData(t *testing.T, record []byte) []byte {
 func rewritingProxy(t *testing.T, target *url.URL, replacements ...string) *url.URL {
 	t.Helper()
 	replacer := strings.NewReplacer(replacements...)
+	u, _ := vcenterProxy(t, target, func(body []byte) []byte { return []byte(replacer.Replace(string(body))) })
+	return u
+}
+
+// vcenterProxy serves vCenter at target over plain HTTP, with each of
+// vCenter's answers passed through modify. It returns the proxy's SDK URL
+// and the count of requests it forwarded.
+func vcenterProxy(t *testing.T, target *url.URL, modify func(body []byte) []byte) (*url.URL, *atomic.Int64) {
+	t.Helper()
+	requests := new(atomic.Int64)
 	proxy := &httputil.ReverseProxy{
-		Rewrite: func(r *httputil.ProxyRequest) { r.SetURL(&url.URL{Scheme: target.Scheme, Host: target.Host}) },
+		Rewrite: func(r *httputil.ProxyRequest) {
+			requests.Add(1)
+			r.SetURL(&url.URL{Scheme: target.Scheme, Host: target.Host})
+		},
 		ModifyResponse: func(res *http.Response) error {
 			body, err := io.ReadAll(res.Body)
 			res.Body.Close()
 			if err != nil {
 				return err
 			}
-			body = []byte(replacer.Replace(string(body)))
+			body = modify(body)
 			res.Body = io.NopCloser(bytes.NewReader(body))
 			res.ContentLength = int64(len(body))
 			res.Header.Set("Content-Length", strconv.Itoa(len(body)))
@@ -210,7 +224,7 @@ func rewritingProxy(t *testing.T, target *url.URL, replacements ...string) *url.
 	srv := httptest.NewServer(proxy)
 	t.Cleanup(srv.Close)
 	u, _ := url.Parse(srv.URL + "/sdk")
-	return u
+	return u, requests
 }
 
 // postReconfigured logs a VmReconfiguredEvent with a configuration on vc's VM.

@@ -292,6 +292,24 @@ func readEvents(ctx context.Context, hc *event.HistoryCollector, size int) (even
 	return hc.ReadNextEvents(ctx, int32(size))
 }
 
+// newest returns the newest event of the history's latest page, which
+// vCenter keeps current: the newest event it holds of the history's span;
+// nil if there is none.
+func (h *eventHistory) newest(ctx context.Context) (newest types.BaseEvent, err error) {
+	defer recoverAsError(&err)
+	page, err := h.hc.LatestPage(ctx)
+	if err != nil {
+		return nil, failed(ctx, "read the event collector's latest page", err)
+	}
+	h.session.succeeded()
+	for _, ev := range page {
+		if ev != nil && (newest == nil || ev.GetEvent().Key > newest.GetEvent().Key) { // nil: a type govmomi cannot map
+			newest = ev
+		}
+	}
+	return newest, nil
+}
+
 // close destroys the history collector in vCenter.
 func (h *eventHistory) close(ctx context.Context) { h.session.destroy(ctx, h) }
 

@@ -199,10 +199,10 @@ type watchOutput interface {
 	// within watchWriteTimeout; it reports whether that worked. A b with
 	// nothing after the room is not written.
 	send(b []byte) bool
-	// wait waits for a record at or above next, sending the format's
-	// heartbeats meanwhile; it reports whether the watch goes on (false
-	// once ctx ends, the client leaves or a write fails).
-	wait(ctx context.Context, j *journal, next int64, s watchSettings) bool
+	// wait waits for a record at or above pos, or a reset, sending the
+	// format's heartbeats meanwhile; it reports whether the watch goes on
+	// (false once ctx ends, the client leaves or a write fails).
+	wait(ctx context.Context, j *journal, pos position, s watchSettings) bool
 }
 
 // responseOutput writes through net/http: HTTP/2, and any ResponseWriter
@@ -214,8 +214,8 @@ type responseOutput struct {
 
 func (responseOutput) begin(b []byte) []byte { return b[:0] }
 
-func (o responseOutput) wait(ctx context.Context, j *journal, next int64, s watchSettings) bool {
-	return waitOrBeat(ctx, j, next, o, s)
+func (o responseOutput) wait(ctx context.Context, j *journal, pos position, s watchSettings) bool {
+	return waitOrBeat(ctx, j, pos, o, s)
 }
 
 func (o responseOutput) send(b []byte) bool {
@@ -231,8 +231,9 @@ func (o responseOutput) send(b []byte) bool {
 // from the next event to arrive, until the client leaves, the server shuts
 // down (the request's context ends) or the timeout passes.
 func serveWatch(w http.ResponseWriter, r *http.Request, j *journal, q eventsQuery, s watchSettings) {
-	// From now: on an empty journal, from whatever is appended first.
-	next := int64(-1)
+	// From now: on an empty journal, from whatever is appended first. The
+	// offset asked for is of the timeline held now.
+	pos := position{next: -1, timeline: j.currentTimeline()}
 	if q.hasOffset {
 		// Refuse a purged offset while a status can still say so. A client
 		// resuming after its last event id has seen everything before: only
@@ -250,9 +251,9 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *journal, q eventsQuer
 			writeProblem(w, p)
 			return
 		}
-		next = q.offset
+		pos.next = q.offset
 	} else if _, latest, ok := j.bounds(); ok {
-		next = latest + 1
+		pos.next = latest + 1
 	}
 
 	h := w.Header()
@@ -315,37 +316,41 @@ func serveWatch(w http.ResponseWriter, r *http.Request, j *journal, q eventsQuer
 		ctx, cancel = context.WithTimeout(ctx, q.timeout)
 		defer cancel()
 	}
-	if !writeStart(out, s, next) {
+	if !writeStart(out, s, pos.next) {
 		return
 	}
 
-	s.log.Debug("watch started", "remote", r.RemoteAddr, "offset", next)
+	s.log.Debug("watch started", "remote", r.RemoteAddr, "offset", pos.next)
 	for {
 		// A watch that always has a backlog never waits: end it here when
 		// the timeout passes, the client leaves or the server shuts down.
 		if ctx.Err() != nil {
 			return
 		}
-		if next < 0 {
+		if pos.next < 0 {
 			// From the first record ever appended, so that a purge before
 			// this watch read anything is noticed.
 			if first, ok := j.firstOffset(); ok {
-				next = first
+				pos.next = first
 			}
 		}
-		sent, err := sendBatch(out, j, q.filter, s, &next)
+		sent, err := sendBatch(out, j, q.filter, s, &pos)
 		switch {
-		case errors.Is(err, errPurged):
-			line, _ := json.Marshal(watchFailure(offsetProblem(j, next, err)))
+		case errors.Is(err, errPurged), errors.Is(err, errReset):
+			line, _ := json.Marshal(watchFailure(offsetProblem(j, pos.next, err)))
 			buf := s.buffers.buffer()
 			out.send(s.format.failure(out.begin(*buf), line))
 			s.buffers.putBuffer(buf)
-			s.log.Info("watch ended: client fell behind the journal", "remote", r.RemoteAddr, "offset", next)
+			why := "client fell behind the journal"
+			if errors.Is(err, errReset) {
+				why = "vCenter's event keys were reset"
+			}
+			s.log.Info("watch ended: "+why, "remote", r.RemoteAddr, "offset", pos.next)
 			return
 		case err != nil:
 			return
 		case !sent:
-			if !out.wait(ctx, j, next, s) {
+			if !out.wait(ctx, j, pos, s) {
 				return
 			}
 		}
@@ -364,16 +369,17 @@ func writeStart(out watchOutput, s watchSettings, next int64) bool {
 	return out.send(*buf)
 }
 
-// sendBatch writes the records from *next on, at most watchBatch of them,
-// that match filter, and moves *next past them. It reports whether there
-// were any records; the error is errPurged if *next was purged,
-// errWriteFailed if the client could not be written to. The batch and the
-// bytes are borrowed for the call only.
-func sendBatch(out watchOutput, j *journal, filter eventFilter, s watchSettings, next *int64) (bool, error) {
+// sendBatch writes the records from pos on, at most watchBatch of them,
+// that match filter, and moves pos past them. It reports whether there
+// were any records; the error is errPurged if the next record was purged,
+// errReset if a reset ended the watch's timeline, errWriteFailed if the
+// client could not be written to. The batch and the bytes are borrowed for
+// the call only.
+func sendBatch(out watchOutput, j *journal, filter eventFilter, s watchSettings, pos *position) (bool, error) {
 	batch := s.buffers.batch()
 	defer s.buffers.putBatch(batch)
 	var err error
-	*batch, err = j.readNext(*next, watchBatch, (*batch)[:0])
+	*batch, err = j.follow(pos, watchBatch, (*batch)[:0])
 	if err != nil || len(*batch) == 0 {
 		return false, err
 	}
@@ -396,31 +402,31 @@ func sendBatch(out watchOutput, j *journal, filter eventFilter, s watchSettings,
 	if !filter.match(last) {
 		*buf = s.format.position(*buf, last.offset)
 	}
-	*next = last.offset + 1
+	pos.next = last.offset + 1
 	if !out.send(*buf) {
 		return true, errWriteFailed
 	}
 	return true, nil
 }
 
-// waitOrBeat waits for a record at or above next; while none comes it
-// sends the format's heartbeat every interval. It reports whether the watch
-// goes on.
-func waitOrBeat(ctx context.Context, j *journal, next int64, out watchOutput, s watchSettings) bool {
+// waitOrBeat waits for a record at or above pos, or a reset; while none
+// comes it sends the format's heartbeat every interval. It reports whether
+// the watch goes on.
+func waitOrBeat(ctx context.Context, j *journal, pos position, out watchOutput, s watchSettings) bool {
 	beat := s.format.heartbeat()
 	if beat == nil || s.heartbeat <= 0 {
-		return j.wait(ctx, next) == nil
+		return j.wait(ctx, pos) == nil
 	}
 	for {
 		beatCtx, cancel := context.WithTimeout(ctx, s.heartbeat)
-		err := j.wait(beatCtx, next)
+		err := j.wait(beatCtx, pos)
 		cancel()
 		switch {
 		case err == nil:
 			return true
 		case ctx.Err() != nil:
 			return false
-		case !writeHeartbeat(out, s, beat, next):
+		case !writeHeartbeat(out, s, beat, pos.next):
 			return false
 		}
 	}

@@ -130,14 +130,14 @@ func takeConn(w http.ResponseWriter, r *http.Request, s watchSettings) *connOutp
 }
 
 // wait blocks in a read of the connection until the journal holds a
-// record at or above next (watchWaker), ctx ends (context.AfterFunc), the
+// record at or above pos or a reset (watchWaker), ctx ends (context.AfterFunc), the
 // client leaves (the read fails) or, for a format with heartbeats, the
 // next one is due (the read's deadline). Each of them comes after what it
 // tells is visible, and each but the client's departure only sets the
 // read's deadline to the past: the deadline is set first, the conditions
 // are looked at next, then the read. A wake that comes before the deadline
 // is set comes after its condition holds, which the look then sees.
-func (c *connOutput) wait(ctx context.Context, j *journal, next int64, s watchSettings) bool {
+func (c *connOutput) wait(ctx context.Context, j *journal, pos position, s watchSettings) bool {
 	if c.failed {
 		return false
 	}
@@ -159,12 +159,12 @@ func (c *connOutput) wait(ctx context.Context, j *journal, next int64, s watchSe
 	}
 	for {
 		_ = c.conn.SetReadDeadline(due)
-		s.waker.add(c, next)
+		s.waker.add(c, pos)
 		if ctx.Err() != nil {
 			s.waker.remove(c)
 			return false
 		}
-		if j.holds(next) {
+		if j.ready(pos) {
 			s.waker.remove(c)
 			return true
 		}
@@ -191,11 +191,11 @@ func (c *connOutput) wait(ctx context.Context, j *journal, next int64, s watchSe
 		if ctx.Err() != nil {
 			return false
 		}
-		if j.holds(next) {
+		if j.ready(pos) {
 			return true
 		}
 		if !due.IsZero() && !time.Now().Before(due) {
-			if !writeHeartbeat(c, s, beat, next) {
+			if !writeHeartbeat(c, s, beat, pos.next) {
 				return false
 			}
 			due = nextBeat()
@@ -282,20 +282,21 @@ type watchWaker struct {
 	log *slog.Logger
 
 	mu      sync.Mutex
-	waiting map[*connOutput]int64 // the offset each waits for
-	running bool                  // run is running
-	emptied notifier              // notified when waiting empties
+	waiting map[*connOutput]position // where each waits
+	running bool                     // run is running
+	emptied notifier                 // notified when waiting empties
 }
 
 func newWatchWaker(j *journal, log *slog.Logger) *watchWaker {
-	return &watchWaker{j: j, log: log, waiting: make(map[*connOutput]int64)}
+	return &watchWaker{j: j, log: log, waiting: make(map[*connOutput]position)}
 }
 
-// add has c woken once the journal holds a record at or above next.
-func (w *watchWaker) add(c *connOutput, next int64) {
+// add has c woken once the journal holds a record at or above pos, or
+// starts a new timeline.
+func (w *watchWaker) add(c *connOutput, pos position) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.waiting[c] = next
+	w.waiting[c] = pos
 	if !w.running {
 		w.running = true
 		go keepRunning(context.Background(), w.log, "watch waker", w.run)
@@ -311,8 +312,8 @@ func (w *watchWaker) remove(c *connOutput) {
 	}
 }
 
-// run wakes, at every append, the watches whose record is there, until
-// none waits.
+// run wakes, at every append and reset, the watches whose record is
+// there or whose timeline ended, until none waits.
 func (w *watchWaker) run(context.Context) {
 	for {
 		// Taken before the look, so that what changes after it ends the
@@ -333,7 +334,8 @@ func (w *watchWaker) run(context.Context) {
 	}
 }
 
-// wakeReady wakes the watches whose record is there and returns the
+// wakeReady wakes the watches whose record is there or whose timeline
+// ended, and returns the
 // lowest offset the others wait for (MaxInt64 if none); done when none
 // waits, and the waker then stops.
 func (w *watchWaker) wakeReady() (low int64, done bool) {
@@ -344,13 +346,14 @@ func (w *watchWaker) wakeReady() (low int64, done bool) {
 		return 0, true
 	}
 	_, latest, ok := w.j.bounds()
+	epoch := w.j.currentTimeline().epoch
 	low = math.MaxInt64
-	for c, next := range w.waiting {
-		if ok && next <= latest {
+	for c, pos := range w.waiting {
+		if (ok && pos.next <= latest) || pos.timeline.epoch != epoch {
 			c.wake()
 			delete(w.waiting, c)
 		} else {
-			low = min(low, next)
+			low = min(low, pos.next)
 		}
 	}
 	return low, false
