@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -370,5 +372,68 @@ func TestUnreachableAnnouncedEvent(t *testing.T) {
 	}
 	if srv.status.resets.Load() != 0 {
 		t.Error("an unreachable event was taken for a reset")
+	}
+}
+
+// TestCollectorResetRules: which events read again start a new epoch, and
+// what each keeps. An event read again as it is held, or one delivered
+// after a higher key with an older time, is no reset; a held key that is
+// another event, a key not held but newer than every event held (a wrap),
+// and vCenter's newest key below the newest held (a restore) are.
+func TestCollectorResetRules(t *testing.T) {
+	t.Parallel()
+	u, _ := url.Parse("https://vc.example.com/sdk")
+	base := time.Date(2026, 12, 4, 12, 0, 0, 0, time.UTC)
+	ev := func(key int, at int) types.BaseEvent {
+		return &types.EventEx{Event: types.Event{Key: int32(key), CreatedTime: base.Add(time.Duration(at) * time.Second)}, EventTypeId: "com.example.test"}
+	}
+	newTestCollector := func(keys ...int) (*collector, *journal) {
+		cfg := config{vcenterURL: u, maxRecordSize: defaultMaxRecordSize, maxSegmentSize: defaultMaxSegmentSize}
+		j := newJournal(cfg.maxSegmentSize)
+		c := newCollector(cfg, defaultCollectorOptions(), j, newCollectorStatus(0), nil, apiLogger())
+		for _, k := range keys {
+			if !c.ingest(ev(k, k)) {
+				t.Fatalf("event %d not appended", k)
+			}
+		}
+		return c, j
+	}
+	held := func(j *journal) []int64 { return offsetsOf(j.readLast(100, nil)) }
+
+	c, j := newTestCollector(1, 2, 3, 5, 6)
+	if c.ingest(ev(3, 3)) || c.ingest(ev(4, 1)) || j.currentTimeline().epoch != 0 {
+		t.Fatalf("an event read again, or a late one with an older time, was appended or taken for a reset: %v, epoch %d", held(j), j.currentTimeline().epoch)
+	}
+	if !c.ingest(ev(3, 100)) || j.currentTimeline().epoch != 1 || !slices.Equal(held(j), []int64{1, 2, 3}) {
+		t.Fatalf("key 3 read as another event: held %v, epoch %d; want [1 2 3] in epoch 1", held(j), j.currentTimeline().epoch)
+	}
+	if rec, _ := j.read(3); !bytes.Contains(rec.data, []byte(`"source":"https://vc.example.com/sdk?epoch=1"`)) {
+		t.Errorf("the new timeline's event: %s, want the epoch in its source", rec.data)
+	}
+	if rec, _ := j.read(1); !bytes.Contains(rec.data, []byte(`"source":"https://vc.example.com/sdk"`)) {
+		t.Errorf("an event kept: %s, want its own source", rec.data)
+	}
+
+	c, j = newTestCollector(100, 101, 102)
+	if !c.ingest(ev(1, 200)) || j.currentTimeline().epoch != 1 || !slices.Equal(held(j), []int64{1}) {
+		t.Fatalf("a wrap: held %v, epoch %d; want [1] in epoch 1", held(j), j.currentTimeline().epoch)
+	}
+
+	c, j = newTestCollector(1, 2, 3, 4)
+	c.checkNewest(2, nil)
+	if j.currentTimeline().epoch != 1 || !slices.Equal(held(j), []int64{1, 2}) {
+		t.Fatalf("vCenter's newest key below the newest held: held %v, epoch %d; want [1 2] in epoch 1", held(j), j.currentTimeline().epoch)
+	}
+	c.checkNewest(2, ev(2, 2))
+	c.checkNewest(3, nil)
+	if j.currentTimeline().epoch != 1 {
+		t.Fatal("vCenter's newest key at or above the newest held was taken for a reset")
+	}
+	// vCenter's newest is below, but another event than the one held: the
+	// reads that follow tell where the timelines parted.
+	c, j = newTestCollector(1, 2, 3, 4)
+	c.checkNewest(2, ev(2, 50))
+	if j.currentTimeline().epoch != 0 {
+		t.Fatal("a latest page whose event differs from the one held started an epoch before the reads tell where")
 	}
 }
